@@ -75,7 +75,8 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     if is_local(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        # A dot-prefixed temporary name: pyarrow and Ray readers skip it if a crash leaves it behind.
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()

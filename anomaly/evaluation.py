@@ -1,0 +1,110 @@
+"""Evaluate a trained scorer on the store's test split: metrics.json, ROC and timeline PNGs, scores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from anomaly import store as feature_store
+from anomaly import uris
+from anomaly.errors import AnomalyError
+from anomaly.metrics import evaluate_frames, frame_level, roc_points
+from anomaly.plots import roc_plot, timeline_plot
+from anomaly.segments import frame_scores
+from anomaly.training import load_scorer, score_bags
+
+logger = logging.getLogger(__name__)
+
+
+def _safe_name(video_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", video_id).lstrip(".") or "video"
+
+
+def check_compatible(model_dim: int, bags: feature_store.Bags, store: str, checkpoint: str) -> None:
+    if bags.feature_dim != model_dim:
+        raise AnomalyError(
+            store, f"features are {bags.feature_dim}-d but the checkpoint {checkpoint} expects {model_dim}-d"
+        )
+
+
+def evaluate(
+    store: str, checkpoint: str, out_dir: str, *, split: str = "test", timelines: bool = True
+) -> dict:
+    """Score every ``split`` video, compute the official frame-level metrics and write the plots."""
+    model, payload = load_scorer(checkpoint)
+    bags = feature_store.load_bags(store, split=split)
+    check_compatible(int(payload["feature_dim"]), bags, store, checkpoint)
+    missing = [vid for vid, frames in zip(bags.video_ids, bags.num_frames, strict=True) if frames <= 0]
+    if missing:
+        raise AnomalyError(
+            store,
+            f"{len(missing)} {split} videos have no frame count (e.g. {missing[0]}); "
+            "import them with --frame-counts",
+        )
+    unannotated = [
+        vid
+        for vid, label, ivs in zip(bags.video_ids, bags.labels, bags.intervals, strict=True)
+        if label and not ivs
+    ]
+    if unannotated:
+        logger.warning(
+            "%d anomalous %s videos have no annotated interval (e.g. %s); their frames count as normal",
+            len(unannotated),
+            split,
+            unannotated[0],
+        )
+    scores = score_bags(model, bags.features)
+    metrics = evaluate_frames(scores, bags.labels, bags.num_frames, bags.intervals, bags.classes)
+    metrics.update(
+        split=split,
+        checkpoint=checkpoint,
+        store=store,
+        backbone=payload.get("store_metadata", {}).get("backbone"),
+    )
+    frames = frame_level(scores, bags.num_frames, bags.intervals)
+    if not math.isnan(metrics["frame_auc"]):
+        fpr, tpr = roc_points(frames)
+        roc_plot(fpr, tpr, metrics["frame_auc"], uris.join(out_dir, "roc.png"))
+    uris.write_bytes_atomic(
+        uris.join(out_dir, "metrics.json"), json.dumps(_jsonable(metrics), indent=2).encode()
+    )
+    _write_scores(out_dir, bags, scores)
+    if timelines:
+        for i in np.flatnonzero(bags.labels == 1):
+            timeline_plot(
+                frame_scores(scores[i], int(bags.num_frames[i])),
+                bags.intervals[i],
+                uris.join(out_dir, "timelines", f"{_safe_name(bags.video_ids[i])}.png"),
+                title=f"{bags.video_ids[i]} ({bags.classes[i]})",
+                fps=float(bags.fps[i]) or None,
+            )
+    return metrics
+
+
+def _write_scores(out_dir: str, bags: feature_store.Bags, scores: np.ndarray) -> None:
+    """Per-video segment scores, so people can inspect or re-plot without re-scoring."""
+    table = pa.table(
+        {
+            "video_id": bags.video_ids,
+            "label": bags.labels,
+            "anomaly_class": bags.classes,
+            "num_frames": bags.num_frames,
+            "segment_scores": [row.tolist() for row in scores],
+        }
+    )
+    feature_store.write_parquet(uris.join(out_dir, "scores.parquet"), table)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return _jsonable(value.item())
+    return value

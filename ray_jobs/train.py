@@ -1,0 +1,65 @@
+"""Train the MIL anomaly scorer on a feature store with Ray Train (PyTorch DDP).
+
+    python -m ray_jobs.train --features STORE --out RUN_DIR [--config tune_configs/default.yaml] [--num-workers N] [--use-gpu]
+
+Re-running with the same --out resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from anomaly import cli
+from anomaly.config import load_train_config
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--features", required=True, help="feature store URI")
+    parser.add_argument(
+        "--out", required=True, help="run directory (local or s3://…) for the model and curves"
+    )
+    parser.add_argument(
+        "--config", default=None, help="YAML of training settings (default: built-in defaults)"
+    )
+    parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP processes)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, nccl backend")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker")
+    parser.add_argument(
+        "--max-failures", type=int, default=3, help="worker failures to recover from via checkpoints"
+    )
+    parser.add_argument("--max-epochs", type=int, default=None, help="override the config's max_epochs")
+    cli.add_ray_arguments(parser)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from anomaly.training import fit
+
+    overrides = {"max_epochs": args.max_epochs} if args.max_epochs else {}
+    config = load_train_config(args.config, overrides)
+    cli.init_ray(args.num_cpus)
+    result = fit(
+        args.features,
+        args.out,
+        config,
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures,
+    )
+    best = result.best_metrics
+    frame = best.get("val_frame_auc", math.nan)
+    print(
+        f"trained {len(result.history)} epochs; best epoch {result.best_epoch}: "
+        f"val AUC {best['val_auc']:.4f} (frame {frame:.4f}, video {best['val_video_auc']:.4f})"
+    )
+    print(f"model: {result.model_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,115 @@
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from anomaly import store
+from anomaly.annotations import GroundTruth
+from anomaly.importers import import_features, parse_feature_file
+from ray_jobs import import_features as import_job
+
+
+@pytest.fixture()
+def feature_tree(tmp_path, shared_data):
+    """The 10 real C3D files plus ragged, empty, unparsable and .npy files."""
+    src = tmp_path / "features"
+    (src / "Test").mkdir(parents=True)
+    real = sorted((shared_data / "sample_c3d_features").glob("*.txt"))
+    for path in real:
+        shutil.copy(path, src / "Test" / path.name)
+    rng = np.random.default_rng(0)
+    rows33 = rng.random((33, 4096), dtype=np.float32)
+    np.savetxt(src / "Abuse001_x264.txt", rows33, fmt="%.6f")  # train, 33 rows
+    np.savetxt(src / "Normal_Videos308_x264.txt", rng.random((31, 4096)), fmt="%.6f")  # train, 31 rows
+    np.save(src / "Arrest002_x264.npy", rng.random((32, 4096), dtype=np.float32))
+    (src / "Burglary005_x264.txt").write_bytes(b"")  # empty, as in the published releases
+    (src / "Fighting003_x264.txt").write_text("0.1 0.2 abc\n0.3 0.4 0.5\n")
+    (src / "Robbery010_x264.txt").write_text("0.1 0.2 0.3\n0.4 0.5\n")
+    return src, real, rows33
+
+
+def test_parse_ragged_rows_repooled(feature_tree):
+    src, _, rows33 = feature_tree
+    parsed = parse_feature_file("x.txt", (src / "Abuse001_x264.txt").read_bytes())
+    assert parsed.shape == (33, 4096)
+    np.testing.assert_allclose(parsed, rows33, atol=1e-6)
+
+
+def test_import_real_and_bad_files(feature_tree, tmp_path, shared_data, ray_cluster, capsys):
+    src, real, _ = feature_tree
+    out = tmp_path / "store"
+    args = import_job.get_args_parser().parse_args(
+        [
+            str(src),
+            "--out",
+            str(out),
+            "--annotations",
+            str(shared_data / "Temporal_Anomaly_Annotation.txt"),
+            "--frame-counts",
+            str(shared_data / "Test_Annotation_with_frame_counts.txt"),
+            str(shared_data / "Train_Annotation_with_frame_counts.txt"),
+            "--backbone",
+            "c3d",
+        ]
+    )
+    assert import_job.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "imported 13 videos" in printed
+    assert "skipped 3 files" in printed
+    assert "Burglary005_x264.txt: empty file (0 bytes)" in printed
+    assert "Fighting003_x264.txt: could not parse numbers" in printed
+    assert "Robbery010_x264.txt: rows have different widths" in printed
+    assert "test  anomalous 8" in printed and "test  normal    2" in printed
+
+    table = pq.read_table(str(out))
+    assert table.num_rows == 13
+    bags = store.load_bags(str(out))
+    assert bags.features.shape == (13, 32, 4096)
+    # Real files with 32 rows are kept bit for bit.
+    first = real[0]
+    i = bags.video_ids.index(first.stem)
+    np.testing.assert_allclose(bags.features[i], np.loadtxt(first, dtype=np.float32), rtol=1e-6)
+    # Official ground truth carried over.
+    truth = GroundTruth.load(str(shared_data / "Temporal_Anomaly_Annotation.txt"), None).temporal
+    for vid, split, ivs, frames in zip(
+        bags.video_ids, bags.splits, bags.intervals, bags.num_frames, strict=True
+    ):
+        if vid in truth:
+            assert split == "test" and ivs == truth[vid].intervals and frames > 0
+    j = bags.video_ids.index("Abuse001_x264")
+    assert bags.splits[j] == "train" and bags.labels[j] == 1 and bags.num_frames[j] > 0
+    np.testing.assert_allclose(np.linalg.norm(bags.features[j], axis=1), 1.0, rtol=1e-5)  # re-pooled + L2
+    k = bags.video_ids.index("Normal_Videos308_x264")
+    assert bags.labels[k] == 0 and bags.classes[k] == "Normal"
+
+    # Re-running imports nothing twice.
+    assert import_job.main(args) == 0
+    assert "imported 0 videos" in capsys.readouterr().out
+    assert len(store.load_bags(str(out))) == 13
+
+
+def test_import_refuses_width_mismatch(tmp_path, ray_cluster):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "Abuse001_x264.npy", np.ones((32, 8), dtype=np.float32))
+    np.save(src / "Abuse002_x264.npy", np.ones((32, 9), dtype=np.float32))
+    report = import_features(str(src), str(tmp_path / "store"), truth=GroundTruth())
+    assert report.total_imported == 1
+    assert len(report.skipped) == 1 and "-d but the store holds" in report.skipped[0][1]
+
+
+def test_missing_source_is_one_line_error(tmp_path, capsys):
+    args = import_job.get_args_parser().parse_args([str(tmp_path / "missing"), "--out", str(tmp_path / "s")])
+    from anomaly import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(
+            import_job.main,
+            import_job.get_args_parser(),
+            [str(tmp_path / "missing"), "--out", str(tmp_path / "s")],
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing" in err and "\n" not in err
+    assert args.src.endswith("missing")

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from anomaly.metrics import evaluate_frames, frame_level, video_auc
+
+
+def test_hand_built_case_known_auc():
+    # Two videos of 32 frames: one frame per segment, so scores map 1:1 to frames.
+    abnormal = np.full(32, 0.2)
+    abnormal[8:16] = 0.9  # frames 8..15 annotated -> perfectly ranked
+    normal = np.full(32, 0.1)
+    normal[0] = 0.95  # one normal frame above every anomalous frame
+    scores = np.stack([abnormal, normal])
+    metrics = evaluate_frames(scores, np.array([1, 0]), [32, 32], [[(8, 16)], []], ["Explosion", "Normal"])
+    # positives: 8 frames at 0.9; negatives: 24 at 0.2, 31 at 0.1, 1 at 0.95 -> AUC = 55/56
+    assert metrics["frame_auc"] == pytest.approx(55 / 56)
+    assert metrics["false_alarm_rate"] == pytest.approx(1 / 32)
+    assert metrics["per_class_auc"] == {"Explosion": pytest.approx(55 / 56)}
+    assert 0 < metrics["frame_ap"] <= 1
+    assert metrics["num_frames"] == 64
+
+
+def test_frame_level_spreads_segments_over_frames():
+    scores = np.linspace(0, 1, 32)[None]
+    frames = frame_level(scores, [64], [[(0, 2)]])
+    assert frames.scores.shape == (64,) and frames.labels[:2].tolist() == [1, 1]
+    assert frames.scores[1] == 0.0 and frames.scores[63] == 1.0
+
+
+def test_per_class_uses_class_plus_normals():
+    scores = np.array([np.full(32, 0.9), np.full(32, 0.1), np.full(32, 0.5)])
+    metrics = evaluate_frames(
+        scores, np.array([1, 1, 0]), [32, 32, 32], [[(0, 32)], [(0, 32)], []], ["Arson", "Abuse", "Normal"]
+    )
+    assert metrics["per_class_auc"]["Arson"] == pytest.approx(1.0)
+    assert metrics["per_class_auc"]["Abuse"] == pytest.approx(0.0)
+
+
+def test_auc_undefined_is_nan():
+    metrics = evaluate_frames(np.zeros((1, 32)), np.array([0]), [40], [[]], ["Normal"])
+    assert np.isnan(metrics["frame_auc"])
+    assert video_auc(np.zeros((2, 32)), np.array([0, 0])) != video_auc(np.zeros((2, 32)), np.array([0, 0]))

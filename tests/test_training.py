@@ -1,0 +1,145 @@
+"""End to end on a real local Ray cluster: synthetic store -> Ray Train (2 DDP workers) -> evaluate."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from anomaly import cli
+from anomaly.config import TrainConfig, load_train_config
+from anomaly.errors import AnomalyError
+from anomaly.model import MILScorer
+from anomaly.synthetic.features import make_feature_store
+from anomaly.training import load_scorer, stratified_split
+from ray_jobs import evaluate as evaluate_job
+from ray_jobs import train as train_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_cluster):
+    root = tmp_path_factory.mktemp("e2e")
+    store = str(root / "store")
+    make_feature_store(store, num_train=48, num_test=24, feature_dim=32, signal=1.0, seed=3)
+    config = root / "fast.yaml"
+    config.write_text("max_epochs: 8\npatience: 4\nbatch_size: 6\n")
+    run_dir = root / "run"
+    args = train_job.get_args_parser().parse_args(
+        [
+            "--features",
+            store,
+            "--out",
+            str(run_dir),
+            "--config",
+            str(config),
+            "--num-workers",
+            "2",
+            "--max-failures",
+            "0",
+        ]
+    )
+    assert train_job.main(args) == 0
+    return store, run_dir, args
+
+
+def test_training_writes_model_and_curves(trained):
+    _, run_dir, _ = trained
+    for name in ("model.pt", "config.yaml", "history.csv", "training_curves.png"):
+        assert (run_dir / name).stat().st_size > 0
+    model, payload = load_scorer(str(run_dir))
+    assert isinstance(model, MILScorer) and payload["feature_dim"] == 32
+    assert payload["config"]["max_epochs"] == 8
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,val_auc") and len(history) >= 3
+
+
+def test_trained_model_beats_chance_on_test_frames(trained, tmp_path):
+    store, run_dir, _ = trained
+    out = tmp_path / "eval"
+    args = evaluate_job.get_args_parser().parse_args(
+        ["--features", store, "--checkpoint", str(run_dir), "--out", str(out)]
+    )
+    assert evaluate_job.main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"frame_auc", "frame_ap", "false_alarm_rate", "per_class_auc"}
+    assert metrics["frame_auc"] > 0.85, metrics
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    timelines = sorted((out / "timelines").glob("*.png"))
+    assert len(timelines) == 12  # one per anomalous test video
+
+
+def test_rerun_resumes_instead_of_starting_over(trained):
+    _, run_dir, args = trained
+    before = (run_dir / "history.csv").read_text().splitlines()
+    assert train_job.main(args) == 0  # same --out: picks up the last checkpoint, adds no epoch past the end
+    after = (run_dir / "history.csv").read_text().splitlines()
+    assert len(after) <= len(before)
+
+
+def test_rerun_with_other_settings_is_refused(trained, tmp_path):
+    store, run_dir, _ = trained
+    other = tmp_path / "other.yaml"
+    other.write_text("lr: 0.01\n")
+    args = train_job.get_args_parser().parse_args(
+        ["--features", store, "--out", str(run_dir), "--config", str(other)]
+    )
+    with pytest.raises(AnomalyError, match="other settings"):
+        train_job.main(args)
+
+
+def test_feature_width_mismatch_is_one_line_error(trained, tmp_path, capsys):
+    _, run_dir, _ = trained
+    store = str(tmp_path / "wide")
+    make_feature_store(store, num_train=4, num_test=4, feature_dim=48)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(
+            evaluate_job.main,
+            evaluate_job.get_args_parser(),
+            ["--features", store, "--checkpoint", str(run_dir), "--out", str(tmp_path / "e")],
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "48-d" in err and "32-d" in err and "\n" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_default_yaml_matches_built_in_defaults():
+    from_yaml = load_train_config(str(REPO / "tune_configs" / "default.yaml"))
+    assert from_yaml == TrainConfig()
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"lr": 0.1, "learning_rate": 0.1}))
+    with pytest.raises(AnomalyError, match="unknown config keys: learning_rate"):
+        load_train_config(str(path))
+
+
+def test_bad_value_is_refused():
+    with pytest.raises(AnomalyError, match="loss"):
+        TrainConfig(loss="hinge")
+
+
+def test_stratified_split_keeps_both_labels():
+    labels = np.array([0] * 10 + [1] * 6)
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert set(labels[val]) == {0, 1} and set(labels[train]) == {0, 1}
+    assert len(set(train) | set(val)) == 16 and not set(train) & set(val)
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "model.pt"
+    torch.save({"model": Evil()}, bad)
+    with pytest.raises(AnomalyError, match="not a checkpoint"):
+        load_scorer(str(bad))
+    assert not marker.exists()
