@@ -325,6 +325,8 @@ def test_code_executing_pickle_is_refused(tmp_path, packaging):
 def test_unreadable_weights(tmp_path):
     with pytest.raises(AnomalyError, match="no such file"):
         load_backbone("r3d_18", str(tmp_path / "absent.pth"))
+    with pytest.raises(AnomalyError, match="cannot read weights"):
+        load_backbone("r3d_18", str(tmp_path))  # a directory
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"definitely not a checkpoint")
     with pytest.raises(AnomalyError) as info:

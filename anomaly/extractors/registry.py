@@ -300,7 +300,10 @@ def load_backbone(
         logger.info("backbone %s: random initialisation (seed %d)", name, RANDOM_INIT_SEED)
     else:
         uri = str(weights)
-        data = read_bytes(uri)
+        try:
+            data = read_bytes(uri)
+        except OSError as exc:  # a directory, a broken mount, a network error after retries
+            raise AnomalyError(uri, f"cannot read weights: {type(exc).__name__}: {exc}") from exc
         tag = hashlib.sha256(data).hexdigest()
         state = _state_dict_from_bytes(uri, data)
         _load_strict(model, state, spec, uri)
