@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,14 +237,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch, config.max_epochs):
         if stale >= config.patience:
             break
+        started = time.perf_counter()
         loss = train_epoch(model, optimizer, data, config, epoch, device)
+        epoch_seconds = time.perf_counter() - started
         metrics = validation_metrics(model, data.val)
         score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -loss
         if score > best:
             best, stale = score, 0
         else:
             stale += 1
-        metrics.update(epoch=epoch, loss=loss, lr=optimizer.param_groups[0]["lr"], best_val_auc=best)
+        metrics.update(
+            epoch=epoch,
+            loss=loss,
+            lr=optimizer.param_groups[0]["lr"],
+            best_val_auc=best,
+            epoch_seconds=epoch_seconds,
+        )
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
