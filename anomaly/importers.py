@@ -1,8 +1,12 @@
 """Import published per-video feature files (``.txt`` and ``.npy``) into the feature store.
 
 Rules (also in the README):
-- a file's video id is its stem; split, label, class and intervals come from
-  the official annotation files (see :mod:`anomaly.annotations`);
+- a file's video id is its stem, cut after ``_x264`` when the stem goes on
+  (``Abuse028_x264_i3d.npy`` and ``Abuse028_x264__3.npy`` are both
+  ``Abuse028_x264``); split, label, class and intervals come from the official
+  annotation files (see :mod:`anomaly.annotations`);
+- several files with one video id are crops of that video (the ten-crop
+  releases' ``__0`` … ``__9`` files): their features are averaged;
 - ``.txt``: one row per segment (or clip), whitespace-separated numbers;
   ``.npy``: a 2-D array (rows, D), or 3-D (rows, crops, D) whose crops are averaged;
 - a file with exactly 32 rows is kept as it is; any other row count (the
@@ -82,16 +86,32 @@ def parse_feature_file(uri: str, data: bytes) -> np.ndarray:
     return array
 
 
+def feature_video_id(uri: str) -> str:
+    """The video id of a feature file (see the module's rules)."""
+    stem = video_id_of(uri)
+    cut = stem.find("_x264")
+    return stem[: cut + len("_x264")] if cut >= 0 else stem
+
+
 def to_segments(rows: np.ndarray) -> np.ndarray:
     return rows if rows.shape[0] == NUM_SEGMENTS else pool_segments(rows)
 
 
+def read_video_features(files: list[str]) -> np.ndarray:
+    """(32, D) segments of one video from its file, or the average of its crop files."""
+    arrays = [parse_feature_file(uri, uris.read_bytes(uri)) for uri in files]
+    if len({a.shape for a in arrays}) > 1:
+        shapes = ", ".join(str(a.shape) for a in arrays)
+        raise ValueError(f"crop files of one video have different shapes ({shapes})")
+    return to_segments(np.mean(arrays, axis=0) if len(arrays) > 1 else arrays[0])
+
+
 def _parse_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data stage: read and parse a batch of files in a worker; errors become rows."""
+    """Ray Data stage: read and parse a batch of videos' files in a worker; errors become rows."""
     features, errors, dims = [], [], []
-    for uri in batch["uri"]:
+    for files in batch["files"]:
         try:
-            segments = to_segments(parse_feature_file(uri, uris.read_bytes(uri)))
+            segments = read_video_features(list(files))
             features.append(segments.tobytes())
             dims.append(segments.shape[1])
             errors.append("")
@@ -100,6 +120,7 @@ def _parse_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             dims.append(0)
             errors.append(str(exc.what if isinstance(exc, AnomalyError) else exc))
     return {
+        "video_id": batch["video_id"],
         "uri": batch["uri"],
         "segments": np.array(features, dtype=object),
         "dim": np.array(dims, dtype=np.int64),
@@ -130,21 +151,23 @@ def import_features(
     files = list_feature_files(src)
     if not files:
         raise AnomalyError(src, "no .txt or .npy feature files found")
-    duplicates = [vid for vid, n in Counter(video_id_of(f) for f in files).items() if n > 1]
-    if duplicates:
-        raise AnomalyError(
-            src, f"the same video id appears in several files: {', '.join(sorted(duplicates)[:5])}"
-        )
+    videos: dict[str, list[str]] = {}
+    for uri in files:
+        videos.setdefault(feature_video_id(uri), []).append(uri)
     report = ImportReport()
     present = feature_store.video_ids(out)
-    todo = [f for f in files if video_id_of(f) not in present]
-    report.already_present = len(files) - len(todo)
+    todo = [
+        {"video_id": vid, "uri": group[0], "files": group}
+        for vid, group in videos.items()
+        if vid not in present
+    ]
+    report.already_present = len(videos) - len(todo)
     metadata = feature_store.read_metadata(out)
     if metadata:
         feature_store.ensure_metadata(out, {"backbone": backbone})  # refuses a store of another backbone
     dim = metadata.get("feature_dim") if metadata else None
     pending: list[dict] = []
-    dataset = ray.data.from_items([{"uri": f} for f in todo]).map_batches(_parse_batch, batch_size=16)
+    dataset = ray.data.from_items(todo).map_batches(_parse_batch, batch_size=16)
     for row in dataset.iter_rows() if todo else []:
         uri = row["uri"]
         if row["error"]:
@@ -156,7 +179,7 @@ def import_features(
         if int(row["dim"]) != dim:
             report.skipped.append((uri, f"features are {row['dim']}-d but the store holds {dim}-d features"))
             continue
-        video_id = video_id_of(uri)
+        video_id = row["video_id"]
         facts = truth.describe(video_id)
         pending.append(
             {

@@ -113,3 +113,23 @@ def test_missing_source_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing" in err and "\n" not in err
     assert args.src.endswith("missing")
+
+
+def test_ten_crop_files_and_feature_suffixes(tmp_path, ray_cluster, shared_data):
+    src = tmp_path / "i3d"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    crops = [rng.random((40, 16), dtype=np.float32) for _ in range(3)]
+    for i, crop in enumerate(crops):  # RTFM-style per-crop files of one test video
+        np.save(src / f"Abuse028_x264__{i}.npy", crop)
+    np.save(src / "Normal_Videos_006_x264_i3d.npy", rng.random((32, 16), dtype=np.float32))
+    truth = GroundTruth.load(str(shared_data / "Temporal_Anomaly_Annotation.txt"), None)
+    report = import_features(str(src), str(tmp_path / "store"), truth=truth, backbone="i3d")
+    assert report.total_imported == 2 and not report.skipped
+    bags = store.load_bags(str(tmp_path / "store"))
+    assert sorted(bags.video_ids) == ["Abuse028_x264", "Normal_Videos_006_x264"]
+    i = bags.video_ids.index("Abuse028_x264")
+    assert bags.splits[i] == "test" and bags.intervals[i] == [(164, 240)]
+    from anomaly.segments import pool_segments
+
+    np.testing.assert_allclose(bags.features[i], pool_segments(np.mean(crops, axis=0)), rtol=1e-5)
