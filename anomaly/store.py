@@ -45,8 +45,15 @@ SCHEMA = pa.schema(
         pa.field("features", pa.list_(pa.list_(pa.float32())), nullable=False),  # 32 x D
         pa.field("fps", pa.float64()),  # null when unknown
         pa.field("source_uri", pa.string()),
+        # Optional columns (null in stores made before them, and where not applicable):
+        pa.field("dataset", pa.string()),  # e.g. "ucsd_ped2", "avenue", "shanghaitech"
+        pa.field("mask_uri", pa.string()),  # pixel masks of the video (anomaly.localization.iter_masks)
+        pa.field("features_grid", pa.list_(pa.list_(pa.list_(pa.float32())))),  # cells x 32 x D
     ]
 )
+
+# Columns of the per-video bags training and evaluation read (everything but the large grid features).
+BAG_COLUMNS = [name for name in SCHEMA.names if name != "features_grid"]
 
 FAILURES_SCHEMA = pa.schema(
     [
@@ -94,6 +101,53 @@ def features_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values.reshape(n, segments, -1)
 
 
+def grid_to_arrow(grids: Sequence[np.ndarray | None]) -> pa.Array:
+    """Per row a ``(cells, 32, D)`` array or None -> list<list<list<float32>>> (null where None)."""
+    grid_type = SCHEMA.field("features_grid").type
+    present = [np.ascontiguousarray(g, dtype=np.float32) for g in grids if g is not None]
+    if not present:
+        return pa.nulls(len(grids), type=grid_type)
+    shapes = {g.shape for g in present}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"grid features must be (cells, segments, dim), all alike; got {sorted(shapes)}")
+    cells, segments, dim = present[0].shape
+    count = len(present)
+    values = pa.array(np.stack(present).reshape(-1))
+    level3 = pa.ListArray.from_arrays(
+        pa.array(np.arange(count * cells * segments + 1, dtype=np.int32) * dim), values
+    )
+    level2 = pa.ListArray.from_arrays(
+        pa.array(np.arange(count * cells + 1, dtype=np.int32) * segments), level3
+    )
+    lengths = np.array([0 if g is None else cells for g in grids], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    mask = pa.array([g is None for g in grids], type=pa.bool_())
+    return pa.ListArray.from_arrays(offsets, level2, mask=mask).cast(grid_type)
+
+
+def grid_from_arrow(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
+    """list<list<list<float32>>> -> per row a ``(cells, 32, D)`` float32 array, or None where null."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], type=column.type)
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    out: list[np.ndarray | None] = [None] * len(column)
+    rows = np.flatnonzero(valid)
+    if rows.size == 0:
+        return out
+    present = column.take(pa.array(rows))
+    cells = present.value_lengths().to_numpy(zero_copy_only=False)
+    level2 = present.flatten()
+    segments = level2.value_lengths().to_numpy(zero_copy_only=False)
+    values = level2.flatten().flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if len(set(cells.tolist())) != 1 or len(set(segments.tolist())) != 1:
+        raise ValueError("rows of the features_grid column have different shapes")
+    n, c, s = len(rows), int(cells[0]), int(segments[0])
+    grids = values.reshape(n, c, s, -1)
+    for i, row in enumerate(rows):
+        out[int(row)] = grids[i]
+    return out
+
+
 def make_table(rows: Sequence[dict]) -> pa.Table:
     """Rows (dicts with the schema's keys; ``features`` a (32, D) array) -> an Arrow table."""
     if not rows:
@@ -105,6 +159,8 @@ def make_table(rows: Sequence[dict]) -> pa.Table:
     for schema_field in SCHEMA:
         if schema_field.name == "features":
             columns["features"] = features_to_arrow(features)
+        elif schema_field.name == "features_grid":
+            columns["features_grid"] = grid_to_arrow([r.get("features_grid") for r in rows])
         else:
             values = [r.get(schema_field.name) for r in rows]
             columns[schema_field.name] = pa.array(values, type=schema_field.type)
@@ -133,12 +189,22 @@ def write_rows(store: str, rows: Sequence[dict] | pa.Table) -> str | None:
     return part
 
 
+def part_files(store: str) -> list[str]:
+    """The store's committed part files (scheme-less paths), in name order; empty for a new store."""
+    fs, path = uris.filesystem(store)
+    if not fs.exists(path):
+        return []
+    return sorted(fs.glob(f"{path.rstrip('/')}/part-*.parquet"))
+
+
 def _dataset(store: str) -> pads.Dataset | None:
-    fs, path = uris.pyarrow_filesystem(store)
-    info = fs.get_file_info(path)
-    if info.type.name == "NotFound":
-        return None
-    return pads.dataset(path, format="parquet", filesystem=fs, schema=SCHEMA)
+    """Only ``part-*.parquet`` at the top: anything else a user puts in the folder is not a row."""
+    files = part_files(store)
+    if not files:
+        fs, path = uris.filesystem(store)
+        return pads.dataset([], format="parquet", schema=SCHEMA) if fs.exists(path) else None
+    filesystem, _ = uris.pyarrow_filesystem(store)
+    return pads.dataset(files, format="parquet", filesystem=filesystem, schema=SCHEMA)
 
 
 def read_table(store: str, *, columns: list[str] | None = None, split: str | None = None) -> pa.Table:
@@ -202,7 +268,7 @@ class Bags:
 
 def load_bags(store: str, split: str | None = None) -> Bags:
     """Read the store (or one split) into memory as :class:`Bags`."""
-    table = read_table(store, split=split)
+    table = read_table(store, columns=BAG_COLUMNS, split=split)
     if table.num_rows == 0:
         what = f"no '{split}' videos" if split else "no videos"
         raise AnomalyError(store, f"feature store has {what}")
