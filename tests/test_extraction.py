@@ -1,0 +1,325 @@
+"""Video -> feature store extraction: real videos (PyAV), real Ray Data, real S3 (moto), a real backbone.
+
+The backbone is r3d_18 with its seeded random weights at 8 x 32 x 32, small enough for 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from anomaly import cli, uris
+from anomaly import store as feature_store
+from anomaly.annotations import GroundTruth
+from anomaly.errors import AnomalyError
+from anomaly.extraction import (
+    ExtractionReport,
+    ExtractionSettings,
+    SegmentAccumulator,
+    VideoCommitter,
+    decode_video,
+    extract,
+    list_videos,
+    sanity_check,
+)
+from anomaly.segments import pool_segments
+from anomaly.synthetic import make_video_set, write_annotations
+from ray_jobs import extract as extract_job
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = ExtractionSettings(
+    backbone="r3d_18", weights=None, clip_len=8, crop=(32, 32), batch_size=8, flush_every=2, device="cpu"
+)
+CLI_SETTINGS = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "8", "--crop", "32,32"]
+DIM = 512
+NUM_FRAMES = 80  # 10 clips of 8 frames
+
+
+def store_rows(store: str) -> dict[str, dict]:
+    table = feature_store.read_table(store)
+    features = feature_store.features_from_arrow(table.column("features"))
+    rows = table.drop(["features"]).to_pylist()
+    return {row["video_id"]: {**row, "features": feats} for row, feats in zip(rows, features, strict=True)}
+
+
+def part_files(store: str) -> list[str]:
+    fs, path = uris.filesystem(store)
+    return sorted(p for p in fs.ls(path, detail=False) if os.path.basename(p).startswith("part-"))
+
+
+def listing(store: str) -> dict[str, int]:
+    fs, path = uris.filesystem(store)
+    return {p: info["size"] for p, info in fs.find(path, detail=True).items()}
+
+
+@pytest.fixture(scope="module")
+def local_videos(tmp_path_factory):
+    """6 good synthetic videos (3 test) and 3 bad files: empty, truncated, text named .mp4."""
+    root = tmp_path_factory.mktemp("extract-local")
+    folder = root / "videos"
+    videos = make_video_set(
+        str(folder), num_normal=3, num_abnormal=3, num_frames=NUM_FRAMES, height=48, width=64, seed=3
+    )
+    annotations = str(root / "Temporal_Anomaly_Annotation.txt")
+    write_annotations(videos, annotations)
+    (folder / "Empty001_x264.mp4").write_bytes(b"")
+    whole = Path(videos[0].uri).read_bytes()
+    (folder / "Truncated001_x264.mp4").write_bytes(whole[: len(whole) // 2])
+    (folder / "Text001_x264.mp4").write_text("this is not a video\n")
+    (folder / "notes.md").write_text("not listed: no video extension\n")
+    return str(folder), annotations, videos
+
+
+@pytest.fixture(scope="module")
+def local_run(local_videos, tmp_path_factory, ray_cluster):
+    folder, annotations, videos = local_videos
+    store = str(tmp_path_factory.mktemp("extract-store") / "store")
+    report = extract(folder, store, SETTINGS, GroundTruth.load(annotations, None))
+    return store, report
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def test_extract_from_s3_into_s3_store(s3_bucket, ray_cluster):
+    videos = make_video_set(
+        f"{s3_bucket}/videos", num_normal=2, num_abnormal=2, num_frames=40, height=48, width=64, seed=1
+    )
+    annotations = f"{s3_bucket}/meta/Temporal_Anomaly_Annotation.txt"
+    write_annotations(videos, annotations)
+    store = f"{s3_bucket}/stores/r3d"
+    truth = GroundTruth.load(annotations, None)
+
+    report = extract(f"{s3_bucket}/videos/", store, SETTINGS, truth)
+
+    assert sorted(report.extracted) == sorted(v.video_id for v in videos)
+    assert report.skipped == [] and report.failed == [] and report.num_clips == 4 * 5
+    rows = store_rows(store)
+    assert set(rows) == {v.video_id for v in videos}
+    for video in videos:
+        row = rows[video.video_id]
+        assert row["features"].shape == (32, DIM) and row["features"].dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(row["features"], axis=1), 1.0, rtol=1e-5)
+        assert row["split"] == video.split
+        assert row["label"] == (video.anomaly_class != "Normal")
+        assert row["anomaly_class"] == video.anomaly_class
+        expected = [list(video.interval)] if video.split == "test" and video.interval else []
+        assert row["anomaly_intervals"] == expected
+        assert row["num_frames"] == 40 and row["fps"] == pytest.approx(25.0)
+        assert row["backbone"] == "r3d_18" and row["source_uri"] == video.uri
+    assert any(v.split == "test" and v.interval for v in videos)  # the interval check had something to check
+    meta = feature_store.read_metadata(store)
+    assert meta["backbone"] == "r3d_18" and meta["feature_dim"] == DIM
+    assert meta["weights_sha256"] == "random" and meta["random_weights"] is True
+    assert (meta["clip_len"], meta["stride"], meta["crop"], meta["source"]) == (8, 8, [32, 32], "extract")
+    assert not uris.exists(f"{store}/_failures.parquet")
+
+    # A re-run is a no-op: nothing to extract, no new part file.
+    parts = part_files(store)
+    again = extract(f"{s3_bucket}/videos", store, SETTINGS, truth)
+    assert again.extracted == [] and sorted(again.skipped) == sorted(rows) and again.failed == []
+    assert again.summary().startswith("0 extracted, 4 skipped as done, 0 failed — see ")
+    assert part_files(store) == parts
+
+
+def test_extract_local_folder_with_bad_files(local_videos, local_run):
+    folder, _, videos = local_videos
+    store, report = local_run
+    good = {v.video_id for v in videos}
+    assert set(report.extracted) == good and report.skipped == []
+    reasons = {f["video_id"]: f["reason"] for f in report.failed}
+    assert set(reasons) == {"Empty001_x264", "Truncated001_x264", "Text001_x264"}
+    assert "empty file" in reasons["Empty001_x264"]
+    assert "truncated" in reasons["Truncated001_x264"]
+    assert "not a video" in reasons["Text001_x264"]
+    assert report.summary() == f"6 extracted, 0 skipped as done, 3 failed — see {store}/_failures.parquet"
+    assert not report.all_failed
+
+    rows = store_rows(store)
+    assert set(rows) == good
+    by_id = {v.video_id: v for v in videos}
+    for video_id, row in rows.items():
+        assert row["features"].shape == (32, DIM) and row["num_frames"] == NUM_FRAMES
+        assert row["split"] == by_id[video_id].split
+    failures = pq.read_table(f"{store}/_failures.parquet").to_pylist()
+    assert {(f["video_id"], f["stage"]) for f in failures} == {(vid, "decode") for vid in reasons}
+    assert all(f["uri"].startswith(folder) and "\n" not in f["reason"] for f in failures)
+    assert len(part_files(store)) == 3  # flush_every=2 over 6 videos: atomic part files of whole videos
+
+
+def test_killed_run_resumes_to_the_same_store(local_videos, local_run, tmp_path, ray_cluster):
+    """SIGKILL the real command after its first part file, resume, compare with an uninterrupted run."""
+    folder, annotations, videos = local_videos
+    reference, _ = local_run
+    store = str(tmp_path / "store")
+    env = dict(
+        os.environ,
+        RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address,  # join the session's Ray
+        ANOMALY_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "ray_jobs.extract",
+        folder,
+        "--out",
+        store,
+        *CLI_SETTINGS,
+        "--batch-size",
+        "4",
+        "--flush-every",
+        "1",
+        "--annotations",
+        annotations,
+        "--frame-counts",
+    ]
+    log = tmp_path / "extract.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None and not (os.path.isdir(store) and part_files(store)):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_ids = feature_store.video_ids(store)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert 1 <= len(killed_ids) < len(videos), "the kill should land after the first video, before the last"
+    assert not [p for p in os.listdir(store) if p.startswith(".")]  # a write cut short would be a dot-file
+
+    report = extract(folder, store, SETTINGS, GroundTruth.load(annotations, None))
+    assert set(report.skipped) == killed_ids
+    assert set(report.extracted) == {v.video_id for v in videos} - killed_ids
+    resumed, uninterrupted = store_rows(store), store_rows(reference)
+    assert set(resumed) == set(uninterrupted)
+    for video_id, row in uninterrupted.items():
+        assert np.allclose(resumed[video_id]["features"], row["features"], atol=1e-5), video_id
+        for key in ("split", "label", "anomaly_class", "anomaly_intervals", "num_frames", "fps"):
+            assert resumed[video_id][key] == row[key], (video_id, key)
+
+
+def test_incompatible_settings_are_refused_before_writing(local_videos, local_run, capsys):
+    folder, annotations, _ = local_videos
+    store, _ = local_run
+    before = listing(store)
+    with pytest.raises(AnomalyError) as info:
+        extract(folder, store, replace(SETTINGS, clip_len=4), GroundTruth.load(annotations, None))
+    assert "clip_len=8 (store) vs 4 (this run)" in str(info.value)
+    assert listing(store) == before
+
+    argv = [folder, "--out", store, *CLI_SETTINGS[:-1], "48,48", "--annotations", annotations]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(extract_job.main, extract_job.get_args_parser(), argv)
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {store}: store was made with other settings") and "\n" not in err
+    assert "crop=[32, 32] (store) vs [48, 48] (this run)" in err
+    assert listing(store) == before
+
+
+# ------------------------------------------------------------------------------------------ the parts
+
+
+def test_list_videos_folder_list_file_and_duplicates(tmp_path):
+    (tmp_path / "a" / "Abuse").mkdir(parents=True)
+    for name in ("a/Abuse/Abuse001_x264.mp4", "a/Normal_1.AVI", "a/clip.webm", "a/.hidden.mp4", "a/x.json"):
+        (tmp_path / name).write_bytes(b"x")
+    found = list_videos(str(tmp_path / "a"))
+    assert [os.path.relpath(p, tmp_path) for p in found] == [
+        "a/Abuse/Abuse001_x264.mp4",
+        "a/Normal_1.AVI",
+        "a/clip.webm",
+    ]
+    listed = tmp_path / "videos.txt"
+    listed.write_text(f"# my videos\n\na/Abuse/Abuse001_x264.mp4\n{tmp_path}/a/clip.webm\ns3://b/v/X.mp4\n")
+    assert list_videos(str(listed)) == sorted(
+        [str(tmp_path / "a/Abuse/Abuse001_x264.mp4"), str(tmp_path / "a/clip.webm"), "s3://b/v/X.mp4"]
+    )
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "x.json").write_bytes(b"{}")
+    with pytest.raises(AnomalyError, match="no video files found"):
+        list_videos(str(tmp_path / "nothing"))
+    with pytest.raises(AnomalyError, match="no such folder"):
+        list_videos(str(tmp_path / "missing"))
+
+    ids, failures = sanity_check(["s3://b/x/A1.mp4", "/data/B1.avi"])
+    assert ids == {"A1": "s3://b/x/A1.mp4", "B1": "/data/B1.avi"} and failures == []
+    store = str(tmp_path / "store")
+    with pytest.raises(AnomalyError, match=r"1 duplicate video ids .*A1: /y/A1.avi, s3://b/x/A1.mp4"):
+        extract(["s3://b/x/A1.mp4", "/y/A1.avi", "/y/B.mp4"], store, SETTINGS)
+    assert not os.path.exists(store)  # refused before anything was written
+
+
+@pytest.mark.parametrize("num_clips", [1, 5, 31, 32, 33, 100, 257])
+def test_segment_accumulator_matches_pool_segments(num_clips):
+    rng = np.random.default_rng(num_clips)
+    feats = rng.normal(size=(num_clips, 16)).astype(np.float32)
+    acc = SegmentAccumulator(num_clips, 16)
+    order = rng.permutation(num_clips)
+    for chunk in np.array_split(order, min(4, num_clips)):  # out of order, in pieces
+        assert not acc.complete
+        acc.add(chunk, feats[chunk])
+    acc.add(order[:1], feats[order[:1]] + 100)  # a retried task's duplicate counts once
+    assert acc.complete and acc.count == num_clips
+    np.testing.assert_allclose(acc.pooled(), pool_segments(feats), rtol=1e-5, atol=1e-6)
+    if num_clips >= 32:
+        assert acc.rows is None  # long videos keep (32, D) sums, not every clip
+
+
+def _batch(video_id, indices, num_clips, error=""):
+    n = len(indices)
+    return {
+        "video_id": np.array([video_id] * n, dtype=object),
+        "uri": np.array([f"/v/{video_id}.mp4"] * n, dtype=object),
+        "clip_index": np.asarray(indices, dtype=np.int64),
+        "num_clips": np.full(n, num_clips),
+        "num_frames": np.full(n, num_clips * 8),
+        "fps": np.full(n, 25.0),
+        "error": np.array([error] * n, dtype=object),
+        "features": np.ones((n, DIM), dtype=np.float32),
+    }
+
+
+def test_committer_drops_videos_that_fail_part_way_or_miss_clips(tmp_path):
+    """A mid-decode error row after some clips, or clips missing at the end, leave no row in the store."""
+    store = str(tmp_path / "store")
+    todo = {vid: f"/v/{vid}.mp4" for vid in ("Good", "Broken", "Short", "ErrorFirst")}
+    report = ExtractionReport(store=store)
+    committer = VideoCommitter(store, SETTINGS, SETTINGS.spec(), GroundTruth(), todo, report)
+    committer.consume(_batch("Broken", [0, 1], 4))
+    committer.consume(_batch("Good", [3, 1], 4))
+    committer.consume(_batch("Broken", [-1], 0, error="truncated: decoding failed after 20 frames"))
+    committer.consume(_batch("Broken", [2, 3], 4))  # late clips of a failed video are ignored
+    committer.consume(_batch("ErrorFirst", [-1], 0, error="not a video: x"))
+    committer.consume(_batch("ErrorFirst", [0, 1], 2))
+    committer.consume(_batch("Good", [0, 2], 4))
+    committer.consume(_batch("Short", [0, 1], 3))
+    committer.finish()
+    committer.flush()
+    assert report.extracted == ["Good"]
+    assert {f["video_id"]: (f["stage"], f["reason"]) for f in report.failed} == {
+        "Broken": ("decode", "truncated: decoding failed after 20 frames"),
+        "ErrorFirst": ("decode", "not a video: x"),
+        "Short": ("group", "incomplete: 2 of 3 clips"),
+    }
+    assert set(store_rows(store)) == {"Good"}
+    assert len(feature_store.read_failures(store)) == 3
+
+
+def test_decode_stage_never_raises(local_videos, tmp_path):
+    folder, _, videos = local_videos
+    spec = SETTINGS.spec()
+    rows = list(decode_video({"uri": videos[0].uri, "video_id": videos[0].video_id}, spec=spec, stride=8))
+    assert [r["clip_index"] for r in rows] == list(range(NUM_FRAMES // 8))
+    assert all(r["num_clips"] == 10 and r["error"] == "" and r["clip"].shape == (8, 32, 32, 3) for r in rows)
+    for name in ("Empty001_x264.mp4", "Text001_x264.mp4", "Missing001.mp4"):
+        [row] = decode_video({"uri": f"{folder}/{name}", "video_id": name[:-4]}, spec=spec, stride=8)
+        assert row["error"] and row["clip_index"] == -1 and row["clip"].shape == (8, 32, 32, 3)
