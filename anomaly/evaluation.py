@@ -13,6 +13,7 @@ import pyarrow as pa
 from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.errors import AnomalyError
+from anomaly.localization import localization_metrics
 from anomaly.metrics import evaluate_frames, frame_level, roc_points
 from anomaly.plots import roc_plot, timeline_plot
 from anomaly.segments import frame_scores
@@ -66,6 +67,8 @@ def evaluate(
         store=store,
         backbone=payload.get("store_metadata", {}).get("backbone"),
     )
+    # Optional store columns: per-data-set AUC, region-level scores and heat maps (anomaly.localization).
+    metrics.update(localization_metrics(store, model, bags, scores, out_dir, split=split, heatmaps=timelines))
     frames = frame_level(scores, bags.num_frames, bags.intervals)
     if not math.isnan(metrics["frame_auc"]):
         fpr, tpr = roc_points(frames)

@@ -7,7 +7,8 @@ the clip sampling rule (:func:`clip_starts`), the bounded clip buffer and the
 centre crop (:meth:`VideoReader.iter_clips`). A backend only has to say what
 the video is (:attr:`VideoReader.info`) and hand out its decodable frames one
 by one, upright and resized (``_frames``). Today the one backend is PyAV
-(:class:`PyAVVideo`); frame folders can be added beside it.
+(:class:`PyAVVideo`) for container files, and :mod:`anomaly.frame_folder` for
+folders of image files.
 
 Memory is bounded whatever the video length: frames are decoded one at a
 time through an fsspec file object (the file is never copied to local disk)
@@ -15,7 +16,7 @@ and at most ``clip_len`` converted frames are held while a clip is built.
 
 Every problem with the input is an :class:`~anomaly.errors.AnomalyError`
 naming the URI and a short reason: ``no such file or object``, ``access
-denied``, ``empty file (0 bytes)``, ``is a folder …``, ``not a video: <FFmpeg's
+denied``, ``empty file (0 bytes)``, ``not a video: <FFmpeg's
 message>``, ``truncated MP4: no moov atom …``, ``truncated: the file has N bytes
 but its index needs M``, ``truncated or corrupt: decoding failed after N
 frames: …``, ``truncated: decoded N of the M frames the container declares``,
@@ -452,8 +453,14 @@ def _converter(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None
 # --------------------------------------------------------------------------- entry points
 
 
-def open_video(uri: str) -> VideoReader:
-    """A reader for the video at ``uri``; fails fast (one metadata request) on missing or empty objects."""
+def open_video(uri: str, *, fps: float | None = None) -> VideoReader:
+    """A reader for the video at ``uri``; fails fast (one metadata request) on missing or empty objects.
+
+    A folder (or object-store prefix) is a frame-folder video
+    (:class:`anomaly.frame_folder.FrameFolderVideo`); ``fps`` is its frame rate
+    (default :data:`anomaly.frame_folder.DEFAULT_FPS`). Container files state
+    their own rate and ignore ``fps``.
+    """
     video_id_from_uri(uri)  # refuse unsafe names before touching storage
     fs, path = uris.filesystem(uri)
     try:
@@ -463,16 +470,18 @@ def open_video(uri: str) -> VideoReader:
     except PermissionError as exc:
         raise AnomalyError(uri, "access denied") from exc
     if meta.get("type") == "directory":
-        raise AnomalyError(uri, "is a folder; no video backend reads frame folders yet")
+        from anomaly.frame_folder import FrameFolderVideo
+
+        return FrameFolderVideo(uri, fs, path, fps=fps)
     size = meta.get("size")
     if size == 0:
         raise AnomalyError(uri, "empty file (0 bytes)")
     return PyAVVideo(uri, fs, path, size)
 
 
-def probe_video(uri: str) -> VideoInfo:
+def probe_video(uri: str, *, fps: float | None = None) -> VideoInfo:
     """Open ``uri`` and decode it once: frame count (decodable frames), fps, display size, rotation."""
-    return open_video(uri).info
+    return open_video(uri, fps=fps).info
 
 
 def iter_clips(

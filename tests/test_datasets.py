@@ -1,0 +1,389 @@
+"""anomaly.datasets and anomaly.localization: ground-truth formats, layouts, masks, the region criterion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from anomaly import store
+from anomaly.datasets import (
+    intervals_from_labels,
+    load_dataset,
+    parse_ucsd_m,
+    read_label_array,
+)
+from anomaly.errors import AnomalyError
+from anomaly.localization import (
+    cell_bounds,
+    cell_pixel_counts,
+    covered_share,
+    frame_detected,
+    frame_region_scores,
+    heatmap_plot,
+    iter_masks,
+    mask_at,
+    parse_grid,
+    region_summary,
+    tile_clip,
+)
+
+
+def frames(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (n, h, w), dtype=np.uint8)
+
+
+def write_frames(folder: Path, count: int, ext: str = "tif", *, start: int = 1, width: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, frame in enumerate(frames(count, seed=count)):
+        Image.fromarray(frame).save(folder / f"{t + start:0{width}d}.{ext}")
+    return folder
+
+
+def write_masks(folder: Path, masks: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, mask in enumerate(masks):
+        Image.fromarray((mask > 0).astype(np.uint8) * 255).save(folder / f"{t + 1:03d}.bmp")
+    return folder
+
+
+# ------------------------------------------------------------------------------------- UCSD .m
+
+
+UCSD_M = """\
+TestDataset = {};
+% frame-level ground truth, one line per test clip
+TestDataset{end+1}.gt_frame = [61:180];
+TestDataset{end+1}.gt_frame = [5:90, 140:200];
+TestDataset{end+1}.gt_frame = [1:10 20:30];  % several ranges, space separated
+"""
+
+
+def test_ucsd_m_published_style_with_several_ranges():
+    table = parse_ucsd_m(UCSD_M)
+    assert table == {1: [(60, 180)], 2: [(4, 90), (139, 200)], 3: [(0, 10), (19, 30)]}
+
+
+def test_ucsd_m_explicit_indices_and_single_frames():
+    text = "TestDataset_ped1.gt{2} = [60:152];\nTestDataset_ped1.gt{1} = [7, 9:12, 11:15];\nnot = [1:2];\n"
+    assert parse_ucsd_m(text) == {2: [(59, 152)], 1: [(6, 7), (8, 15)]}
+
+
+def test_ucsd_m_errors_are_one_line():
+    with pytest.raises(AnomalyError, match="no ground-truth lines"):
+        parse_ucsd_m("x = 3;\n")
+    with pytest.raises(AnomalyError, match=r"gt.m:1: unparsable frame range 'a:b'"):
+        parse_ucsd_m("T{end+1}.gt_frame = [a:b];", "gt.m")
+    with pytest.raises(AnomalyError, match="1-based ascending"):
+        parse_ucsd_m("T{end+1}.gt_frame = [0:4];")
+
+
+def test_intervals_from_labels_run_length():
+    assert intervals_from_labels([0, 1, 1, 0, 0, 1, 0, 1, 1]) == [(1, 3), (5, 6), (7, 9)]
+    assert intervals_from_labels(np.ones(4)) == [(0, 4)]
+    assert intervals_from_labels(np.zeros(5)) == []
+
+
+def test_label_array_shapes_and_errors(tmp_path):
+    np.save(tmp_path / "a.npy", np.array([[0, 1, 1, 0]]))
+    assert read_label_array(str(tmp_path / "a.npy")).tolist() == [0, 1, 1, 0]
+    np.save(tmp_path / "b.npy", np.zeros((3, 4)))
+    with pytest.raises(AnomalyError, match="1-D"):
+        read_label_array(str(tmp_path / "b.npy"))
+    (tmp_path / "c.npy").write_bytes(b"junk")
+    with pytest.raises(AnomalyError, match="not a .npy"):
+        read_label_array(str(tmp_path / "c.npy"))
+
+
+# ------------------------------------------------------------------------------------- layouts
+
+
+@pytest.fixture()
+def ucsd_ped2(tmp_path) -> Path:
+    root = tmp_path / "UCSD_Anomaly_Dataset.v1p2" / "UCSDped2"
+    for i in (1, 2):
+        write_frames(root / "Train" / f"Train{i:03d}", 20)
+    for i, count in ((1, 30), (2, 24), (3, 20)):
+        write_frames(root / "Test" / f"Test{i:03d}", count)
+    mask = np.zeros((30, 24, 32), np.uint8)
+    mask[20:, 4:10, 6:14] = 1  # frames 20..29 (0-based) anomalous, as the .m says (21:30)
+    write_masks(root / "Test" / "Test001_gt", mask)
+    (root / "Test" / "UCSDped2.m").write_text(
+        "TestDataset = {};\nTestDataset{end+1}.gt_frame = [21:30];\n"
+        "TestDataset{end+1}.gt_frame = [1:5, 10:12];\nTestDataset{end+1}.gt_frame = [];\n"
+    )
+    return root
+
+
+def test_ucsd_layout(ucsd_ped2):
+    truth = load_dataset("ucsd", str(ucsd_ped2))
+    assert sorted(truth.videos) == [
+        "ucsd_ped2_test_Test001",
+        "ucsd_ped2_test_Test002",
+        "ucsd_ped2_test_Test003",
+        "ucsd_ped2_train_Train001",
+        "ucsd_ped2_train_Train002",
+    ]
+    t1 = truth.describe("ucsd_ped2_test_Test001")
+    assert t1 == {
+        "split": "test",
+        "label": 1,
+        "anomaly_class": "Anomaly",
+        "anomaly_intervals": [[20, 30]],
+        "num_frames": 30,
+        "dataset": "ucsd_ped2",
+        "mask_uri": str(ucsd_ped2 / "Test" / "Test001_gt"),
+    }
+    assert truth.describe("ucsd_ped2_test_Test002")["anomaly_intervals"] == [[0, 5], [9, 12]]
+    empty = truth.describe("ucsd_ped2_test_Test003")
+    assert (empty["label"], empty["anomaly_class"], empty["mask_uri"]) == (0, "Normal", None)
+    train = truth.describe("ucsd_ped2_train_Train001")
+    assert (train["split"], train["label"], train["num_frames"]) == ("train", 0, 20)
+    assert truth.fps == 10.0
+    assert "Test001_gt" not in " ".join(truth.video_uris().values())
+    # the parent folder of several UCSD sets reads each, and "auto" recognises it
+    assert sorted(load_dataset("auto", str(ucsd_ped2.parent)).videos) == sorted(truth.videos)
+
+
+def test_ucsd_missing_entry_is_an_error(ucsd_ped2):
+    write_frames(ucsd_ped2 / "Test" / "Test004", 20)
+    with pytest.raises(AnomalyError, match=r"no ground truth for 1 ucsd_ped2 test videos \(e.g. Test004\)"):
+        load_dataset("ucsd", str(ucsd_ped2))
+
+
+def test_ucsd_masks_iterate_in_frame_order(ucsd_ped2):
+    masks = list(iter_masks(str(ucsd_ped2 / "Test" / "Test001_gt")))
+    assert len(masks) == 30 and not masks[19].any() and masks[20].sum() == 6 * 8
+    assert mask_at(str(ucsd_ped2 / "Test" / "Test001_gt"), 25).sum() == 48
+
+
+@pytest.fixture()
+def shanghaitech(tmp_path) -> Path:
+    root = tmp_path / "shanghaitech"
+    write_frames(root / "training" / "frames" / "01_001", 20, "jpg", start=0)
+    write_frames(root / "training" / "frames" / "01_002", 20, "jpg", start=0)
+    labels = {"01_0014": np.r_[np.zeros(5), np.ones(10), np.zeros(5), np.ones(4)], "01_0015": np.zeros(20)}
+    for name, lab in labels.items():
+        write_frames(root / "testing" / "frames" / name, len(lab), "jpg", start=0)
+        (root / "testing" / "test_frame_mask").mkdir(parents=True, exist_ok=True)
+        np.save(root / "testing" / "test_frame_mask" / f"{name}.npy", lab.astype(np.int64))
+        pixel = np.zeros((len(lab), 24, 32), np.uint8)
+        pixel[lab == 1, :12, :16] = 1
+        (root / "testing" / "test_pixel_mask").mkdir(parents=True, exist_ok=True)
+        np.save(root / "testing" / "test_pixel_mask" / f"{name}.npy", pixel)
+    return root
+
+
+def test_shanghaitech_layout(shanghaitech):
+    truth = load_dataset("auto", str(shanghaitech))
+    anomalous = truth.describe("shanghaitech_test_01_0014")
+    assert anomalous["anomaly_intervals"] == [[5, 15], [20, 24]] and anomalous["num_frames"] == 24
+    assert anomalous["mask_uri"].endswith("test_pixel_mask/01_0014.npy")
+    assert truth.describe("shanghaitech_test_01_0015")["label"] == 0
+    assert truth.describe("shanghaitech_train_01_001")["split"] == "train"
+    masks = list(iter_masks(anomalous["mask_uri"]))
+    assert len(masks) == 24 and masks[5].sum() == 12 * 16 and not masks[4].any()
+
+
+def test_train_list_makes_the_weakly_supervised_split(shanghaitech, tmp_path):
+    listing = tmp_path / "SH_Train.txt"
+    listing.write_text("01_0014\n01_001  # a normal training video\n")
+    truth = load_dataset("shanghaitech", str(shanghaitech), train_list=str(listing))
+    splits = {vid: v.split for vid, v in truth.videos.items()}
+    assert splits == {
+        "shanghaitech_test_01_0014": "train",
+        "shanghaitech_train_01_001": "train",
+        "shanghaitech_test_01_0015": "test",
+        "shanghaitech_train_01_002": "test",
+    }
+    assert truth.describe("shanghaitech_test_01_0014")["label"] == 1  # labels stay the ground truth's
+    listing.write_text("01_9999\n")
+    with pytest.raises(AnomalyError, match="name no video"):
+        load_dataset("shanghaitech", str(shanghaitech), train_list=str(listing))
+
+
+def test_missing_label_file_is_an_error(shanghaitech):
+    (shanghaitech / "testing" / "test_frame_mask" / "01_0015.npy").unlink()
+    with pytest.raises(
+        AnomalyError, match=r"no ground truth for 1 shanghaitech test videos \(e.g. 01_0015\)"
+    ):
+        load_dataset("shanghaitech", str(shanghaitech))
+
+
+def _avenue(tmp_path) -> Path:
+    root = tmp_path / "avenue"
+    write_frames(root / "training" / "frames" / "01", 20, "jpg", start=0, width=4)
+    write_frames(root / "testing" / "frames" / "01", 22, "jpg", start=0, width=4)
+    write_frames(root / "testing" / "frames" / "02", 20, "jpg", start=0, width=4)
+    return root
+
+
+def test_avenue_per_video_npy(tmp_path):
+    root = _avenue(tmp_path)
+    gt = root / "testing" / "test_frame_mask"
+    gt.mkdir()
+    np.save(gt / "1.npy", np.r_[np.zeros(10), np.ones(12)])  # "1" labels folder "01"
+    np.save(gt / "02.npy", np.zeros(20))
+    truth = load_dataset("avenue", str(root))
+    assert truth.describe("avenue_test_01")["anomaly_intervals"] == [[10, 22]]
+    assert truth.describe("avenue_train_01")["split"] == "train"  # no clash with testing/01
+    assert truth.describe("avenue_test_02")["label"] == 0
+
+
+def test_avenue_concatenated_npy_and_mat_gt(tmp_path):
+    from scipy.io import savemat
+
+    root = _avenue(tmp_path)
+    np.save(root / "frame_labels_avenue.npy", np.r_[np.zeros(20), np.ones(2), np.ones(3), np.zeros(17)][None])
+    truth = load_dataset("avenue", str(root))
+    assert truth.describe("avenue_test_01")["anomaly_intervals"] == [[20, 22]]
+    assert truth.describe("avenue_test_02")["anomaly_intervals"] == [[0, 3]]
+    np.save(root / "short.npy", np.zeros(5))
+    with pytest.raises(AnomalyError, match="has 5 labels but the 2 test videos have 42 frames"):
+        load_dataset("avenue", str(root), labels=str(root / "short.npy"))
+    cells = np.empty((1, 2), dtype=object)
+    cells[0, 0] = np.array([[3, 15], [5, 20]])  # [starts; ends], 1-based inclusive
+    cells[0, 1] = np.zeros((2, 0))
+    savemat(root / "avenue.mat", {"gt": cells})
+    truth = load_dataset("avenue", str(root), labels=str(root / "avenue.mat"))
+    assert truth.describe("avenue_test_01")["anomaly_intervals"] == [[2, 5], [14, 20]]
+    assert truth.describe("avenue_test_02")["anomaly_intervals"] == []
+
+
+def test_avenue_vol_label_masks(tmp_path):
+    from scipy.io import savemat
+
+    root = _avenue(tmp_path)
+    folder = root / "ground_truth_demo" / "testing_label_mask"
+    folder.mkdir(parents=True)
+    for number, count, anomalous in ((1, 22, range(4, 9)), (2, 20, ())):
+        vol = np.empty((1, count), dtype=object)
+        for t in range(count):
+            mask = np.zeros((24, 32), np.uint8)
+            if t in anomalous:
+                mask[2:6, 3:9] = 1
+            vol[0, t] = mask
+        savemat(folder / f"{number}_label.mat", {"volLabel": vol})
+    truth = load_dataset("avenue", str(root))
+    t1 = truth.describe("avenue_test_01")
+    assert t1["anomaly_intervals"] == [[4, 9]] and t1["mask_uri"].endswith("1_label.mat")
+    masks = list(iter_masks(t1["mask_uri"]))
+    assert len(masks) == 22 and masks[4].sum() == 24
+
+
+def test_unknown_dataset_and_missing_folder(tmp_path):
+    with pytest.raises(AnomalyError, match="unknown data set"):
+        load_dataset("ped3", str(tmp_path))
+    with pytest.raises(AnomalyError, match="no such data set folder"):
+        load_dataset("ucsd", str(tmp_path / "nope"))
+    (tmp_path / "x").mkdir()
+    with pytest.raises(AnomalyError, match="cannot tell the data set"):
+        load_dataset("auto", str(tmp_path / "x"))
+
+
+# ----------------------------------------------------------------------------- region criterion
+
+
+def test_region_criterion_hand_built_4x4():
+    """A 4x4 frame, 2x2 grid (cells of 2x2 pixels): 3 anomalous pixels top-left, 1 top-right."""
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = mask[0, 1] = mask[1, 0] = True  # cell 0
+    mask[1, 3] = True  # cell 1
+    assert cell_pixel_counts(mask, 2).tolist() == [3, 1, 0, 0]
+    top_left = [0.9, 0.2, 0.1, 0.1]
+    top_right = [0.2, 0.9, 0.1, 0.1]
+    assert covered_share(top_left, mask, 0.5) == 0.75 and frame_detected(top_left, mask)
+    assert covered_share(top_right, mask, 0.5) == 0.25 and not frame_detected(top_right, mask)
+    assert frame_detected(top_right, mask, threshold=0.15)  # both top cells: all 4 pixels
+    normal = np.zeros((4, 4), bool)
+    assert frame_detected([0.6, 0, 0, 0], normal) and not frame_detected([0.4, 0, 0, 0], normal)
+    # one number per frame: detected (or a false positive) exactly when threshold < score
+    labels, scores = frame_region_scores(
+        np.array([top_left, top_right, [0.6, 0.1, 0.3, 0.0]]),
+        np.array([[3, 1, 0, 0], [3, 1, 0, 0], [0, 0, 0, 0]]),
+    )
+    assert labels.tolist() == [1, 1, 0] and scores.tolist() == [0.9, 0.2, 0.6]
+    summary = region_summary(labels, scores, threshold=0.5)
+    assert summary["detection_rate"] == 0.5 and summary["false_positive_rate"] == 1.0
+    assert summary["auc"] == 0.5 and summary["anomalous_frames"] == 2
+
+
+def test_coverage_boundary_is_inclusive():
+    mask = np.zeros((10, 10), bool)
+    mask[:2, :5] = True  # 10 pixels, all in cell 0 of a 2x2 grid ... move 6 of them to cell 1
+    mask[:2, 5:8] = True
+    mask[:2, :2] = False  # now cell 0 has 6, cell 1 has 6 -> 50 %
+    counts = cell_pixel_counts(mask, 2)
+    assert counts.tolist() == [6, 6, 0, 0]
+    assert frame_detected([0.9, 0.1, 0.1, 0.1], mask)  # 50 % >= 40 %
+    mask[:2, 2] = False  # cell 0: 4 of 10 -> exactly 40 %
+    assert cell_pixel_counts(mask, 2).tolist() == [4, 6, 0, 0] and frame_detected([0.9, 0.1, 0.1, 0.1], mask)
+    mask[0, 3] = False  # 3 of 9 -> 33 %
+    assert not frame_detected([0.9, 0.1, 0.1, 0.1], mask)
+
+
+def test_tiles_cover_the_cells_of_the_frame():
+    clip = np.arange(2 * 6 * 9 * 1, dtype=np.int64).reshape(2, 6, 9, 1)
+    tiles = tile_clip(clip, 3)
+    rows, cols = cell_bounds(6, 9, 3)
+    assert tiles.shape == (9, 2, 2, 3, 1)
+    for k in range(9):
+        i, j = divmod(k, 3)
+        np.testing.assert_array_equal(tiles[k], clip[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]])
+
+
+def test_parse_grid():
+    assert [parse_grid(v) for v in (None, "1x1", "2x2", "3", 3, "none")] == [1, 1, 2, 3, 3, 1]
+    for bad in ("2x3", "x", "0", "12x12"):
+        with pytest.raises(AnomalyError, match="--grid"):
+            parse_grid(bad)
+
+
+def test_heatmap_png(tmp_path):
+    frame = np.full((24, 32, 3), 90, np.uint8)
+    mask = np.zeros((12, 16), bool)  # a mask at half the frame's resolution
+    mask[:6, 8:] = True
+    out = heatmap_plot(
+        frame, np.array([0.1, 0.8, 0.3, 0.2]), str(tmp_path / "h" / "x.png"), title="x", mask=mask
+    )
+    assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- store columns
+
+
+def _row(video_id: str, **extra) -> dict:
+    return {
+        "video_id": video_id,
+        "split": "test",
+        "label": 0,
+        "anomaly_class": "Normal",
+        "num_frames": 40,
+        "anomaly_intervals": [],
+        "backbone": "r3d_18",
+        "features": np.random.default_rng(0).random((32, 6), dtype=np.float32),
+        "fps": 25.0,
+        "source_uri": "x",
+        **extra,
+    }
+
+
+def test_store_optional_columns_round_trip_and_old_files(tmp_path):
+    old = store.make_table([_row("old")]).drop_columns(["dataset", "mask_uri", "features_grid"])
+    pq.write_table(old, tmp_path / "part-old.parquet")  # a part file written before the columns existed
+    grid = np.random.default_rng(1).random((4, 32, 6), dtype=np.float32)
+    store.write_rows(
+        str(tmp_path), [_row("g", dataset="avenue", mask_uri="m.npy", features_grid=grid), _row("n")]
+    )
+    table = store.read_table(str(tmp_path))
+    by_id = dict(zip(table.column("video_id").to_pylist(), range(table.num_rows), strict=True))
+    grids = store.grid_from_arrow(table.column("features_grid"))
+    np.testing.assert_array_equal(grids[by_id["g"]], grid)
+    assert grids[by_id["n"]] is None and grids[by_id["old"]] is None
+    assert table.column("dataset").to_pylist()[by_id["g"]] == "avenue"
+    assert table.column("dataset").to_pylist()[by_id["old"]] is None
+    bags = store.load_bags(str(tmp_path))
+    assert len(bags) == 3 and bags.features.shape == (3, 32, 6)
