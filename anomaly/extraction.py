@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,7 +78,9 @@ class ExtractionSettings:
     ``stride``: frames between clip starts; ``None`` = ``clip_len`` (non-overlapping clips, as Sultani et al.).
     ``concurrency``: ``(min, max)`` model actors (Ray Data's ``ActorPoolStrategy``).
     ``flush_every``: finished videos per part file; smaller loses less on a kill, larger makes fewer files.
-    ``fps_default``: frame rate recorded for a video whose container states none (else left empty).
+    ``fps``: frame rate of inputs that state none: frame folders (default there
+    :data:`anomaly.frame_folder.DEFAULT_FPS`) and containers without a rate (else left empty).
+    A container's own rate always wins.
     """
 
     backbone: str
@@ -94,7 +96,7 @@ class ExtractionSettings:
     device: str = "auto"
     amp: bool = True
     flush_every: int = 16
-    fps_default: float | None = None
+    fps: float | None = None
 
     @property
     def random_weights(self) -> bool:
@@ -114,7 +116,7 @@ class ExtractionSettings:
             ("--batch-size", isinstance(self.batch_size, int) and self.batch_size >= 1),
             ("--num-gpus-per-actor", self.num_gpus_per_actor >= 0),
             ("--flush-every", isinstance(self.flush_every, int) and self.flush_every >= 1),
-            ("--fps-default", self.fps_default is None or self.fps_default > 0),
+            ("--fps-default", self.fps is None or self.fps > 0),
         ]
         for where, ok in checks:
             if not ok:
@@ -134,7 +136,8 @@ class ExtractionReport:
     skipped: list[str] = field(default_factory=list)  # video ids already in the store
     failed: list[dict] = field(default_factory=list)  # {uri, video_id, reason, stage}
     num_clips: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the whole call
+    first_commit_seconds: float | None = None  # from the start of the call to the first finished video
     part_files: list[str] = field(default_factory=list)
 
     @property
@@ -163,9 +166,9 @@ def _with_protocol(source: str, path: str) -> str:
     return f"{source.split('://', 1)[0]}://{path}"
 
 
-def _is_video_name(name: str) -> bool:
-    base = posixpath.basename(name.replace("\\", "/"))
-    return not base.startswith((".", "_")) and base.lower().endswith(VIDEO_EXTENSIONS)
+def _hidden(relative: str) -> bool:
+    """True when any component of a path below the listed root starts with ``.`` or ``_``."""
+    return any(part.startswith((".", "_")) for part in relative.replace("\\", "/").split("/") if part)
 
 
 def _read_list_file(uri: str) -> list[str]:
@@ -188,11 +191,16 @@ def _read_list_file(uri: str) -> list[str]:
 def list_videos(videos: str | Sequence[str]) -> list[str]:
     """Video URIs from a folder or prefix (recursive), a ``.txt`` list file, one video, or a list of URIs.
 
-    A folder or prefix keeps files with a video extension (:data:`VIDEO_EXTENSIONS`,
-    any case) and skips hidden (``.``) and ``_`` files; a list file or a Python list
-    is taken as given (one URI per line; blank lines and ``#`` comments skipped;
-    relative lines are relative to the list file). Sorted, duplicates of the same URI removed.
+    Under a folder or prefix, a video is a file with a video extension
+    (:data:`VIDEO_EXTENSIONS`, any case) or a *frame folder*: a folder that
+    directly holds image files (:mod:`anomaly.frame_folder`); anything below a
+    hidden (``.``) or ``_`` name is skipped. A folder that itself holds images
+    is one video. A list file or a Python list is taken as given (one URI per
+    line; blank lines and ``#`` comments skipped; relative lines are relative
+    to the list file). Sorted, repeated URIs removed.
     """
+    from anomaly.frame_folder import folder_has_frames, is_image_name
+
     if not isinstance(videos, str):
         found = [str(v) for v in videos]
     elif videos.lower().endswith(LIST_FILE_EXTENSIONS):
@@ -201,14 +209,24 @@ def list_videos(videos: str | Sequence[str]) -> list[str]:
         fs, path = uris.filesystem(videos)
         if not fs.exists(path):
             raise AnomalyError(videos, "no such folder, file or prefix")
-        if fs.isfile(path):
-            found = [videos]
+        if fs.isfile(path) or folder_has_frames(fs, path):
+            found = [videos.rstrip("/") or videos]
         else:
-            found = [_with_protocol(videos, p) for p in fs.find(path) if _is_video_name(p)]
+            root = path.rstrip("/")
+            paths = set()
+            for name in fs.find(path):
+                relative = name[len(root) :] if name.startswith(root) else name
+                if _hidden(relative):
+                    continue
+                if name.lower().endswith(VIDEO_EXTENSIONS):
+                    paths.add(name)
+                elif is_image_name(name):
+                    paths.add(posixpath.dirname(name))  # its folder is the video
+            found = [_with_protocol(videos, p) for p in paths]
     found = sorted(dict.fromkeys(found))
     if not found:
         where = videos if isinstance(videos, str) else "videos"
-        raise AnomalyError(where, f"no video files found ({', '.join(VIDEO_EXTENSIONS)})")
+        raise AnomalyError(where, f"no videos found (files {', '.join(VIDEO_EXTENSIONS)} or image folders)")
     return found
 
 
@@ -253,7 +271,7 @@ def _error_row(row: dict, reason: str, zero_clip: np.ndarray) -> dict:
     }
 
 
-def decode_video(row: dict, *, spec: BackboneSpec, stride: int) -> Iterator[dict]:
+def decode_video(row: dict, *, spec: BackboneSpec, stride: int, fps: float | None = None) -> Iterator[dict]:
     """Ray Data ``flat_map`` generator: one video -> one row per clip, or one error row. Never raises.
 
     Clip rows carry ``num_clips`` (from :func:`anomaly.video.clip_starts` on the
@@ -266,7 +284,7 @@ def decode_video(row: dict, *, spec: BackboneSpec, stride: int) -> Iterator[dict
     zero_clip = np.zeros((spec.clip_len, *spec.crop, 3), dtype=np.uint8)
     uri = row["uri"]
     try:
-        info = probe_video(uri)
+        info = probe_video(uri, fps=fps)  # fps: for inputs that state none (frame folders)
         num_clips = len(clip_starts(info.num_frames, spec.clip_len, stride))
         base = {
             "video_id": row["video_id"],
@@ -377,6 +395,8 @@ class VideoCommitter:
         truth: GroundTruth,
         todo: dict[str, str],
         report: ExtractionReport,
+        *,
+        started: float | None = None,
     ) -> None:
         self.store, self.settings, self.spec, self.truth = store, settings, spec, truth
         self.todo, self.report = todo, report
@@ -384,7 +404,7 @@ class VideoCommitter:
         self.finished: set[str] = set()  # committed or failed: later rows of these are ignored
         self.buffer: list[dict] = []
         self.new_failures: list[dict] = []
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
 
     # rows -> videos
     def consume(self, batch: dict[str, np.ndarray]) -> None:
@@ -421,7 +441,11 @@ class VideoCommitter:
             self.commit(video_id, self.in_flight.pop(video_id))
 
     def commit(self, video_id: str, video: _InFlight) -> None:
-        row = self.truth.describe(video_id)
+        try:
+            row = self.truth.describe(video_id)
+        except AnomalyError as exc:  # ground truth that does not know this video
+            self.fail(video_id, exc.what, "annotations")
+            return
         known = row.get("num_frames")
         if known is not None and known != video.num_frames:
             logger.info(
@@ -431,7 +455,7 @@ class VideoCommitter:
                 known,
                 video.num_frames,
             )
-        fps = video.fps if np.isfinite(video.fps) and video.fps > 0 else self.settings.fps_default
+        fps = video.fps if np.isfinite(video.fps) and video.fps > 0 else self.settings.fps
         row.update(
             video_id=video_id,
             num_frames=video.num_frames,
@@ -441,6 +465,8 @@ class VideoCommitter:
             source_uri=video.uri,
         )
         self.buffer.append(row)
+        if self.report.first_commit_seconds is None:
+            self.report.first_commit_seconds = time.monotonic() - self.started
         self.finished.add(video_id)
         self.report.extracted.append(video_id)
         self.report.num_clips += video.clips.num_clips
@@ -531,7 +557,7 @@ def build_dataset(todo: dict[str, str], settings: ExtractionSettings, spec: Back
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # one decode task per video
     ds = ds.flat_map(
         decode_video,
-        fn_kwargs={"spec": spec, "stride": settings.effective_stride(spec)},
+        fn_kwargs={"spec": spec, "stride": settings.effective_stride(spec), "fps": settings.fps},
         num_cpus=settings.decode_num_cpus,
     )
     return ds.map_batches(
@@ -552,7 +578,7 @@ def build_dataset(todo: dict[str, str], settings: ExtractionSettings, spec: Back
 
 
 def extract(
-    videos: str | Sequence[str],
+    videos: str | Sequence[str] | Mapping[str, str],
     store: str,
     settings: ExtractionSettings,
     truth: GroundTruth | None = None,
@@ -566,7 +592,12 @@ def extract(
     started = time.monotonic()
     truth = truth if truth is not None else GroundTruth()
     spec = settings.validate()
-    ids, list_failures = sanity_check(list_videos(videos))
+    if isinstance(videos, Mapping):  # ids given by the caller (data sets whose ids are not file stems)
+        ids, list_failures = {str(k): str(v) for k, v in videos.items()}, []
+        if not ids:
+            raise AnomalyError("videos", "no videos given")
+    else:
+        ids, list_failures = sanity_check(list_videos(videos))
     weights_sha256 = _weights_tag(settings)
     feature_store.ensure_metadata(store, store_settings(settings, spec, weights_sha256))
 
@@ -587,7 +618,7 @@ def extract(
         settings.effective_stride(spec),
         weights_sha256[:12],
     )
-    committer = VideoCommitter(store, settings, spec, truth, todo, report)
+    committer = VideoCommitter(store, settings, spec, truth, todo, report, started=started)
     committer.new_failures.extend(list_failures)
     try:
         if todo:

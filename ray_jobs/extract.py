@@ -136,7 +136,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtractionSettings:
         device=args.device,
         amp=not args.no_amp,
         flush_every=args.flush_every,
-        fps_default=args.fps_default,
+        fps=args.fps_default,
     )
 
 

@@ -125,7 +125,7 @@ def test_extract_from_s3_into_s3_store(s3_bucket, ray_cluster):
 
     # A re-run is a no-op: nothing to extract, no new part file.
     parts = part_files(store)
-    again = extract(f"{s3_bucket}/videos", store, SETTINGS, truth)
+    again = extract({v.video_id: v.uri for v in videos}, store, SETTINGS, truth)  # ids given as a mapping
     assert again.extracted == [] and sorted(again.skipped) == sorted(rows) and again.failed == []
     assert again.summary().startswith("0 extracted, 4 skipped as done, 0 failed — see ")
     assert part_files(store) == parts
@@ -245,7 +245,7 @@ def test_list_videos_folder_list_file_and_duplicates(tmp_path):
     )
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing" / "x.json").write_bytes(b"{}")
-    with pytest.raises(AnomalyError, match="no video files found"):
+    with pytest.raises(AnomalyError, match="no videos found"):
         list_videos(str(tmp_path / "nothing"))
     with pytest.raises(AnomalyError, match="no such folder"):
         list_videos(str(tmp_path / "missing"))
