@@ -61,7 +61,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".
 LIST_FILE_EXTENSIONS = (".txt",)
 
 # Columns of the rows between the stages (besides "clip" before the model and "features" after it).
-ROW_COLUMNS = ("video_id", "uri", "clip_index", "num_clips", "num_frames", "fps", "error")
+# "cell" is -1 for the full-frame clip and 0..G*G-1 for the cells of a grid run (anomaly.localization).
+ROW_COLUMNS = ("video_id", "uri", "clip_index", "cell", "num_clips", "num_frames", "fps", "error")
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -81,6 +82,8 @@ class ExtractionSettings:
     ``fps``: frame rate of inputs that state none: frame folders (default there
     :data:`anomaly.frame_folder.DEFAULT_FPS`) and containers without a rate (else left empty).
     A container's own rate always wins.
+    ``grid``: ``G > 1`` also extracts ``G x G`` per-cell features into ``features_grid``
+    (:mod:`anomaly.localization`); the ``features`` column stays the full frame's.
     """
 
     backbone: str
@@ -97,6 +100,7 @@ class ExtractionSettings:
     amp: bool = True
     flush_every: int = 16
     fps: float | None = None
+    grid: int = 1
 
     @property
     def random_weights(self) -> bool:
@@ -117,6 +121,7 @@ class ExtractionSettings:
             ("--num-gpus-per-actor", self.num_gpus_per_actor >= 0),
             ("--flush-every", isinstance(self.flush_every, int) and self.flush_every >= 1),
             ("--fps-default", self.fps is None or self.fps > 0),
+            ("--grid", isinstance(self.grid, int) and 1 <= self.grid <= 8),
         ]
         for where, ok in checks:
             if not ok:
@@ -263,6 +268,7 @@ def _error_row(row: dict, reason: str, zero_clip: np.ndarray) -> dict:
         "video_id": row["video_id"],
         "uri": row["uri"],
         "clip_index": -1,
+        "cell": -1,
         "num_clips": 0,
         "num_frames": -1,
         "fps": float("nan"),
@@ -271,14 +277,19 @@ def _error_row(row: dict, reason: str, zero_clip: np.ndarray) -> dict:
     }
 
 
-def decode_video(row: dict, *, spec: BackboneSpec, stride: int, fps: float | None = None) -> Iterator[dict]:
+def decode_video(
+    row: dict, *, spec: BackboneSpec, stride: int, fps: float | None = None, grid: int = 1
+) -> Iterator[dict]:
     """Ray Data ``flat_map`` generator: one video -> one row per clip, or one error row. Never raises.
 
     Clip rows carry ``num_clips`` (from :func:`anomaly.video.clip_starts` on the
     probed frame count) so the grouping stage knows when a video is complete.
     The last clip is held back until the decoder has finished without error, so
-    a part-way failure always leaves the video short of clips.
+    a part-way failure always leaves the video short of clips. With ``grid > 1``
+    every clip row (``cell`` -1) is followed by its ``G*G`` cells (``cell`` 0..G*G-1,
+    see :func:`anomaly.localization.grid_clips`), held back together.
     """
+    from anomaly.localization import grid_clips
     from anomaly.video import clip_starts, iter_clips, probe_video
 
     zero_clip = np.zeros((spec.clip_len, *spec.crop, 3), dtype=np.uint8)
@@ -295,15 +306,24 @@ def decode_video(row: dict, *, spec: BackboneSpec, stride: int, fps: float | Non
             "error": "",
         }
         size = spec.resized_shape(info.height, info.width)
-        held = None
+        held: list[dict] | None = None
         decoded = 0
+        cells = grid_clips(uri, spec=spec, stride=stride, grid=grid) if grid > 1 else None
         for clip in iter_clips(uri, clip_len=spec.clip_len, stride=stride, size=size, crop=spec.crop):
             if clip.index >= num_clips:
                 yield _error_row(row, f"decoded more clips than the probe counted ({num_clips})", zero_clip)
                 return
             if held is not None:
-                yield held
-            held = {**base, "clip_index": clip.index, "clip": clip.frames}
+                yield from held
+            held = [{**base, "clip_index": clip.index, "cell": -1, "clip": clip.frames}]
+            if cells is not None:
+                tiles = next(cells, None)
+                if tiles is None:
+                    yield _error_row(row, f"the grid pass ended after {clip.index} clips", zero_clip)
+                    return
+                held += [
+                    {**base, "clip_index": clip.index, "cell": k, "clip": t} for k, t in enumerate(tiles)
+                ]
             decoded += 1
         if decoded != num_clips:
             reason = (
@@ -311,7 +331,7 @@ def decode_video(row: dict, *, spec: BackboneSpec, stride: int, fps: float | Non
             )
             yield _error_row(row, reason, zero_clip)
             return
-        yield held
+        yield from held
     except AnomalyError as exc:
         yield _error_row(row, exc.what, zero_clip)
     except Exception as exc:  # noqa: BLE001 - one bad video must not end a job over thousands
@@ -382,6 +402,11 @@ class _InFlight:
     num_frames: int
     fps: float
     clips: SegmentAccumulator
+    cells: list[SegmentAccumulator] = field(default_factory=list)  # grid runs: one per cell
+
+    @property
+    def complete(self) -> bool:
+        return self.clips.complete and all(cell.complete for cell in self.cells)
 
 
 class VideoCommitter:
@@ -430,14 +455,25 @@ class VideoCommitter:
                 num_frames=int(batch["num_frames"][first]),
                 fps=float(batch["fps"][first]),
                 clips=SegmentAccumulator(int(batch["num_clips"][first]), self.spec.feature_dim),
+                cells=[
+                    SegmentAccumulator(int(batch["num_clips"][first]), self.spec.feature_dim)
+                    for _ in range(self.settings.grid**2 if self.settings.grid > 1 else 0)
+                ],
             )
             self.in_flight[video_id] = video
+        index = np.asarray(batch["clip_index"])[rows]
+        features = np.asarray(batch["features"])[rows]
+        cell = np.asarray(batch["cell"])[rows] if "cell" in batch else np.full(len(rows), -1)
         try:
-            video.clips.add(batch["clip_index"][rows], np.asarray(batch["features"])[rows])
+            video.clips.add(index[cell < 0], features[cell < 0])
+            for k in np.unique(cell[cell >= 0]):
+                if k >= len(video.cells):
+                    raise ValueError(f"cell {k} of a {len(video.cells)}-cell grid")
+                video.cells[k].add(index[cell == k], features[cell == k])
         except ValueError as exc:
             self.fail(video_id, str(exc), "group")
             return
-        if video.clips.complete:
+        if video.complete:
             self.commit(video_id, self.in_flight.pop(video_id))
 
     def commit(self, video_id: str, video: _InFlight) -> None:
@@ -461,6 +497,7 @@ class VideoCommitter:
             num_frames=video.num_frames,
             backbone=self.settings.backbone,
             features=video.clips.pooled(),
+            features_grid=np.stack([cell.pooled() for cell in video.cells]) if video.cells else None,
             fps=fps,
             source_uri=video.uri,
         )
@@ -543,6 +580,7 @@ def store_settings(settings: ExtractionSettings, spec: BackboneSpec, weights_sha
         "stride": settings.effective_stride(spec),
         "crop": list(spec.crop),
         "resize": list(spec.resize),
+        **({"grid": settings.grid} if settings.grid > 1 else {}),  # absent without a grid: old stores match
         "source": "extract",
         "code_version": __version__,
     }
@@ -557,7 +595,12 @@ def build_dataset(todo: dict[str, str], settings: ExtractionSettings, spec: Back
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # one decode task per video
     ds = ds.flat_map(
         decode_video,
-        fn_kwargs={"spec": spec, "stride": settings.effective_stride(spec), "fps": settings.fps},
+        fn_kwargs={
+            "spec": spec,
+            "stride": settings.effective_stride(spec),
+            "fps": settings.fps,
+            "grid": settings.grid,
+        },
         num_cpus=settings.decode_num_cpus,
     )
     return ds.map_batches(

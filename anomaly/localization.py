@@ -97,6 +97,17 @@ def tile_clip(frames: np.ndarray, grid: int) -> np.ndarray:
     return np.ascontiguousarray(tiles.reshape(grid * grid, t, h, w, channels))
 
 
+def grid_clips(uri: str, *, spec, stride: int, grid: int) -> Iterator[np.ndarray]:
+    """The cells of every clip of ``uri``: per clip (same starts as the full-frame clips) a
+    ``(G*G, T, h, w, 3)`` array, the clip resized to ``(G*h, G*w)`` (``(h, w)`` = the backbone's
+    crop) and cut by :func:`tile_clip`. Streams like :func:`anomaly.video.iter_clips`."""
+    from anomaly.video import iter_clips
+
+    h, w = spec.crop
+    for clip in iter_clips(uri, clip_len=spec.clip_len, stride=stride, size=(grid * h, grid * w)):
+        yield tile_clip(clip.frames, grid)
+
+
 def cell_pixel_counts(mask: np.ndarray, grid: int) -> np.ndarray:
     """Anomalous pixels of a ``(H, W)`` mask in each cell, ``(G*G,)`` row-major."""
     mask = np.asarray(mask) != 0
@@ -350,7 +361,7 @@ def localization_metrics(
     - ``per_dataset``: frame AUC/AP per value of the ``dataset`` column (when any is set);
     - ``region_level`` (and per data set ``region_auc``): the region criterion over the
       frames of the videos that have both grid features and pixel masks;
-    - ``heatmaps/VIDEO.png`` for the anomalous videos with grid features.
+    - ``heatmaps/VIDEO.png`` for the anomalous videos with grid features (``heatmaps``: how many).
     """
     from anomaly import store as feature_store
     from anomaly.segments import frame_segments
@@ -403,6 +414,7 @@ def localization_metrics(
                 region_scores.setdefault(name, []).append(scores_k)
                 videos += 1
         if heatmaps and bags.labels[k] == 1:
+            out["heatmaps"] = out.get("heatmaps", 0) + 1
             _write_heatmap(
                 out_dir, bags.video_ids[k], sources[k], masks[k], scores[k], per_frame, bags, k, threshold
             )
@@ -465,6 +477,7 @@ __all__ = [
     "covered_share",
     "frame_detected",
     "frame_region_scores",
+    "grid_clips",
     "heatmap_plot",
     "iter_masks",
     "localization_metrics",

@@ -73,6 +73,7 @@ COMPATIBILITY_KEYS = (
     "clip_len",
     "stride",
     "crop",
+    "grid",  # recorded only for grid runs (anomaly.localization), so stores made without one still match
 )
 
 

@@ -34,6 +34,16 @@ def format_metrics(metrics: dict) -> str:
         f"false alarms@0.5 {pct(metrics['false_alarm_rate'])} % of normal frames",
     ]
     lines += [f"  AUC {name:<16s} {pct(auc)}" for name, auc in sorted(metrics["per_class_auc"].items())]
+    for name, values in sorted(metrics.get("per_dataset", {}).items()):
+        region = f", region AUC {pct(values['region_auc'])}" if "region_auc" in values else ""
+        lines.append(f"data set {name:<16s} frame AUC {pct(values['frame_auc'])}{region}")
+    if "region_level" in metrics:
+        region = metrics["region_level"]
+        lines.append(
+            f"region level     AUC {pct(region['auc'])}, EER {pct(region['eer'])}, detection rate@0.5 "
+            f"{pct(region['detection_rate'])} ({region['anomalous_frames']} anomalous frames, "
+            f"{region['grid']}x{region['grid']} cells)"
+        )
     return "\n".join(lines)
 
 
@@ -45,7 +55,8 @@ def main(args: argparse.Namespace) -> int:
     )
     print(f"{metrics['num_videos']} {args.split} videos, {metrics['num_frames']} frames")
     print(format_metrics(metrics))
-    print(f"wrote {args.out}/metrics.json, roc.png, timelines/")
+    heatmaps = ", heatmaps/" if metrics.get("heatmaps") else ""
+    print(f"wrote {args.out}/metrics.json, roc.png, timelines/{heatmaps}")
     return 0
 
 

@@ -2,7 +2,11 @@
 
 python -m ray_jobs.extract VIDEOS --out STORE --backbone NAME --weights PATH_OR_URI|none
     [--annotations FILE] [--frame-counts FILE ...] [--clip-len N] [--stride N] [--crop H,W]
-    [--batch-size N] [--num-gpus-per-actor F] [--concurrency MIN,MAX] [--fps-default FPS]
+    [--batch-size N] [--num-gpus-per-actor F] [--concurrency MIN,MAX] [--fps FPS] [--grid GxG]
+    [--dataset ucf_crime|ucsd|avenue|shanghaitech|auto [--labels URI] [--masks URI] [--train-list FILE]]
+
+Folders of image frames (.tif/.jpg/.png/.bmp) are videos too. With --dataset ucsd, avenue or
+shanghaitech, VIDEOS is the data set's folder in its published layout (see anomaly.datasets).
 
 Re-running the same command resumes: videos already in STORE are skipped, failed ones retried.
 """
@@ -10,11 +14,15 @@ Re-running the same command resumes: videos already in STORE are skipped, failed
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from anomaly import cli
 from anomaly.annotations import GroundTruth, bundled_file
+from anomaly.datasets import DATASET_KINDS, DatasetTruth, load_dataset
+from anomaly.errors import AnomalyError
 from anomaly.extraction import VIDEO_EXTENSIONS, ExtractionSettings, extract
 from anomaly.extractors import available_backbones
+from anomaly.localization import parse_grid
 
 
 def _int_pair(text: str) -> tuple[int, int]:
@@ -113,9 +121,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fps-default",
+        "--fps",
         type=float,
         default=None,
-        help="frame rate recorded for videos whose container states none (default: left empty)",
+        help="frame rate of inputs that state none: frame folders (default: the data set's, UCSD 10, "
+        "else 25) and containers without a rate (default: left empty); a container's own rate wins",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="ucf_crime",
+        choices=["ucf_crime", *DATASET_KINDS, "auto"],
+        help="ground truth: ucf_crime (--annotations, --frame-counts), or a frame-folder data set whose "
+        "folder is VIDEOS (auto: recognised from its layout); see the README's 'Frame-folder data sets'",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="frame-folder data sets: ground-truth file or folder (UCSD .m, per-video .npy folder, "
+        "concatenated .npy, .mat; default: found in the data set's folder)",
+    )
+    parser.add_argument(
+        "--masks",
+        default=None,
+        help="frame-folder data sets: pixel-mask folder (default: found in the data set's folder)",
+    )
+    parser.add_argument(
+        "--train-list",
+        default=None,
+        help="frame-folder data sets: file naming the training videos, one per line (e.g. the weakly "
+        "supervised ShanghaiTech split); all others are test. Default: the data set's own folders",
+    )
+    parser.add_argument(
+        "--grid",
+        default="1x1",
+        help="also extract per-cell features on a GxG grid (2x2, 3x3) for localisation heat maps and "
+        "region-level evaluation (default 1x1: none)",
     )
     cli.add_ray_arguments(parser)
     return parser
@@ -137,15 +177,40 @@ def settings_from_args(args: argparse.Namespace) -> ExtractionSettings:
         amp=not args.no_amp,
         flush_every=args.flush_every,
         fps=args.fps_default,
+        grid=parse_grid(args.grid),
     )
+
+
+def inputs_from_args(
+    args: argparse.Namespace, settings: ExtractionSettings
+) -> tuple[str | dict[str, str], GroundTruth | DatasetTruth, ExtractionSettings]:
+    """What to extract and its ground truth: UCF-Crime files, or a frame-folder data set's folder.
+
+    For a data set the videos are ``{id: uri}`` (ids by :mod:`anomaly.datasets`'s rule) and
+    frame folders get the recording's frame rate unless ``--fps`` says otherwise.
+    """
+    if args.dataset == "ucf_crime":
+        for flag in ("labels", "masks", "train_list"):
+            if getattr(args, flag):
+                raise AnomalyError(
+                    f"--{flag.replace('_', '-')}", "needs --dataset ucsd|avenue|shanghaitech|auto"
+                )
+        return args.videos, GroundTruth.load(args.annotations, args.frame_counts), settings
+    truth = load_dataset(
+        args.dataset, args.videos, labels=args.labels, masks=args.masks, train_list=args.train_list
+    )
+    print(truth.summary())
+    if settings.fps is None and truth.fps:  # the recording's rate (UCSD: 10 fps)
+        settings = replace(settings, fps=truth.fps)
+    return truth.video_uris(), truth, settings
 
 
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     settings.validate()  # one-line errors before Ray starts
-    truth = GroundTruth.load(args.annotations, args.frame_counts)
+    videos, truth, settings = inputs_from_args(args, settings)
     cli.init_ray(args.num_cpus)
-    report = extract(args.videos, args.out, settings, truth)
+    report = extract(videos, args.out, settings, truth)
     for failure in report.failed:
         print(f"failed: {failure['uri']}: {failure['reason']}")
     print(report.summary())

@@ -17,6 +17,7 @@ from anomaly.datasets import (
     read_label_array,
 )
 from anomaly.errors import AnomalyError
+from anomaly.extraction import ExtractionSettings, extract
 from anomaly.localization import (
     cell_bounds,
     cell_pixel_counts,
@@ -30,6 +31,8 @@ from anomaly.localization import (
     region_summary,
     tile_clip,
 )
+from anomaly.synthetic import make_video
+from ray_jobs import extract as extract_job
 
 
 def frames(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
@@ -387,3 +390,172 @@ def test_store_optional_columns_round_trip_and_old_files(tmp_path):
     assert table.column("dataset").to_pylist()[by_id["old"]] is None
     bags = store.load_bags(str(tmp_path))
     assert len(bags) == 3 and bags.features.shape == (3, 32, 6)
+
+
+# ------------------------------------------------------------------------------- end to end
+
+
+def scene(n: int, anomalous: range, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """32x48 frames: a still textured scene; during ``anomalous`` a bright flickering block top-left."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(70, 130, (32, 48, 3))
+    frames = np.empty((n, 32, 48, 3), np.uint8)
+    masks = np.zeros((n, 32, 48), bool)
+    for t in range(n):
+        frames[t] = np.clip(base + rng.integers(-3, 4, base.shape), 0, 255)
+        if t in anomalous:
+            left = 2 + (t * 3) % 8
+            frames[t, 3:13, left : left + 12] = 255 if t % 2 else 20
+            masks[t, 3:13, left : left + 12] = True
+    return frames, masks
+
+
+def write_scene(folder: Path, frames_: np.ndarray, ext: str) -> None:
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames_):
+        Image.fromarray(frame).save(folder / f"{t + 1:03d}.{ext}")
+
+
+@pytest.fixture()
+def two_datasets(tmp_path) -> tuple[Path, Path]:
+    n, event = 16, range(5, 12)
+    ped2 = tmp_path / "UCSDped2"
+    for i in (1, 2, 3):
+        write_scene(ped2 / "Train" / f"Train{i:03d}", scene(n, range(0), seed=i)[0], "tif")
+    lines = ["TestDataset = {};"]
+    for i in range(1, 7):
+        anomalous = i <= 4
+        frames_, masks = scene(n, event if anomalous else range(0), seed=10 + i)
+        write_scene(ped2 / "Test" / f"Test{i:03d}", frames_, "tif")
+        if anomalous:
+            write_masks(ped2 / "Test" / f"Test{i:03d}_gt", masks)
+        lines.append(f"TestDataset{{end+1}}.gt_frame = [{'6:12' if anomalous else ''}];")
+    (ped2 / "Test" / "UCSDped2.m").write_text("\n".join(lines) + "\n")
+    (tmp_path / "ped2_train.txt").write_text("Train001\nTrain002\nTest001\nTest002\nTest003\n")
+
+    avenue = tmp_path / "avenue"
+    for i in (1, 2):
+        write_scene(avenue / "training" / "frames" / f"{i:02d}", scene(n, range(0), seed=20 + i)[0], "png")
+    # one training video as a container file beside the frame folders (ShanghaiTech ships its training set so)
+    make_video(str(avenue / "training" / "videos" / "03.mp4"), num_frames=n, fps=20.0, height=32, width=48)
+    (avenue / "testing" / "test_frame_mask").mkdir(parents=True)
+    (avenue / "testing" / "test_pixel_mask").mkdir(parents=True)
+    for i in range(1, 7):
+        anomalous = i <= 4
+        frames_, masks = scene(n, event if anomalous else range(0), seed=30 + i)
+        write_scene(avenue / "testing" / "frames" / f"{i:02d}", frames_, "png")
+        np.save(
+            avenue / "testing" / "test_frame_mask" / f"{i:02d}.npy", masks.any(axis=(1, 2)).astype(np.int8)
+        )
+        if anomalous:
+            np.save(avenue / "testing" / "test_pixel_mask" / f"{i:02d}.npy", masks.astype(np.uint8))
+    (tmp_path / "avenue_train.txt").write_text("train/01\ntrain/02\ntest/01\ntest/02\ntest/03\n")
+    return ped2, avenue
+
+
+SETTINGS = ExtractionSettings(
+    backbone="r3d_18", weights=None, clip_len=4, crop=(32, 32), batch_size=20, device="cpu", grid=2
+)
+CLI_SETTINGS = [
+    "--backbone",
+    "r3d_18",
+    "--weights",
+    "none",
+    "--clip-len",
+    "4",
+    "--crop",
+    "32,32",
+    "--grid",
+    "2x2",
+]
+
+
+def test_extract_command_reads_a_data_set(two_datasets, tmp_path, capsys):
+    ped2, _ = two_datasets
+    args = extract_job.get_args_parser().parse_args(
+        [
+            str(ped2),
+            "--out",
+            str(tmp_path / "s"),
+            "--dataset",
+            "auto",
+            "--train-list",
+            str(tmp_path / "ped2_train.txt"),
+        ]
+        + CLI_SETTINGS
+    )
+    videos, truth, settings = extract_job.inputs_from_args(args, extract_job.settings_from_args(args))
+    assert "ucsd_ped2: train 2 normal + 3 anomalous, test 3 normal + 1 anomalous, 4 with pixel masks" in (
+        capsys.readouterr().out
+    )
+    assert videos["ucsd_ped2_test_Test001"] == str(ped2 / "Test" / "Test001") and len(videos) == 9
+    assert (settings.fps, settings.grid) == (10.0, 2)  # UCSD's recording rate; the grid
+    args.fps_default = 7.5
+    assert extract_job.inputs_from_args(args, extract_job.settings_from_args(args))[2].fps == 7.5
+    args = extract_job.get_args_parser().parse_args([str(ped2), "--out", "x", "--masks", "m"] + CLI_SETTINGS)
+    with pytest.raises(AnomalyError, match="--masks: needs --dataset"):
+        extract_job.inputs_from_args(args, extract_job.settings_from_args(args))
+    args = extract_job.get_args_parser().parse_args(
+        [str(ped2), "--out", "x"] + CLI_SETTINGS[:-2] + ["--grid", "2x3"]
+    )
+    with pytest.raises(AnomalyError, match="--grid"):
+        extract_job.settings_from_args(args)
+
+
+def test_frame_folders_extract_train_evaluate(two_datasets, tmp_path, ray_cluster, capsys):
+    """Two data sets (frame folders and one .mp4) -> one store with 2x2 grid features -> train -> evaluate."""
+    import json
+
+    from anomaly.config import TrainConfig
+    from anomaly.evaluation import evaluate
+    from anomaly.training import fit
+    from ray_jobs import evaluate as evaluate_job
+
+    ped2, avenue = two_datasets
+    features = str(tmp_path / "store")
+    ucsd = load_dataset("ucsd", str(ped2), train_list=str(tmp_path / "ped2_train.txt"))
+    truth = ucsd.merged(load_dataset("avenue", str(avenue), train_list=str(tmp_path / "avenue_train.txt")))
+    report = extract(truth.video_uris(), features, SETTINGS, truth)  # one pipeline for both sets
+    assert len(report.extracted) == 18 and not report.failed
+
+    table = store.read_table(features)
+    rows = {r["video_id"]: r for r in table.drop(["features", "features_grid"]).to_pylist()}
+    t1 = rows["ucsd_ped2_test_Test001"]
+    assert (t1["split"], t1["label"], t1["anomaly_intervals"], t1["num_frames"]) == (
+        "train",
+        1,
+        [[5, 12]],
+        16,
+    )
+    assert t1["dataset"] == "ucsd_ped2" and t1["mask_uri"].endswith("Test001_gt") and t1["fps"] == 25.0
+    mp4 = rows["avenue_train_03"]
+    assert (mp4["split"], mp4["num_frames"], mp4["fps"], mp4["dataset"]) == ("test", 16, 20.0, "avenue")
+    grids = store.grid_from_arrow(table.column("features_grid"))
+    assert all(g is not None and g.shape == (4, 32, 512) for g in grids)
+    assert store.read_metadata(features)["grid"] == 2
+
+    # the command on the same data set and store finds every video done (same ids, same settings)
+    args = extract_job.get_args_parser().parse_args(
+        [str(ped2), "--out", features, "--dataset", "ucsd", "--train-list", str(tmp_path / "ped2_train.txt")]
+        + CLI_SETTINGS
+    )
+    assert extract_job.main(args) == 0
+    assert "0 extracted, 9 skipped as done, 0 failed" in capsys.readouterr().out
+
+    config = TrainConfig(max_epochs=4, patience=4, batch_size=3, val_fraction=0.2, dropout=0.0)
+    fit(features, str(tmp_path / "run"), config, num_workers=1)
+    out = tmp_path / "eval"
+    metrics = evaluate(features, str(tmp_path / "run"), str(out))
+    assert set(metrics["per_dataset"]) == {"ucsd_ped2", "avenue"}
+    for name in ("ucsd_ped2", "avenue"):
+        per = metrics["per_dataset"][name]
+        assert per["num_videos"] == 4 and 0.0 <= per["frame_auc"] <= 1.0 and 0.0 <= per["region_auc"] <= 1.0
+    region = metrics["region_level"]
+    assert region["grid"] == 2 and region["videos"] == 2 and region["anomalous_frames"] == 14
+    assert 0.0 <= region["auc"] <= 1.0 and 0.0 <= region["detection_rate"] <= 1.0
+    assert metrics["heatmaps"] == 2
+    for video_id in ("ucsd_ped2_test_Test004", "avenue_test_04"):
+        assert (out / "heatmaps" / f"{video_id}.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["per_dataset"]["avenue"]["num_frames"] == 4 * 16
+    assert "data set avenue" in evaluate_job.format_metrics(metrics)

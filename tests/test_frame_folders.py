@@ -184,3 +184,30 @@ def test_s3_prefix_is_a_frame_folder(tmp_path, frames24, s3_bucket):
         assert video.info.num_frames == 20 and video.info.fps == 10.0 and video.video_id == "Test002"
         clips = list(video.iter_clips(clip_len=5, stride=5))
         np.testing.assert_array_equal(np.concatenate([c.frames for c in clips]), frames24[:20])
+
+
+# --------------------------------------------------------------------------------- extraction
+
+
+def test_listing_takes_image_folders_as_videos(tmp_path, frames24, s3_bucket):
+    from anomaly.extraction import list_videos
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    (root / "Normal_Videos_001_x264.mp4").write_bytes(b"listed by name only")
+    write_folder(root / "frames" / "Test001", frames24[:3], ext="tif")
+    write_folder(root / "frames" / "Test002", frames24[:3], ext="jpg")
+    write_folder(root / "_cache" / "x", frames24[:3])  # hidden and _ folders are skipped
+    (root / "frames" / "Test001" / "notes.txt").write_text("x")
+    assert list_videos(str(root)) == sorted(
+        [
+            str(root / "Normal_Videos_001_x264.mp4"),
+            str(root / "frames" / "Test001"),
+            str(root / "frames" / "Test002"),
+        ]
+    )
+    assert list_videos(str(root / "frames" / "Test001")) == [str(root / "frames" / "Test001")]
+    fs, _ = uris.filesystem(s3_bucket)
+    for path in (root / "frames" / "Test002").iterdir():
+        fs.pipe_file(f"{s3_bucket[5:]}/set/Test002/{path.name}", path.read_bytes())
+    assert list_videos(f"{s3_bucket}/set") == [f"{s3_bucket}/set/Test002"]
