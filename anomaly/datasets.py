@@ -409,7 +409,7 @@ class DatasetTruth:
         chosen: set[str] = set()
         unknown, ambiguous = [], []
         for entry in entries:
-            key = posixpath.splitext(_name(entry))[0] if "/" not in entry else entry
+            key = entry if entry in by_name else posixpath.splitext(_name(entry))[0]  # a path: its stem
             if entry in self.videos:
                 chosen.add(entry)
             elif len(by_name.get(key, [])) == 1:
@@ -629,15 +629,23 @@ def load_dataset(
 
 
 def detect_kind(root: str) -> str:
-    """``ucsd`` when a ``.m`` ground-truth file or a ``UCSDped`` folder is there; else by the folder's name."""
+    """The data set a folder holds: by its name (``ucsd``/``pedN``, ``shanghai``, ``avenue`` in it),
+    else by its layout (``UCSDped*`` folders or a ``Test/*.m`` file; Avenue's ``testing_label_mask``,
+    ``frame_labels_avenue.npy`` or ``avenue.mat``; ShanghaiTech's ``test_frame_mask``)."""
     fs, path = uris.filesystem(root)
     name = _name(path).lower()
-    if "ucsd" in name or _find(fs, path, ["ucsdped1", "ucsdped2"], depth=1):
+    for hint, kind in ((r"ucsd|ped\d", "ucsd"), ("shanghai", "shanghaitech"), ("avenue", "avenue")):
+        if re.search(hint, name):
+            return kind
+    test = _child(fs, path, TEST_FOLDERS)
+    if _find(fs, path, ["ucsdped1", "ucsdped2"], depth=1) or (
+        test and any(e["name"].lower().endswith(".m") for e in _ls(fs, test))
+    ):
         return "ucsd"
-    if "shanghai" in name or _find(fs, path, ["test_frame_mask"], depth=3):
-        return "shanghaitech"
-    if "avenue" in name or _find(fs, path, ["testing_label_mask", "frame_labels_avenue.npy", "avenue.mat"]):
+    if _find(fs, path, ["testing_label_mask", "frame_labels_avenue.npy", "avenue.mat"]):
         return "avenue"
+    if _find(fs, path, ["test_frame_mask", "frame_labels_shanghai.npy", "shanghaitech.mat"]):
+        return "shanghaitech"
     raise AnomalyError(
         root, "cannot tell the data set from its layout; pass --dataset ucsd|avenue|shanghaitech"
     )
