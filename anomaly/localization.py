@@ -367,9 +367,7 @@ def localization_metrics(
     from anomaly.segments import frame_segments
     from anomaly.training import score_bags
 
-    table = feature_store.read_table(
-        store, columns=["dataset", "mask_uri", "features_grid", "source_uri"], split=split
-    )
+    table = feature_store.read_table(store, columns=["dataset", "mask_uri", "source_uri"], split=split)
     if table.num_rows == 0:
         return {}
     row_of = {vid: i for i, vid in enumerate(table.column("video_id").to_pylist())}
@@ -377,23 +375,30 @@ def localization_metrics(
     datasets = [table.column("dataset")[i].as_py() for i in order]
     masks = [table.column("mask_uri")[i].as_py() for i in order]
     sources = [table.column("source_uri")[i].as_py() for i in order]
-    grids_all = feature_store.grid_from_arrow(table.column("features_grid"))
-    grids = [grids_all[i] for i in order]
     out: dict = {}
     if any(datasets):
         out["per_dataset"] = per_dataset_metrics(
             datasets, scores, bags.labels, bags.num_frames, bags.intervals, bags.classes
         )
-    if not any(g is not None for g in grids):
+    # Cell scores, streamed: the grid features (cells x 32 x D per video) are never all in memory.
+    position = {vid: k for k, vid in enumerate(bags.video_ids)}
+    cell_scores: dict[int, np.ndarray] = {}
+    for batch in feature_store.iter_batches(store, ["features_grid"], split=split):
+        ids = batch.column("video_id").to_pylist()
+        for vid, grid_features in zip(
+            ids, feature_store.grid_from_arrow(batch.column("features_grid")), strict=True
+        ):
+            k = position.get(vid)
+            if k is not None and grid_features is not None and k not in cell_scores:
+                cell_scores[k] = score_bags(model, grid_features)  # (cells, 32)
+    if not cell_scores:
         return out
 
     region_labels: dict[str, list[np.ndarray]] = {}
     region_scores: dict[str, list[np.ndarray]] = {}
     videos = 0
-    for k, grid_features in enumerate(grids):
-        if grid_features is None:
-            continue
-        cells = score_bags(model, grid_features)  # (cells, 32)
+    for k in sorted(cell_scores):
+        cells = cell_scores[k]
         grid = grid_of(cells.shape[0])
         frames = int(bags.num_frames[k])
         per_frame = cells[:, frame_segments(frames, cells.shape[1])].T  # (frames, cells)
@@ -424,7 +429,7 @@ def localization_metrics(
         out["region_level"] = {
             **region_summary(all_labels, all_scores, threshold=threshold),
             "videos": videos,
-            "grid": grid_of(next(g for g in grids if g is not None).shape[0]),
+            "grid": grid_of(next(iter(cell_scores.values())).shape[0]),
             "criterion": f"detected when cells scoring > threshold cover >= {COVERAGE:.0%} of the anomalous pixels",
         }
         for name in region_labels:

@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,6 +224,19 @@ def read_table(store: str, *, columns: list[str] | None = None, split: str | Non
         logger.warning("%s: %d duplicate video rows ignored", store, len(ids) - len(first))
         table = table.take(sorted(first.values()))
     return table
+
+
+def iter_batches(
+    store: str, columns: list[str], *, split: str | None = None, batch_rows: int = 16
+) -> Iterator[pa.RecordBatch]:
+    """Rows in record batches of at most ``batch_rows``, for columns too large to read at once
+    (``features_grid``); duplicate ``video_id`` rows are not removed here (keep the first seen)."""
+    dataset = _dataset(store)
+    if dataset is None:
+        raise AnomalyError(store, "feature store not found")
+    wanted = list(dict.fromkeys(["video_id", *columns]))
+    filter_ = pads.field("split") == split if split else None
+    yield from dataset.to_batches(columns=wanted, filter=filter_, batch_size=batch_rows)
 
 
 def video_ids(store: str) -> set[str]:
