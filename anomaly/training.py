@@ -224,7 +224,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = build_model(data.feature_dim, config, data.mean, data.std)
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, config)
-    start_epoch, best, stale = 0, -math.inf, 0
+    start_epoch, best, stale, history = 0, -math.inf, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resume after a crash or on a re-run with the same --out
         with checkpoint.as_directory() as folder:
@@ -232,6 +232,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
+        history = list(state.get("history", []))
     model = ray.train.torch.prepare_model(model)
     rank = ray.train.get_context().get_world_rank()
     for epoch in range(start_epoch, config.max_epochs):
@@ -253,6 +254,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             best_val_auc=best,
             epoch_seconds=epoch_seconds,
         )
+        # Every epoch's metrics travel with the checkpoint: Ray keeps only num_to_keep reports' rows.
+        history.append({k: float(v) for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
@@ -263,7 +266,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     epoch=epoch,
                     best_val_auc=best,
                     stale_epochs=stale,
-                    metrics={k: float(v) for k, v in metrics.items()},
+                    metrics=history[-1],
+                    history=history,
                     store_metadata=data.store_metadata,
                 )
                 torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
@@ -348,29 +352,49 @@ def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
             )
 
 
-def _write_outputs(run_dir: str, result) -> TrainResult:
-    from anomaly.plots import training_curves
+def load_checkpoint_payload(checkpoint: Checkpoint) -> dict:
+    """The dict a worker saved at one epoch (model, optimizer, epoch, metrics, config, store metadata)."""
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
 
-    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-    history = [{k: v for k, v in row.items() if not str(k).startswith("_")} for row in history]
-    best = result.get_best_checkpoint(metric="val_auc", mode="max") or result.checkpoint
-    if best is None:
-        raise AnomalyError(run_dir, "training produced no checkpoint")
-    with best.as_directory() as folder:
-        payload = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+def export_model(checkpoint: Checkpoint, run_dir: str) -> tuple[dict, str]:
+    """Write ``RUN_DIR/model.pt`` from a training checkpoint, without the optimizer state.
+
+    Returns the payload written and the model's URI; ``load_scorer(run_dir)`` reads it back.
+    Used at the end of training and by the tuner for the best trial.
+    """
+    payload = load_checkpoint_payload(checkpoint)
     payload.pop("optimizer", None)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     model_uri = uris.join(run_dir, MODEL_FILE)
     uris.write_bytes_atomic(model_uri, buffer.getvalue())
-    if history:
-        columns = ["epoch", "loss", "val_auc", "val_frame_auc", "val_video_auc", "lr"]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
-        uris.write_bytes_atomic(uris.join(run_dir, "history.csv"), text.getvalue().encode())
-        training_curves(history, uris.join(run_dir, "training_curves.png"))
+    return payload, model_uri
+
+
+def write_history(run_dir: str, history: list[dict]) -> None:
+    """``RUN_DIR/history.csv`` (one row per epoch) and ``training_curves.png``; nothing if empty."""
+    from anomaly.plots import training_curves
+
+    if not history:
+        return
+    columns = ["epoch", "loss", "val_auc", "val_frame_auc", "val_video_auc", "lr"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    uris.write_bytes_atomic(uris.join(run_dir, "history.csv"), text.getvalue().encode())
+    training_curves(history, uris.join(run_dir, "training_curves.png"))
+
+
+def _write_outputs(run_dir: str, result) -> TrainResult:
+    best = result.get_best_checkpoint(metric="val_auc", mode="max") or result.checkpoint
+    if best is None:
+        raise AnomalyError(run_dir, "training produced no checkpoint")
+    history = load_checkpoint_payload(result.checkpoint).get("history", []) if result.checkpoint else []
+    payload, model_uri = export_model(best, run_dir)
+    write_history(run_dir, history)
     return TrainResult(
         run_dir=run_dir,
         best_epoch=int(payload["epoch"]),
