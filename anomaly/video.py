@@ -234,14 +234,17 @@ def _first_line(exc: BaseException) -> str:
     return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
 
 
-def _missing_moov(handle: Any) -> bool | None:
-    """For an ISO-BMFF file (starts with ``ftyp``): True when no top-level ``moov`` box exists.
+def _mp4_index_problem(handle: Any) -> str | None:
+    """For an ISO-BMFF file (starts with ``ftyp``): why its ``moov`` index is unusable, else None.
 
     A recording or upload cut short loses the ``moov`` index, which MP4
-    writers put at the end; FFmpeg then only says "Invalid data". None when the
-    file is not ISO-BMFF at all.
+    writers put at the end, or cuts it in half (``+faststart`` files have it
+    first); FFmpeg then only says "Invalid data" or finds no stream at all.
+    None when the file is not ISO-BMFF, or its top-level ``moov`` is whole.
     """
     try:
+        handle.seek(0, 2)
+        size = handle.tell()
         handle.seek(0)
         head = handle.read(8)
         if len(head) < 8 or head[4:8] != b"ftyp":
@@ -251,18 +254,32 @@ def _missing_moov(handle: Any) -> bool | None:
             handle.seek(offset)
             header = handle.read(16)
             if len(header) < 8:
-                return True
+                break
             box_size, box_type = int.from_bytes(header[:4], "big"), header[4:8]
-            if box_type == b"moov":
-                return False
             if box_size == 1 and len(header) == 16:
                 box_size = int.from_bytes(header[8:16], "big")
+            if box_type == b"moov":
+                if box_size >= 8 and offset + box_size > size:
+                    return (
+                        f"truncated MP4: the moov atom (the index) needs {offset + box_size} bytes "
+                        f"but the file has {size}; the file was cut short"
+                    )
+                return None
             if box_size < 8:  # 0: the box runs to the end of the file; 2-7: garbage
-                return True
+                break
             offset += box_size
-        return True
+        return "truncated MP4: no moov atom (the index is missing; the file was cut short)"
     except (OSError, ValueError):
         return None
+
+
+def _read_error(uri: str, exc: OSError, *, after: str = "") -> AnomalyError:
+    """An I/O error from the file object (after the storage client's own bounded retries), as one line."""
+    if isinstance(exc, FileNotFoundError):
+        return AnomalyError(uri, f"no such file or object{after}")
+    if isinstance(exc, PermissionError):
+        return AnomalyError(uri, f"access denied{after}")
+    return AnomalyError(uri, f"read error{after}: {type(exc).__name__}: {_first_line(exc)}")
 
 
 def _duration_tag(metadata: dict[str, str]) -> float | None:
@@ -305,18 +322,20 @@ class PyAVVideo(VideoReader):
             raise AnomalyError(self.uri, "access denied") from exc
         except IsADirectoryError as exc:
             raise AnomalyError(self.uri, "is a folder, not a video file") from exc
+        except OSError as exc:
+            raise _read_error(self.uri, exc) from exc
         try:
             try:
                 container = av.open(handle, mode="r")
             except av.FFmpegError as exc:
-                if _missing_moov(handle):
-                    raise AnomalyError(
-                        self.uri, "truncated MP4: no moov atom (the index is missing; the file was cut short)"
-                    ) from exc
-                raise AnomalyError(self.uri, f"not a video: {_first_line(exc)}") from exc
+                raise AnomalyError(
+                    self.uri, _mp4_index_problem(handle) or f"not a video: {_first_line(exc)}"
+                ) from exc
+            except OSError as exc:  # raised by the file object inside FFmpeg's read callback
+                raise _read_error(self.uri, exc) from exc
             try:
-                if not container.streams.video:
-                    raise AnomalyError(self.uri, "no video stream")
+                if not container.streams.video:  # an MP4 cut inside its index can open with no stream
+                    raise AnomalyError(self.uri, _mp4_index_problem(handle) or "no video stream")
                 stream = container.streams.video[0]
                 self._check_index(container, stream)
                 stream.thread_type = "AUTO"
@@ -358,6 +377,8 @@ class PyAVVideo(VideoReader):
             raise AnomalyError(
                 self.uri, f"truncated or corrupt: decoding failed after {count} frames: {_first_line(exc)}"
             ) from exc
+        except OSError as exc:  # the object vanished, or reads kept failing, part-way
+            raise _read_error(self.uri, exc, after=f" after {count} frames") from exc
         self._check_complete(stream, count, first, last)
 
     def _check_complete(self, stream: Any, count: int, first: float | None, last: float | None) -> None:
@@ -469,6 +490,8 @@ def open_video(uri: str, *, fps: float | None = None) -> VideoReader:
         raise AnomalyError(uri, "no such file or object") from exc
     except PermissionError as exc:
         raise AnomalyError(uri, "access denied") from exc
+    except OSError as exc:
+        raise _read_error(uri, exc) from exc
     if meta.get("type") == "directory":
         from anomaly.frame_folder import FrameFolderVideo
 
