@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -553,6 +554,20 @@ class VideoCommitter:
 
 # ------------------------------------------------------------------------------------------- the entry
 
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _refuse_unsafe_ids(ids: Mapping[str, str]) -> None:
+    """Ids given by a caller must be one safe name each, like the ids derived from file names."""
+    bad = [vid for vid in ids if vid in ("", ".", "..") or vid.startswith(".") or _UNSAFE_ID.search(vid)]
+    if bad:
+        shown = ", ".join(repr(vid) for vid in bad[:5])
+        raise AnomalyError(
+            "videos",
+            f"{len(bad)} video ids are not safe names (empty, '.', '..', hidden, a path separator or a "
+            f"control character): {shown}",
+        )
+
 
 def _weights_tag(settings: ExtractionSettings) -> str:
     """sha256 of the weights after checking they load into the backbone, or ``"random"`` (loudly)."""
@@ -633,16 +648,22 @@ def extract(
     video is touched — then stream the rest and commit whole videos.
     """
     started = time.monotonic()
+    started_wall = time.time()
     truth = truth if truth is not None else GroundTruth()
     spec = settings.validate()
     if isinstance(videos, Mapping):  # ids given by the caller (data sets whose ids are not file stems)
         ids, list_failures = {str(k): str(v) for k, v in videos.items()}, []
         if not ids:
             raise AnomalyError("videos", "no videos given")
+        _refuse_unsafe_ids(ids)
     else:
         ids, list_failures = sanity_check(list_videos(videos))
     weights_sha256 = _weights_tag(settings)
+    # Also the write check: a store this process cannot write is refused here, before any work.
     feature_store.ensure_metadata(store, store_settings(settings, spec, weights_sha256))
+    # A run killed while writing leaves a dot-prefixed temporary file (readers skip it); tidy up.
+    for path in uris.remove_stale_temp_files(store, older_than=started_wall):
+        logger.info("removed %s, left by an interrupted write", path)
 
     report = ExtractionReport(store=store)
     done = feature_store.video_ids(store)

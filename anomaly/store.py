@@ -312,8 +312,14 @@ def read_metadata(store: str) -> dict | None:
 
 
 def ensure_metadata(store: str, settings: dict) -> dict:
-    """Record how features are made; refuse a store made with incompatible settings."""
+    """Record how features are made; refuse a store made with incompatible settings.
+
+    Either way ``_store.json`` is written (a new store's settings, or an
+    existing store's own bytes again), so a store this process may read but
+    not write is refused here, before any work, and not at the first commit.
+    """
     settings = {"num_segments": NUM_SEGMENTS, "code_version": __version__, **settings}
+    uri = uris.join(store, METADATA_FILE)
     existing = read_metadata(store)
     if existing is not None:
         clashes = [
@@ -323,8 +329,9 @@ def ensure_metadata(store: str, settings: dict) -> dict:
         ]
         if clashes:
             raise AnomalyError(store, "store was made with other settings: " + "; ".join(clashes))
+        uris.write_bytes_atomic(uri, uris.read_bytes(uri))  # the write check: same bytes, same meaning
         return existing
-    uris.write_bytes_atomic(uris.join(store, METADATA_FILE), json.dumps(settings, indent=2).encode())
+    uris.write_bytes_atomic(uri, json.dumps(settings, indent=2).encode())
     return settings
 
 

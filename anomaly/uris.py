@@ -7,8 +7,10 @@ included, gets an explicit fsspec-backed filesystem from here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -61,29 +63,83 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "strerror", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.exists(path)
+    try:
+        return fs.exists(path)
+    except PermissionError as exc:  # e.g. S3 answers 403 for a missing key without s3:ListBucket
+        raise AnomalyError(uri, f"access denied: {_first_line(exc)}") from exc
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write an object so readers see all of it or none of it.
 
     Local files go through a temporary name and ``os.replace``; an object store
-    PUT is already atomic (a failed or killed upload leaves no object).
+    PUT is already atomic (a failed or killed upload leaves no object). A
+    failed local write removes its temporary file; only a kill can leave one
+    (:data:`TEMP_FILE`, cleaned up by the next run that owns the folder).
+    Storage that refuses the write (no such bucket, access denied, a file in
+    the way) is an :class:`AnomalyError` naming ``uri``.
     """
     fs, path = filesystem(uri)
-    if is_local(uri):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        # A dot-prefixed temporary name: pyarrow and Ray readers skip it if a crash leaves it behind.
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    try:
+        if is_local(uri):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            # A dot-prefixed temporary name: pyarrow and Ray readers skip it if a crash leaves it behind.
+            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        else:
+            fs.pipe_file(path, data)
+    except PermissionError as exc:
+        raise AnomalyError(uri, f"cannot write: access denied ({_first_line(exc)})") from exc
+    except OSError as exc:  # no such bucket, a file where a folder should be, a full disk, ...
+        raise AnomalyError(uri, f"cannot write: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+# The temporary name write_bytes_atomic gives a local file until its rename: ".NAME.tmp-HEX32".
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{32}$")
+
+
+def remove_stale_temp_files(folder: str, *, older_than: float) -> list[str]:
+    """Delete temporary files a killed writer left in a local ``folder`` (top level only).
+
+    Only names of :data:`TEMP_FILE`'s form last modified before ``older_than``
+    (a ``time.time()`` value, e.g. the start of the run that owns the folder)
+    are removed, so a write in progress right now is never touched. Object
+    stores never hold such files. Returns the removed paths.
+    """
+    if not is_local(folder):
+        return []
+    _, path = filesystem(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        if not TEMP_FILE.match(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+    return removed
 
 
 def read_bytes(uri: str) -> bytes:
