@@ -1,0 +1,255 @@
+"""cluster.yaml against Ray's own schema, and a real `ray job submit` to a Ray head started here."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anomaly.synthetic.features import make_feature_store
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "cluster.yaml"
+REMOTE_ROOT = "~/ray-video-anomaly"
+
+
+@pytest.fixture(scope="module")
+def cluster_config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_cluster_yaml_passes_rays_schema(cluster_config):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(cluster_config)
+    validate_config(config)
+    assert config["provider"]["type"] == "aws"
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert "GPU" not in head["resources"] and not head["node_config"]["InstanceType"].startswith(("g", "p"))
+    gpu = [t for t in types.values() if t["node_config"]["InstanceType"].startswith(("g5.", "g6.", "p"))]
+    cpu = [t for t in types.values() if t["node_config"]["InstanceType"].startswith(("c5", "c6", "c7"))]
+    assert gpu and all(t["min_workers"] == 0 for t in gpu)  # GPUs only while a job wants them
+    assert cpu
+    for node_type in types.values():  # S3 through instance profiles, never keys
+        assert node_type["node_config"]["IamInstanceProfile"]
+
+
+def test_cluster_yaml_references_only_files_in_the_repo(cluster_config):
+    mounts = cluster_config["file_mounts"]
+    assert mounts, "the project must reach the nodes"
+    for remote, local in mounts.items():
+        assert (REPO / local).exists(), f"file_mounts {remote}: {local} is not in the repository"
+    commands = [
+        command
+        for key in (
+            "initialization_commands",
+            "setup_commands",
+            "head_setup_commands",
+            "worker_setup_commands",
+        )
+        for command in cluster_config.get(key) or []
+    ]
+    assert any(f"install --quiet -e {REMOTE_ROOT}" in c or f"-e {REMOTE_ROOT}" in c for c in commands)
+    assert REMOTE_ROOT in mounts and (REPO / mounts[REMOTE_ROOT] / "pyproject.toml").exists()
+    for command in commands:
+        for path in re.findall(re.escape(REMOTE_ROOT) + r"/([^\s'\"]+)", command):
+            assert (REPO / mounts[REMOTE_ROOT] / path).exists(), f"{command!r} needs {path}"
+        assert "docker" not in command
+
+
+def test_cluster_yaml_holds_no_credentials():
+    text = CLUSTER_YAML.read_text()
+    for pattern in (r"aws_access_key_id", r"aws_secret_access_key", r"AKIA[0-9A-Z]{16}", r"(?i)secret"):
+        assert not re.search(pattern, text), pattern
+    assert "IamInstanceProfile" in text
+
+
+# --- ray job submit against a real head -----------------------------------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+        ports.append(sock.getsockname()[1])
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _processes_of(marker: str) -> set[int]:
+    """PIDs whose command line names ``marker`` (this head's own temp dir), and their descendants."""
+    parents, found = {}, set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents[int(name)] = ppid
+        if marker in cmdline:
+            found.add(int(name))
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+def _stop_head(marker: str) -> None:
+    """End this test's Ray head and only it.
+
+    Not ``ray stop``: it ends every Ray process on the machine, the session's own cluster
+    (the ``ray_cluster`` fixture) and anyone else's included. This head's processes are the
+    ones that name its private temp dir, and their children (workers, agents).
+    """
+    pids = _processes_of(marker)
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)}
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _ray(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, check=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``ray start --head`` with its own ports and temp dir, token auth on; ended afterwards."""
+    # Short: Ray's Unix socket paths live under it (about 100 characters at most).
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    ports = dict(
+        zip(
+            [
+                "port",
+                "dashboard",
+                "client",
+                "agent_http",
+                "agent_grpc",
+                "metrics",
+                "env_agent",
+                "node",
+                "objects",
+            ],
+            _free_ports(9),
+            strict=True,
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    # Explicit auth for both sides (RAY_NOTES: from 2.59 `ray start` turns token auth on only when
+    # ~/.ray/auth_token exists, so the mode must not depend on this machine's home directory).
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex + uuid.uuid4().hex)
+    env.update(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    started = _ray(
+        [
+            "start",
+            "--head",
+            f"--port={ports['port']}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={ports['dashboard']}",
+            f"--ray-client-server-port={ports['client']}",
+            f"--dashboard-agent-listen-port={ports['agent_http']}",
+            f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+            f"--metrics-export-port={ports['metrics']}",
+            f"--runtime-env-agent-port={ports['env_agent']}",
+            f"--node-manager-port={ports['node']}",
+            f"--object-manager-port={ports['objects']}",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"http://127.0.0.1:{ports['dashboard']}", env
+    finally:
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_train_job_runs_under_ray_job_submit(ray_head, tmp_path):
+    address, env = ray_head
+    store = str(tmp_path / "store")
+    make_feature_store(store, num_train=24, num_test=8, feature_dim=8, signal=1.0, seed=0)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("max_epochs: 2\nbatch_size: 4\n")
+    run_dir = tmp_path / "run"
+    job_id = f"train-{uuid.uuid4().hex[:8]}"
+    submitted = _ray(
+        [
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(REPO),
+            "--submission-id",
+            job_id,
+            "--",
+            "python",
+            "-m",
+            "ray_jobs.train",
+            "--features",
+            store,
+            "--out",
+            str(run_dir),
+            "--config",
+            str(config),
+            "--max-failures",
+            "0",
+        ],
+        env,
+        cwd=tmp_path,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-4000:]
+    assert f"Job '{job_id}' succeeded" in submitted.stdout + submitted.stderr
+    logs = _ray(["job", "logs", "--address", address, job_id], env)
+    assert logs.returncode == 0, logs.stderr
+    assert "trained 2 epochs" in logs.stdout and f"model: {run_dir / 'model.pt'}" in logs.stdout
+    status = _ray(["job", "status", "--address", address, job_id], env)
+    assert "succeeded" in (status.stdout + status.stderr).lower()
+    assert (run_dir / "model.pt").stat().st_size > 0
+
+
+def test_job_server_refuses_a_client_without_the_token(ray_head):
+    address, env = ray_head
+    anonymous = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"} | {"RAY_AUTH_MODE": "disabled"}
+    listed = _ray(["job", "list", "--address", address], anonymous)
+    assert listed.returncode != 0
+    assert re.search(r"(?i)auth|token|401|unauthori", listed.stdout + listed.stderr), listed.stderr[-2000:]

@@ -1,0 +1,233 @@
+"""Ray Tune over Ray Train on the session's local Ray: the smoke search end to end, the YAML format."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ray import tune
+from ray.tune.search import sample
+
+from anomaly import cli
+from anomaly.config import TrainConfig, load_train_config
+from anomaly.errors import AnomalyError
+from anomaly.synthetic.features import make_feature_store
+from anomaly.training import load_scorer
+from anomaly.tuning import OrZeroSampler, load_search_spec, parse_search_spec, to_domain
+from ray_jobs import tune as tune_job
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "tune_configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, ray_cluster):
+    """The smoke search once for the module: 3 trials, 2 at a time, on ray.init(num_cpus=2)."""
+    root = tmp_path_factory.mktemp("tune")
+    store = str(root / "store")
+    # A weak signal, so that trials differ and ASHA has something to cut.
+    make_feature_store(store, num_train=40, num_test=16, feature_dim=16, signal=0.5, seed=1)
+    out = root / "search"
+    # Ray Train hands a worker's report to the controller at each health poll (2 s by default);
+    # polling faster only shortens the test. The search forwards RAY_TRAIN_* to every trial.
+    saved = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"
+    try:
+        args = tune_job.get_args_parser().parse_args(
+            [
+                "--features",
+                store,
+                "--config",
+                str(SMOKE),
+                "--out",
+                str(out),
+                "--cpus-per-worker",
+                "0.5",
+                "--max-failures",
+                "0",
+            ]
+        )
+        assert tune_job.main(args) == 0
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
+        else:
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = saved
+    with open(out / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return store, out, rows
+
+
+def test_smoke_search_writes_table_best_config_model_and_plot(smoke):
+    _, out, rows = smoke
+    spec = load_search_spec(str(SMOKE))
+    assert len(rows) == spec.tune.num_samples == 3
+    assert set(rows[0]) >= {"trial_id", *spec.searched, "best_val_auc", "epochs", "status", "stopped_by"}
+    assert all(row["status"] == "TERMINATED" for row in rows)
+    aucs = [float(row["best_val_auc"]) for row in rows]
+    assert aucs == sorted(aucs, reverse=True)  # best first
+    best = load_train_config(str(out / "best_config.yaml"))  # what ray_jobs.train --config accepts
+    assert set(yaml.safe_load((out / "best_config.yaml").read_text())) == set(TrainConfig().to_dict())
+    for name in spec.searched:
+        value = getattr(best, name)
+        assert str(value) == rows[0][name] or float(rows[0][name]) == pytest.approx(float(value))
+    model, payload = load_scorer(str(out / "best_run"))
+    assert payload["config"] == best.to_dict() and payload["feature_dim"] == 16
+    assert payload["metrics"]["val_auc"] == pytest.approx(aucs[0])
+    assert (out / "best_run" / "history.csv").exists()
+    metrics = json.loads((out / "best_eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["frame_auc"] <= 1.0 and metrics["split"] == "test"
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_asha_stopped_a_trial_early(smoke):
+    _, _, rows = smoke
+    max_t = load_search_spec(str(SMOKE)).max_t
+    epochs = [int(row["epochs"]) for row in rows]
+    assert max(epochs) == max_t  # the leader is never cut
+    stopped = [row for row in rows if row["stopped_by"] == "asha"]
+    assert stopped and all(int(row["epochs"]) < max_t for row in stopped), rows
+
+
+def test_trials_log_loss_auc_and_lr_to_tensorboard(smoke):
+    _, out, rows = smoke
+    events = sorted((out / "ray_results").rglob("events.out.tfevents*"))
+    assert len(events) >= len(rows)
+    data = b"".join(path.read_bytes() for path in events)
+    for tag in (b"ray/tune/val_auc", b"ray/tune/loss", b"ray/tune/lr"):
+        assert tag in data
+
+
+def test_resume_of_a_finished_search_rewrites_the_same_results(smoke):
+    store, out, rows = smoke
+    args = tune_job.get_args_parser().parse_args(
+        ["--features", store, "--out", str(out), "--resume", "--max-failures", "0"]
+    )
+    assert tune_job.main(args) == 0
+    with open(out / "trials.csv", newline="") as handle:
+        again = list(csv.DictReader(handle))
+    assert [row["trial_id"] for row in again] == [row["trial_id"] for row in rows]
+
+
+def test_a_second_search_into_the_same_out_is_refused(smoke):
+    store, out, _ = smoke
+    args = tune_job.get_args_parser().parse_args(["--features", store, "--out", str(out)])
+    with pytest.raises(AnomalyError, match="--resume"):
+        tune_job.main(args)
+
+
+def test_resume_without_a_search_is_refused(smoke, tmp_path):
+    store, _, _ = smoke
+    args = tune_job.get_args_parser().parse_args(["--features", store, "--out", str(tmp_path), "--resume"])
+    with pytest.raises(AnomalyError, match="no search to resume"):
+        tune_job.main(args)
+
+
+# --- the YAML format ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"base": {"lr": 0.1}, "serach": {}}, "unknown top-level keys: serach"),
+        (
+            {"search": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}},
+            "unknown keys in search: learning_rate",
+        ),
+        ({"search": {"lr": {"log_uniform": [1e-4, 1e-2]}}}, "unknown keys in search.lr: log_uniform"),
+        ({"tune": {"num_trials": 4}}, "unknown keys in tune: num_trials"),
+        ({"tune": {"asha": {"max_epochs": 4}}}, "unknown keys in tune.asha: max_epochs"),
+        ({"base": {"drop": 0.5}}, "unknown config keys: drop"),
+        ({"lr": 0.1, "search": {}}, "unknown top-level keys: lr"),
+        ({"lr": 0.1, "epochs": 3}, "unknown config keys: epochs"),
+        ({"search": {"lr": {"loguniform": [0, 1e-2]}}}, "or_zero"),
+        ({"search": {"lr": {"uniform": [1e-2]}}}, "expected 2 numbers"),
+        ({"search": {"loss": {"choice": ["sultani", "hinge"]}}}, "'hinge' is not allowed"),
+        ({"search": {"dropout": {"uniform": [0.0, 1.0]}}}, "1.0 is not allowed"),
+        ({"search": {"seed": {"randint": [0, 5]}}}, "cannot be searched"),
+        ({"base": {"lr": 0.1}, "search": {"lr": {"uniform": [0.1, 0.2]}}}, "both fixed in base and searched"),
+        ({"search": {"lr": {"uniform": [0.1, 0.2], "or_zero": True}}}, "or_zero goes with loguniform"),
+        ({"search": {"lr": 0.1}}, "expected a mapping"),
+        ({"base": {"max_epochs": 5}, "tune": {"asha": {"max_t": 10}}}, "more than the base max_epochs"),
+        ({"tune": {"metric": "test_auc"}}, "tune.metric"),
+    ],
+)
+def test_bad_search_files_are_one_line_errors(values, message):
+    with pytest.raises(AnomalyError, match=message) as info:
+        parse_search_spec(values, where="s.yaml")
+    assert "\n" not in str(info.value) and str(info.value).startswith("s.yaml")
+
+
+def test_a_bad_search_file_ends_the_command_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"search": {"lr": {"loguniform": [1e-4, 1e-2]}}, "tuning": {}}))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(
+            tune_job.main,
+            tune_job.get_args_parser(),
+            ["--features", str(tmp_path / "store"), "--config", str(path), "--out", str(tmp_path / "o")],
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}") and "tuning" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "spec, domain_type, sampler_type",
+    [
+        ({"uniform": [0.0, 0.7]}, sample.Float, sample.Float._Uniform),
+        ({"loguniform": [1e-4, 1e-2]}, sample.Float, sample.Float._LogUniform),
+        ({"quniform": [0.0, 0.6, 0.1]}, sample.Float, sample.Quantized),
+        ({"qloguniform": [1e-4, 1e-2, 1e-4]}, sample.Float, sample.Quantized),
+        ({"randint": [1, 9]}, sample.Integer, sample.Integer._Uniform),
+        ({"qrandint": [8, 64, 8]}, sample.Integer, sample.Quantized),
+        ({"lograndint": [8, 128]}, sample.Integer, sample.Integer._LogUniform),
+        ({"choice": ["sultani", "topk"]}, sample.Categorical, sample.Categorical._Uniform),
+        ({"loguniform": [1e-6, 1e-2], "or_zero": True}, sample.Float, OrZeroSampler),
+    ],
+)
+def test_each_spec_maps_to_its_ray_tune_domain(spec, domain_type, sampler_type):
+    domain = to_domain("x", spec)
+    assert isinstance(domain, domain_type)
+    assert isinstance(domain.get_sampler(), sampler_type)
+    kind = next(k for k in spec if k != "or_zero")
+    if kind == "choice":
+        assert domain.categories == tune.choice(spec[kind]).categories
+    else:
+        reference = getattr(tune, kind)(*spec[kind])  # the same call made by hand
+        assert (domain.lower, domain.upper) == (reference.lower, reference.upper)
+        assert type(domain.get_sampler()) is type(reference.get_sampler()) or kind == "loguniform"
+
+
+def test_grid_maps_to_grid_search():
+    assert to_domain("loss", {"grid": ["sultani", "topk"]}) == tune.grid_search(["sultani", "topk"])
+
+
+def test_or_zero_draws_zeros_and_log_uniform_values():
+    domain = to_domain("lambda_sparse", {"loguniform": [1e-6, 1e-2], "or_zero": 0.3})
+    values = np.array(domain.sample(size=2000, random_state=0))
+    zeros = values == 0
+    assert 0.25 < zeros.mean() < 0.35
+    rest = values[~zeros]
+    assert rest.min() >= 1e-6 and rest.max() <= 1e-2
+    assert 0.4 < (np.log10(rest) < -4).mean() < 0.6  # log-uniform: half the draws below the middle decade
+    assert domain.sample(random_state=1) in (0.0,) or 1e-6 <= domain.sample(random_state=1) <= 1e-2
+
+
+def test_default_yaml_is_a_single_trial_of_the_defaults():
+    spec = load_search_spec(str(REPO / "tune_configs" / "default.yaml"))
+    assert spec.base == TrainConfig() and spec.search == {} and spec.tune.num_samples == 1
+    assert spec.param_space() == TrainConfig().to_dict()
+
+
+def test_shipped_search_files_parse():
+    full = load_search_spec(str(REPO / "tune_configs" / "search_mil.yaml"))
+    assert {"lr", "lambda_smooth", "lambda_sparse", "loss", "topk", "dropout", "batch_size"} <= set(
+        full.searched
+    )
+    assert full.search["lambda_sparse"].get("or_zero") and full.tune.asha is not None
+    smoke = load_search_spec(str(SMOKE))
+    assert 2 <= smoke.tune.num_samples <= 4 and smoke.base.max_epochs <= 5
