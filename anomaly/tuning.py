@@ -485,6 +485,7 @@ class SearchResult:
     best_config: TrainConfig | None
     eval_metrics: dict | None
     experiment_path: str
+    sweep_plot: str | None = None  # None when nothing was searched
 
 
 def _is_finite(value: Any) -> bool:
@@ -753,11 +754,14 @@ def write_results(
         raise AnomalyError(
             out, "no trial reported a metric" + (f"; first error: {errors[0]}" if errors else "")
         )
+    sweep_uri = None
     if spec.searched:
         from anomaly.plots import sweep_plot
 
         values = {name: [row[name] for row in ranked] for name in spec.searched}
-        sweep_plot(values, [row[key] for row in ranked], uris.join(out, "sweep.png"), metric_name=metric)
+        sweep_uri = sweep_plot(
+            values, [row[key] for row in ranked], uris.join(out, "sweep.png"), metric_name=metric
+        )
     best_checkpoint = None
     for best in ranked:  # the best trial whose best checkpoint is still there
         best_checkpoint, best_epoch = _best_checkpoint(histories[best["trial_id"]], metric, mode, out)
@@ -790,6 +794,7 @@ def write_results(
         best_config=best_config,
         eval_metrics=eval_metrics,
         experiment_path=experiment,
+        sweep_plot=sweep_uri,
     )
 
 

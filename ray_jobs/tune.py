@@ -92,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
     if result.eval_metrics is not None:
         print(f"best model on the test split: frame AUC {result.eval_metrics['frame_auc']:.4f}")
     out = result.out
-    print(f"table: {out}/trials.csv  plot: {out}/sweep.png  config: {out}/best_config.yaml")
+    plot = f"  plot: {result.sweep_plot}" if result.sweep_plot else ""
+    print(f"table: {out}/trials.csv{plot}  config: {out}/best_config.yaml")
     print(f"model: {out}/best_run/model.pt  evaluation: {out}/best_eval/metrics.json")
     print(f"tensorboard --logdir {out}/ray_results")
     return 0
