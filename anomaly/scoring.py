@@ -36,6 +36,7 @@ class ScoringSettings:
     crop: tuple[int, int] | None = None
     batch_size: int = 8
     device: str = "auto"
+    expected_weights: str | None = None  # sha256 (or "random") recorded with the training store
 
 
 @dataclass
@@ -104,6 +105,12 @@ def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int,
         clip_len=settings.clip_len,
         device=settings.device,
     )
+    expected = settings.expected_weights
+    if expected and extractor.weights_sha256 != expected:
+        raise AnomalyError(
+            settings.weights or "--weights",
+            f"weights sha256 {extractor.weights_sha256[:12]}… differ from the {expected[:12]}… the model was trained on",
+        )
     spec = extractor.spec
     reader = open_video(uri)
     size = spec.resized_shape(reader.info.height, reader.info.width)

@@ -88,3 +88,25 @@ def test_score_with_wrong_backbone_width_is_one_line_error(tmp_path, run_dir, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "1024-d" in err and "512-d" in err and "\n" not in err
+
+
+def test_score_refuses_other_weights_than_training(tmp_path, run_dir, capsys):
+    from anomaly.extractors import load_backbone
+
+    model, _ = load_backbone("r3d_18", None)
+    torch.save({k: v + 1 for k, v in model.state_dict().items()}, tmp_path / "other.pt")
+    video = make_video(str(tmp_path / "Normal_Videos_002_x264.mp4"), num_frames=20, fps=10.0)
+    argv = [
+        video.uri,
+        "--checkpoint",
+        str(run_dir),
+        "--weights",
+        str(tmp_path / "other.pt"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(score_job.main, score_job.get_args_parser(), argv)
+    assert exit_info.value.code == 2
+    assert "differ from the random" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
