@@ -82,7 +82,7 @@ def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
         raise AnomalyError(
             "--weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"
         )
-    return ScoringSettings(**values)
+    return ScoringSettings(**values, expected_weights=expected)
 
 
 def _batched(clips: Iterator, size: int) -> Iterator[np.ndarray]:
