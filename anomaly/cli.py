@@ -56,3 +56,34 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CPUs for a local Ray started by this command (ignored when joining a cluster via RAY_ADDRESS)",
     )
+
+
+def int_pair(text: str) -> tuple[int, int]:
+    """``"H,W"`` (or ``"HxW"``) -> (H, W), for argparse ``type=``."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (two integers), got {text!r}") from None
+    return h, w
+
+
+def add_ground_truth_arguments(parser: argparse.ArgumentParser, *, frame_counts_note: str = "") -> None:
+    """``--annotations`` and ``--frame-counts``, defaulting to the bundled official UCF-Crime files."""
+    from anomaly.annotations import bundled_file
+
+    parser.add_argument(
+        "--annotations",
+        default=bundled_file("Temporal_Anomaly_Annotation.txt"),
+        help="official temporal annotation file; listed videos are test (default: the bundled UCF-Crime file)",
+    )
+    parser.add_argument(
+        "--frame-counts",
+        nargs="*",
+        default=[
+            bundled_file("Train_Annotation_with_frame_counts.txt"),
+            bundled_file("Test_Annotation_with_frame_counts.txt"),
+        ],
+        help=f"files with 'path frame_count …' lines{frame_counts_note} "
+        "(default: the bundled UCF-Crime train and test files)",
+    )

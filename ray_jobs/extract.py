@@ -17,22 +17,12 @@ import argparse
 from dataclasses import replace
 
 from anomaly import cli
-from anomaly.annotations import GroundTruth, bundled_file
+from anomaly.annotations import GroundTruth
 from anomaly.datasets import DATASET_KINDS, DatasetTruth, load_dataset
 from anomaly.errors import AnomalyError
 from anomaly.extraction import VIDEO_EXTENSIONS, ExtractionSettings, extract
 from anomaly.extractors import available_backbones
 from anomaly.localization import parse_grid
-
-
-def _int_pair(text: str) -> tuple[int, int]:
-    """``"H,W"`` (or ``"HxW"``) -> (H, W)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected H,W (two integers), got {text!r}") from None
-    return h, w
 
 
 def _concurrency(text: str) -> tuple[int, int]:
@@ -68,20 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="state dict (local path or any URI; use s3:// on a multi-node cluster), "
         "or 'none' for the seeded random initialisation (smoke runs only; recorded in the store)",
     )
-    parser.add_argument(
-        "--annotations",
-        default=bundled_file("Temporal_Anomaly_Annotation.txt"),
-        help="official temporal annotation file; listed videos are test (default: the bundled UCF-Crime file)",
-    )
-    parser.add_argument(
-        "--frame-counts",
-        nargs="*",
-        default=[
-            bundled_file("Train_Annotation_with_frame_counts.txt"),
-            bundled_file("Test_Annotation_with_frame_counts.txt"),
-        ],
-        help="files with 'path frame_count …' lines, only cross-checked: the store keeps the decoded "
-        "count (default: the bundled UCF-Crime train and test files)",
+    cli.add_ground_truth_arguments(
+        parser, frame_counts_note=", only cross-checked: the store keeps the decoded count"
     )
     parser.add_argument(
         "--clip-len", type=int, default=None, help="frames per clip (default: the backbone's, 16 for c3d)"
@@ -91,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--crop",
-        type=_int_pair,
+        type=cli.int_pair,
         default=None,
         help="model input H,W (default: the backbone's, 112,112 for c3d); smaller sizes for fast CPU runs",
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from anomaly import cli
-from anomaly.annotations import GroundTruth, bundled_file
+from anomaly.annotations import GroundTruth
 from anomaly.importers import import_features
 
 
@@ -18,20 +18,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("src", help="folder, URI prefix (s3://…) or single file of per-video feature files")
     parser.add_argument("--out", required=True, help="feature store URI (local folder or s3://…)")
-    parser.add_argument(
-        "--annotations",
-        default=bundled_file("Temporal_Anomaly_Annotation.txt"),
-        help="official temporal annotation file; listed videos are test (default: the bundled UCF-Crime file)",
-    )
-    parser.add_argument(
-        "--frame-counts",
-        nargs="*",
-        default=[
-            bundled_file("Train_Annotation_with_frame_counts.txt"),
-            bundled_file("Test_Annotation_with_frame_counts.txt"),
-        ],
-        help="files with 'path frame_count …' lines (default: the bundled UCF-Crime train and test files)",
-    )
+    cli.add_ground_truth_arguments(parser)
     parser.add_argument(
         "--backbone", default="imported", help="name of the backbone that made the features, e.g. c3d"
     )

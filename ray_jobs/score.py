@@ -12,13 +12,6 @@ import argparse
 from anomaly import cli, uris
 
 
-def parse_pair(text: str) -> tuple[int, int]:
-    parts = text.replace("x", ",").split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected H,W, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -40,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--stride", type=int, default=None, help="frames between clip starts (default: as in training)"
     )
     parser.add_argument(
-        "--crop", type=parse_pair, default=None, help="model input H,W (default: as in training)"
+        "--crop", type=cli.int_pair, default=None, help="model input H,W (default: as in training)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threshold", type=float, default=0.5, help="score above which a frame is an alarm")
