@@ -225,10 +225,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, config)
     start_epoch, best, stale, history = 0, -math.inf, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resume after a crash or on a re-run with the same --out
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    # Resume after a crash or on a re-run with the same --out: Ray's latest checkpoint, or a newer one
+    # the driver found on storage that Ray had not yet recorded when the last run was killed.
+    states = [
+        load_checkpoint_payload(c) for c in (ray.train.get_checkpoint(), loop_config.get("resume_from")) if c
+    ]
+    state = max(states, key=lambda s: int(s["epoch"]), default=None)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
@@ -326,9 +329,10 @@ def fit(
     if data is None:
         data = prepare_data(store, config)
     data_ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
+    resume_from = latest_stored_checkpoint(run_dir, name)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": config.to_dict(), "data": data_ref},
+        train_loop_config={"train": config.to_dict(), "data": data_ref, "resume_from": resume_from},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
@@ -338,7 +342,30 @@ def fit(
     result = trainer.fit()
     if result.error:
         raise result.error
-    return _write_outputs(run_dir, result)
+    return _write_outputs(run_dir, result, resume_from)
+
+
+def latest_stored_checkpoint(run_dir: str, name: str) -> Checkpoint | None:
+    """The newest complete epoch checkpoint in ``RUN_DIR/ray_results/NAME``, recorded by Ray or not.
+
+    Ray persists a checkpoint's folder first and records it in its run snapshot
+    (what ``ray.train.get_checkpoint()`` resumes from) a moment later; a run
+    killed in between would otherwise start over from an older epoch, or from
+    scratch. A folder whose file does not load (cut short by the kill) is skipped.
+    """
+    storage = uris.join(run_dir, "ray_results", name)
+    fs, path = uris.filesystem(storage)
+    filesystem = None if uris.is_local(run_dir) else uris.pyarrow_filesystem(storage)[0]
+    newest, newest_epoch = None, -1
+    for folder in fs.glob(f"{path.rstrip('/')}/checkpoint_*"):
+        try:
+            data = fs.cat_file(f"{folder}/{CHECKPOINT_FILE}")
+            epoch = int(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["epoch"])
+        except Exception:  # noqa: BLE001 - missing, cut short or foreign: not a checkpoint to resume from
+            continue
+        if epoch > newest_epoch:
+            newest, newest_epoch = Checkpoint(path=folder, filesystem=filesystem), epoch
+    return newest
 
 
 def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
@@ -388,11 +415,17 @@ def write_history(run_dir: str, history: list[dict]) -> None:
     training_curves(history, uris.join(run_dir, "training_curves.png"))
 
 
-def _write_outputs(run_dir: str, result) -> TrainResult:
-    best = result.get_best_checkpoint(metric="val_auc", mode="max") or result.checkpoint
+def _write_outputs(run_dir: str, result, resume_from: Checkpoint | None = None) -> TrainResult:
+    # resume_from is the latest when it was a finished run's last checkpoint that Ray had not recorded.
+    latest = max(
+        (c for c in (result.checkpoint, resume_from) if c is not None),
+        key=lambda c: int(load_checkpoint_payload(c)["epoch"]),
+        default=None,
+    )
+    best = result.get_best_checkpoint(metric="val_auc", mode="max") or latest
     if best is None:
         raise AnomalyError(run_dir, "training produced no checkpoint")
-    history = load_checkpoint_payload(result.checkpoint).get("history", []) if result.checkpoint else []
+    history = load_checkpoint_payload(latest).get("history", []) if latest else []
     payload, model_uri = export_model(best, run_dir)
     write_history(run_dir, history)
     return TrainResult(

@@ -1,0 +1,303 @@
+"""Reliability under crashes (issue 7): a killed model actor, a job SIGKILLed twice, training killed and resumed.
+
+Real processes are killed with SIGKILL, only processes this test started: the extractor actor is
+found among the descendants of this pytest process (whose session Ray it belongs to), the jobs
+are subprocesses started here. Nothing in the code under test is replaced.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from anomaly import store as feature_store
+from anomaly.extraction import ExtractionSettings, decode_video, extract
+from anomaly.extractors import ClipFeatureExtractor
+from anomaly.segments import pool_segments
+from anomaly.synthetic.features import make_feature_store
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = ExtractionSettings(
+    backbone="r3d_18", weights=None, clip_len=4, crop=(32, 32), batch_size=4, flush_every=1, device="cpu"
+)
+CLI_SETTINGS = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "4", "--crop", "32,32"]
+
+
+def write_video(path: Path, num_frames: int, seed: int, height: int = 32, width: int = 32) -> Path:
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(25))
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.options = {"preset": "ultrafast", "threads": "1"}
+        for t in range(num_frames):
+            rgb = np.stack(
+                [
+                    (xx * 5 + t * 9 + seed * 17) % 256,
+                    (yy * 7 + t * 5) % 256,
+                    np.full_like(xx, (seed * 30) % 256),
+                ],
+                axis=-1,
+            ).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def make_videos(folder: Path, count: int, num_frames: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_video(folder / f"Clip{i:03d}.mp4", num_frames, seed=i) for i in range(count)]
+
+
+def descendants(root: int) -> list[int]:
+    """Process ids below ``root`` (from /proc), so a test only ever signals processes it started."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as handle:
+                    parents[int(name)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], [root]
+    while todo:
+        parent_pid = todo.pop()
+        children = [pid for pid, parent in parents.items() if parent == parent_pid]
+        found += children
+        todo += children
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def raw_ids(store: str) -> collections.Counter:
+    """Every row of every part file, without the store reader's de-duplication."""
+    ids: collections.Counter = collections.Counter()
+    for part in feature_store.part_files(store):
+        ids.update(pq.read_table(part, columns=["video_id"]).column("video_id").to_pylist())
+    return ids
+
+
+def store_features(store: str) -> dict[str, np.ndarray]:
+    table = feature_store.read_table(store)
+    features = feature_store.features_from_arrow(table.column("features"))
+    return dict(zip(table.column("video_id").to_pylist(), features, strict=True))
+
+
+def direct_features(uri: str, video_id: str) -> np.ndarray:
+    """The reference without Ray: decode, run the same backbone, pool into 32 segments."""
+    spec = SETTINGS.spec()
+    rows = list(decode_video({"uri": uri, "video_id": video_id}, spec=spec, stride=spec.clip_len))
+    assert rows and not rows[0]["error"]
+    model = ClipFeatureExtractor("r3d_18", None, crop=spec.crop, clip_len=spec.clip_len, device="cpu")
+    out = model({"clip": np.stack([r["clip"] for r in rows])})
+    order = np.argsort([r["clip_index"] for r in rows])
+    return pool_segments(out["features"][order])
+
+
+# ------------------------------------------------------------------------------------ a killed actor
+
+
+def test_killed_extractor_actor_is_restarted_and_every_video_lands_once(ray_cluster, tmp_path):
+    videos = make_videos(tmp_path / "videos", count=10, num_frames=48)  # 12 clips each
+    store = str(tmp_path / "store")
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = extract(str(tmp_path / "videos"), store, SETTINGS)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed: list[int] = []
+    committed_at_kill = None
+    try:
+        while thread.is_alive():
+            if not killed and os.path.isdir(store) and feature_store.part_files(store):
+                actors = [pid for pid in descendants(os.getpid()) if "ClipFeatureExtractor" in cmdline(pid)]
+                for pid in actors:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                if actors:
+                    committed_at_kill = len(feature_store.video_ids(store))
+            time.sleep(0.01)
+    finally:
+        thread.join()  # never leave a run going into the next test
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert killed, "no extractor actor was found to kill"
+    assert committed_at_kill is not None and committed_at_kill < len(videos), "the kill came after the work"
+    assert sorted(report.extracted) == [v.stem for v in videos] and report.failed == []
+    assert raw_ids(store) == collections.Counter({v.stem: 1 for v in videos})  # exactly once each
+    features = store_features(store)
+    for video in videos[:: len(videos) // 3]:  # a few, against a decode + model pass without Ray
+        np.testing.assert_allclose(features[video.stem], direct_features(str(video), video.stem), atol=1e-4)
+    print(f"\nkilled actor pid(s) {killed} with {committed_at_kill}/{len(videos)} videos committed")
+
+
+# ---------------------------------------------------------------------------- a job killed, twice
+
+
+def _job_env(ray_cluster) -> dict:
+    return dict(
+        os.environ,
+        RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address,  # join the session's Ray
+        ANOMALY_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),
+    )
+
+
+def _run_and_kill(command: list[str], env: dict, log: Path, ready) -> int:
+    """Start ``command``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None and not ready():
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait()
+
+
+def test_job_killed_twice_then_resumed_equals_an_uninterrupted_run(ray_cluster, tmp_path):
+    folder = tmp_path / "videos"
+    videos = make_videos(folder, count=8, num_frames=40)
+    (folder / "Text001.mp4").write_text("not a video\n")  # a failure row is rewritten with every flush
+    reference = str(tmp_path / "reference")
+    uninterrupted = extract(str(folder), reference, SETTINGS)
+    assert len(uninterrupted.extracted) == len(videos) and len(uninterrupted.failed) == 1
+
+    store = str(tmp_path / "store")
+    command = [
+        sys.executable,
+        "-m",
+        "ray_jobs.extract",
+        str(folder),
+        "--out",
+        store,
+        *CLI_SETTINGS,
+        "--batch-size",
+        "4",
+        "--flush-every",
+        "1",
+    ]
+    env = _job_env(ray_cluster)
+    progress = []
+    for kill_after in (1, 2):  # the 1st part file of the first run, the 2nd of the second run
+        before = len(feature_store.part_files(store))
+        status = _run_and_kill(
+            command,
+            env,
+            tmp_path / f"run{kill_after}.log",
+            lambda before=before, n=kill_after: len(feature_store.part_files(store)) >= before + n,
+        )
+        log = (tmp_path / f"run{kill_after}.log").read_text()
+        assert status == -signal.SIGKILL, log[-3000:]
+        for part in feature_store.part_files(store):  # whatever the kill cut, every part file is whole
+            assert pq.read_table(part).num_rows == 1
+        progress.append(len(feature_store.video_ids(store)))
+    assert 1 <= progress[0] < progress[1] < len(videos), progress
+
+    resumed = extract(str(folder), store, SETTINGS)
+    assert set(resumed.skipped) == set(raw_ids(store)) - set(resumed.extracted)
+    assert raw_ids(store) == collections.Counter({v.stem: 1 for v in videos})
+    assert not [p for p in os.listdir(store) if p.startswith(".")]  # stale temporary files removed
+    expected, got = store_features(reference), store_features(store)
+    assert set(got) == set(expected)
+    for video_id, features in expected.items():
+        np.testing.assert_allclose(got[video_id], features, atol=1e-5, err_msg=video_id)
+    columns = ["video_id", "split", "label", "anomaly_class", "num_frames", "fps", "source_uri"]
+    ref_rows = sorted(feature_store.read_table(reference, columns=columns).to_pylist(), key=str)
+    assert sorted(feature_store.read_table(store, columns=columns).to_pylist(), key=str) == ref_rows
+    failures = feature_store.read_failures(store).to_pylist()
+    assert [(f["video_id"], f["stage"]) for f in failures] == [("Text001", "decode")]
+    print(f"\nkilled with {progress[0]} then {progress[1]} of {len(videos)} videos committed; resumed to all")
+
+
+# ------------------------------------------------------------------------------ training killed, resumed
+
+
+def _checkpoints(run_dir: Path) -> set[str]:
+    return {p.name for p in (run_dir / "ray_results" / "train").glob("checkpoint_2*")}
+
+
+def _epoch(run_dir: Path, name: str) -> int:
+    """The epoch a checkpoint folder holds; -1 when its file was cut short by the kill."""
+    path = run_dir / "ray_results" / "train" / name / "checkpoint.pt"
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - an incomplete file is not a checkpoint
+        return -1
+
+
+def test_training_killed_after_its_second_checkpoint_resumes_at_the_next_epoch(ray_cluster, tmp_path):
+    from ray_jobs import train as train_job
+
+    store = str(tmp_path / "store")
+    make_feature_store(store, num_train=24, num_test=8, feature_dim=16, signal=1.0, seed=3)
+    config = tmp_path / "fast.yaml"
+    max_epochs = 5
+    config.write_text(f"max_epochs: {max_epochs}\npatience: 100\nbatch_size: 4\n")
+    run_dir = tmp_path / "run"
+    argv = ["--features", store, "--out", str(run_dir), "--config", str(config), "--max-failures", "0"]
+    seen: set[str] = set()
+
+    def two_checkpoints() -> bool:
+        seen.update(_checkpoints(run_dir) if (run_dir / "ray_results").exists() else set())
+        return len(seen) >= 2
+
+    command = [sys.executable, "-m", "ray_jobs.train", *argv]
+    status = _run_and_kill(command, _job_env(ray_cluster), tmp_path / "train1.log", two_checkpoints)
+    assert status == -signal.SIGKILL, (tmp_path / "train1.log").read_text()[-3000:]
+    assert not (run_dir / "model.pt").exists()  # killed before the end
+    left = _checkpoints(run_dir)
+    last_epoch = max(_epoch(run_dir, name) for name in left)
+    assert 1 <= last_epoch < max_epochs - 1, last_epoch
+    snapshot = run_dir / "ray_results" / "train" / "checkpoint_manager_snapshot.json"
+    recorded = "Ray's snapshot present" if snapshot.exists() else "before Ray wrote its snapshot"
+
+    # The re-run (same --out): count the checkpoints it adds while it runs.
+    new: set[str] = set()
+    outcome: dict = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "code", train_job.main(train_job.get_args_parser().parse_args(argv))
+        )
+    )
+    thread.start()
+    try:
+        while thread.is_alive():
+            new.update(_checkpoints(run_dir) - left)
+            time.sleep(0.01)
+    finally:
+        thread.join()
+    new.update(_checkpoints(run_dir) - left)
+    assert outcome.get("code") == 0
+    with open(run_dir / "history.csv") as handle:
+        epochs = [int(float(row["epoch"])) for row in csv.DictReader(handle)]
+    assert epochs == list(range(max_epochs))  # every epoch once: the killed run's, then the resumed run's
+    assert len(new) == max_epochs - 1 - last_epoch, (sorted(new), last_epoch)  # nothing retrained
+    print(
+        f"\ntraining killed after epoch {last_epoch} ({recorded}); "
+        f"the re-run trained epochs {last_epoch + 1}..{max_epochs - 1}"
+    )
