@@ -431,6 +431,8 @@ class VideoCommitter:
         self.buffer: list[dict] = []
         self.new_failures: list[dict] = []
         self.started = time.monotonic() if started is None else started
+        # Progress counts this committer's videos only (list-stage failures are in the report, not in todo).
+        self.counted_before = len(report.extracted) + len(report.failed)
 
     # rows -> videos
     def consume(self, batch: dict[str, np.ndarray]) -> None:
@@ -508,7 +510,7 @@ class VideoCommitter:
         self.finished.add(video_id)
         self.report.extracted.append(video_id)
         self.report.num_clips += video.clips.num_clips
-        done = len(self.report.extracted) + len(self.report.failed)
+        done = len(self.report.extracted) + len(self.report.failed) - self.counted_before
         logger.info(
             "[%d/%d] %s: %d clips (%.1f s elapsed)",
             done,
@@ -527,7 +529,7 @@ class VideoCommitter:
         failure = {"uri": uri, "video_id": video_id, "reason": reason, "stage": stage}
         self.new_failures.append(failure)
         self.report.failed.append(failure)
-        done = len(self.report.extracted) + len(self.report.failed)
+        done = len(self.report.extracted) + len(self.report.failed) - self.counted_before
         logger.warning("[%d/%d] %s failed (%s): %s", done, len(self.todo), uri, stage, reason)
 
     def finish(self) -> None:
