@@ -22,7 +22,7 @@ from anomaly.extractors import ClipFeatureExtractor
 from anomaly.plots import timeline_plot
 from anomaly.segments import frame_scores, pool_segments
 from anomaly.training import load_scorer, score_bags
-from anomaly.video import open_video
+from anomaly.video import open_video, video_id_from_uri
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,11 @@ def _batched(clips: Iterator, size: int) -> Iterator[np.ndarray]:
 
 
 def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int, float]:
-    """(clips, D) features of one video in one decoding pass, plus its frame count and fps."""
+    """(clips, D) features of one video, plus its frame count and fps.
+
+    The probe behind ``reader.info`` (size, fps) decodes the video once before the clip pass;
+    a header-only probe would save that pass.
+    """
     extractor = ClipFeatureExtractor(
         settings.backbone,
         settings.weights,
@@ -133,7 +137,7 @@ def score_video(uri: str, checkpoint: str, **overrides) -> VideoScores:
         )
     segments = score_bags(model, pool_segments(feats)[None])[0]
     return VideoScores(
-        video_id=open_video(uri).video_id,
+        video_id=video_id_from_uri(uri),
         uri=uri,
         fps=fps,
         segment_scores=segments,
