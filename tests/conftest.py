@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucf_crime"
-if not SHARED_DATA.exists():  # a clone that keeps shared/ elsewhere may say where
-    SHARED_DATA = Path(os.environ.get("ANOMALY_SHARED_DATA", SHARED_DATA))
+# Real fixture files live in the repository (small subsets of the shared data), so a fresh clone passes.
+DATA = Path(__file__).resolve().parent / "data"
+SHARED_DATA = DATA / "ucf_crime"
+R3D34_DATA = DATA / "ucf_crime_r3d34"
 
 # Quiet, small and fast Ray for a 2-core machine; set before any Ray import starts workers.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -28,9 +29,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.fail(f"shared fixture data not found at {SHARED_DATA}")
+    """Official UCF-Crime annotation files and Sultani's real C3D features of 10 test videos."""
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def r3d34_data() -> Path:
+    """A real subset of the ResNet3D-34 feature files, quirks included (blank, 31 and 33 rows)."""
+    return R3D34_DATA
 
 
 @pytest.fixture(scope="session")
