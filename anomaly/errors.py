@@ -14,3 +14,13 @@ class AnomalyError(Exception):
         self.where = str(where)
         self.what = " ".join(str(what).split())  # always one line
         super().__init__(f"{self.where}: {self.what}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (an OS error's reason without its path), or its type.
+
+    Third-party errors (PyAV, torch, pyarrow) often carry pages of context; the one-line
+    error rule keeps their first line only.
+    """
+    text = str(getattr(exc, "strerror", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -12,12 +12,12 @@ import pyarrow as pa
 
 from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.checkpoints import load_scorer, score_bags, stored_metadata
 from anomaly.errors import AnomalyError
 from anomaly.localization import localization_metrics
 from anomaly.metrics import evaluate_frames, frame_level, roc_points
 from anomaly.plots import roc_plot, timeline_plot
 from anomaly.segments import frame_scores
-from anomaly.training import load_scorer, score_bags
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def evaluate(
         split=split,
         checkpoint=checkpoint,
         store=store,
-        backbone=payload.get("store_metadata", {}).get("backbone"),
+        backbone=meta.backbone if (meta := stored_metadata(payload, checkpoint)) else None,
     )
     # Optional store columns: per-data-set AUC, region-level scores and heat maps (anomaly.localization).
     metrics.update(localization_metrics(store, model, bags, scores, out_dir, split=split, heatmaps=timelines))

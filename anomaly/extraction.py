@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from anomaly import __version__, uris
 from anomaly import store as feature_store
+from anomaly import uris
 from anomaly.annotations import GroundTruth
 from anomaly.errors import AnomalyError
 from anomaly.extractors import BackboneSpec, ClipFeatureExtractor, get_backbone, load_backbone
@@ -586,21 +586,22 @@ def _weights_tag(settings: ExtractionSettings) -> str:
     return tag
 
 
-def store_settings(settings: ExtractionSettings, spec: BackboneSpec, weights_sha256: str) -> dict:
+def store_settings(
+    settings: ExtractionSettings, spec: BackboneSpec, weights_sha256: str
+) -> feature_store.StoreMetadata:
     """What ``_store.json`` records for an extraction run."""
-    return {
-        "backbone": settings.backbone,
-        "feature_dim": spec.feature_dim,
-        "weights_sha256": weights_sha256,
-        "random_weights": settings.random_weights,
-        "clip_len": spec.clip_len,
-        "stride": settings.effective_stride(spec),
-        "crop": list(spec.crop),
-        "resize": list(spec.resize),
-        **({"grid": settings.grid} if settings.grid > 1 else {}),  # absent without a grid: old stores match
-        "source": "extract",
-        "code_version": __version__,
-    }
+    return feature_store.StoreMetadata(
+        backbone=settings.backbone,
+        feature_dim=spec.feature_dim,
+        weights_sha256=weights_sha256,
+        random_weights=settings.random_weights,
+        clip_len=spec.clip_len,
+        stride=settings.effective_stride(spec),
+        crop=tuple(spec.crop),
+        resize=tuple(spec.resize),
+        grid=settings.grid if settings.grid > 1 else None,  # absent without a grid: old stores match
+        source="extract",
+    )
 
 
 def build_dataset(todo: dict[str, str], settings: ExtractionSettings, spec: BackboneSpec):

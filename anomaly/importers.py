@@ -164,8 +164,9 @@ def import_features(
     report.already_present = len(videos) - len(todo)
     metadata = feature_store.read_metadata(out)
     if metadata:
-        feature_store.ensure_metadata(out, {"backbone": backbone})  # refuses a store of another backbone
-    dim = metadata.get("feature_dim") if metadata else None
+        # Refuses a store of another backbone.
+        feature_store.ensure_metadata(out, feature_store.StoreMetadata(backbone=backbone))
+    dim = metadata.feature_dim if metadata else None
     pending: list[dict] = []
     dataset = ray.data.from_items(todo).map_batches(_parse_batch, batch_size=16)
     for row in dataset.iter_rows() if todo else []:
@@ -175,7 +176,9 @@ def import_features(
             continue
         if dim is None:
             dim = int(row["dim"])
-            feature_store.ensure_metadata(out, {"backbone": backbone, "feature_dim": dim, "source": "import"})
+            feature_store.ensure_metadata(
+                out, feature_store.StoreMetadata(backbone=backbone, feature_dim=dim, source="import")
+            )
         if int(row["dim"]) != dim:
             report.skipped.append((uri, f"features are {row['dim']}-d but the store holds {dim}-d features"))
             continue

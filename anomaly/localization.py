@@ -364,8 +364,8 @@ def localization_metrics(
     - ``heatmaps/VIDEO.png`` for the anomalous videos with grid features (``heatmaps``: how many).
     """
     from anomaly import store as feature_store
+    from anomaly.checkpoints import score_bags
     from anomaly.segments import frame_segments
-    from anomaly.training import score_bags
 
     table = feature_store.read_table(store, columns=["dataset", "mask_uri", "source_uri"], split=split)
     if table.num_rows == 0:

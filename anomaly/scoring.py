@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from anomaly import uris
+from anomaly.checkpoints import load_scorer, score_bags, stored_metadata
 from anomaly.errors import AnomalyError
 from anomaly.extractors import ClipFeatureExtractor
 from anomaly.plots import timeline_plot
 from anomaly.segments import frame_scores, pool_segments
-from anomaly.training import load_scorer, score_bags
+from anomaly.store import StoreMetadata
 from anomaly.video import open_video, video_id_from_uri
 
 logger = logging.getLogger(__name__)
@@ -63,21 +64,20 @@ class VideoScores:
 
 def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
     """Backbone and clip settings recorded with the training store, overridden by what the user gave."""
-    meta = payload.get("store_metadata") or {}
-    crop = meta.get("crop")
+    meta = stored_metadata(payload) or StoreMetadata(backbone="")
     values = {
-        "backbone": meta.get("backbone"),
+        "backbone": meta.backbone,
         "weights": None,
-        "clip_len": meta.get("clip_len", 16),
-        "stride": meta.get("stride", 16),
-        "crop": tuple(crop) if crop else None,
+        "clip_len": meta.clip_len or 16,
+        "stride": meta.stride or 16,
+        "crop": meta.crop,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if not values["backbone"] or values["backbone"] in ("synthetic", "imported"):
         raise AnomalyError(
             "--backbone", "the checkpoint does not record an extractor backbone; pass --backbone"
         )
-    expected = meta.get("weights_sha256")
+    expected = meta.weights_sha256
     if values["weights"] in (None, "none") and expected not in (None, "random"):
         raise AnomalyError(
             "--weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"

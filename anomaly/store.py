@@ -4,7 +4,8 @@ Layout of ``STORE``:
 - ``part-*.parquet``: video rows (schema below), each file written atomically,
   so a killed job leaves whole videos or nothing;
 - ``_store.json``: how the features were made (backbone, weights hash, clip
-  settings, code version); stores refuse rows made with other settings;
+  settings, code version), defined by :class:`StoreMetadata`; stores refuse
+  rows made with other settings;
 - ``_failures.parquet``: videos that could not be read, with a one-line reason.
 Files starting with ``_`` or ``.`` are skipped by pyarrow's and Ray's dataset
 readers, so the store directory reads as a plain Parquet dataset.
@@ -16,8 +17,9 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from anomaly import __version__, uris
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, first_line
 from anomaly.segments import NUM_SEGMENTS
 
 logger = logging.getLogger(__name__)
@@ -304,39 +306,102 @@ def load_bags(store: str, split: str | None = None) -> Bags:
 # --- metadata -------------------------------------------------------------------------------
 
 
-def read_metadata(store: str) -> dict | None:
+@dataclass(frozen=True)
+class StoreMetadata:
+    """How a store's features were made: the one definition of ``_store.json``.
+
+    Written by extraction, the importer and the synthetic store, checked by
+    :func:`ensure_metadata`, copied into every checkpoint by training (as
+    :meth:`to_dict`) and read back by scoring and evaluation (with
+    :meth:`from_dict`). Unset fields (None) are left out of the file, so a store
+    made without a grid, or by the importer, reads the same as before the field
+    existed. Keys this version does not know (a newer writer) are kept in
+    ``extra``, not dropped.
+    """
+
+    backbone: str
+    feature_dim: int | None = None
+    num_segments: int = NUM_SEGMENTS
+    weights_sha256: str | None = None  # sha256 of the backbone's weights, or "random"
+    random_weights: bool | None = None
+    clip_len: int | None = None
+    stride: int | None = None
+    crop: tuple[int, int] | None = None
+    resize: tuple[int, int] | None = None
+    grid: int | None = None  # cells per side, only for grid runs (anomaly.localization)
+    source: str | None = None  # "extract" | "import" | "synthetic"
+    code_version: str = __version__
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``_store.json`` (tuples as lists, unset fields left out)."""
+        out: dict[str, Any] = {}
+        for item in fields(self):
+            if item.name == "extra":
+                continue
+            value = getattr(self, item.name)
+            if value is not None:
+                out[item.name] = _as_json(value)
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = METADATA_FILE) -> StoreMetadata:
+        """Parse ``_store.json`` (or a checkpoint's copy); ``where`` names it in the error."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("backbone"), str):
+            raise AnomalyError(where, "store metadata without a backbone name")
+        known = {item.name for item in fields(cls)} - {"extra"}
+        values = {key: value for key, value in data.items() if key in known}
+        for key in ("crop", "resize"):
+            if values.get(key) is not None:
+                values[key] = tuple(int(v) for v in values[key])
+        try:
+            return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+        except TypeError as exc:
+            raise AnomalyError(where, f"not store metadata: {first_line(exc)}") from exc
+
+    def clashes(self, other: StoreMetadata) -> list[str]:
+        """``key=store vs this run`` for each setting that must agree and differs (unset in ``other``: no clash)."""
+        return [
+            f"{key}={_as_json(getattr(self, key))!r} (store) vs {_as_json(getattr(other, key))!r} (this run)"
+            for key in COMPATIBILITY_KEYS
+            if getattr(other, key) is not None and getattr(self, key) != getattr(other, key)
+        ]
+
+
+def _as_json(value: Any) -> Any:
+    """Tuples as the lists JSON holds (and errors show, as the file says them)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def read_metadata(store: str) -> StoreMetadata | None:
+    """The store's :class:`StoreMetadata`, or None for a store not made yet."""
     uri = uris.join(store, METADATA_FILE)
     if not uris.exists(uri):
         return None
-    return json.loads(uris.read_bytes(uri))
+    try:
+        data = json.loads(uris.read_bytes(uri))
+    except ValueError as exc:
+        raise AnomalyError(uri, f"not JSON: {first_line(exc)}") from exc
+    return StoreMetadata.from_dict(data, where=uri)
 
 
-def ensure_metadata(store: str, settings: dict) -> dict:
+def ensure_metadata(store: str, settings: StoreMetadata) -> StoreMetadata:
     """Record how features are made; refuse a store made with incompatible settings.
 
     Either way ``_store.json`` is written (a new store's settings, or an
     existing store's own bytes again), so a store this process may read but
     not write is refused here, before any work, and not at the first commit.
     """
-    settings = {"num_segments": NUM_SEGMENTS, "code_version": __version__, **settings}
     uri = uris.join(store, METADATA_FILE)
     existing = read_metadata(store)
     if existing is not None:
-        clashes = [
-            f"{key}={existing.get(key)!r} (store) vs {settings.get(key)!r} (this run)"
-            for key in COMPATIBILITY_KEYS
-            if key in settings and _normal(existing.get(key)) != _normal(settings.get(key))
-        ]
+        clashes = existing.clashes(settings)
         if clashes:
             raise AnomalyError(store, "store was made with other settings: " + "; ".join(clashes))
         uris.write_bytes_atomic(uri, uris.read_bytes(uri))  # the write check: same bytes, same meaning
         return existing
-    uris.write_bytes_atomic(uri, json.dumps(settings, indent=2).encode())
+    uris.write_bytes_atomic(uri, json.dumps(settings.to_dict(), indent=2).encode())
     return settings
-
-
-def _normal(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 # --- failures -------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import ray
@@ -27,6 +26,7 @@ from ray.train.torch import TorchTrainer
 
 from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, score_bags
 from anomaly.config import TrainConfig, write_yaml
 from anomaly.errors import AnomalyError
 from anomaly.losses import mil_loss
@@ -34,9 +34,6 @@ from anomaly.metrics import evaluate_frames, video_auc
 from anomaly.model import MILScorer
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
-MODEL_FILE = "model.pt"
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -51,7 +48,7 @@ class TrainingData:
     val: feature_store.Bags
     mean: np.ndarray
     std: np.ndarray
-    store_metadata: dict
+    store_metadata: dict  # StoreMetadata.to_dict() of the store, copied into every checkpoint
 
     @property
     def feature_dim(self) -> int:
@@ -88,11 +85,11 @@ def prepare_data(store: str, config: TrainConfig) -> TrainingData:
         val=bags.subset(val_idx),
         mean=segments.mean(axis=0),
         std=segments.std(axis=0),
-        store_metadata=feature_store.read_metadata(store) or {},
+        store_metadata=meta.to_dict() if (meta := feature_store.read_metadata(store)) else {},
     )
 
 
-# --- model and checkpoints ------------------------------------------------------------------
+# --- model ---------------------------------------------------------------------------------
 
 
 def build_model(feature_dim: int, config: TrainConfig, mean: np.ndarray, std: np.ndarray) -> MILScorer:
@@ -101,50 +98,6 @@ def build_model(feature_dim: int, config: TrainConfig, mean: np.ndarray, std: np
         torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
     )
     return model
-
-
-def checkpoint_payload(model: torch.nn.Module, config: TrainConfig, **extra: Any) -> dict:
-    """A plain dict of the unwrapped model's tensors and primitives (loadable with weights_only=True)."""
-    inner = model.module if hasattr(model, "module") else model
-    return {
-        "model": inner.state_dict(),
-        "feature_dim": inner.feature_dim,
-        "config": config.to_dict(),
-        **extra,
-    }
-
-
-def load_scorer(uri: str) -> tuple[MILScorer, dict]:
-    """Load a trained scorer from a run directory (``RUN_DIR/model.pt``) or a ``.pt`` file/URI."""
-    target = uri if uri.endswith(".pt") else uris.join(uri, MODEL_FILE)
-    if not uris.exists(target):
-        raise AnomalyError(uri, f"no trained model found (expected {target})")
-    try:
-        payload = torch.load(io.BytesIO(uris.read_bytes(target)), map_location="cpu", weights_only=True)
-        config = TrainConfig.from_dict(payload["config"], where=target)
-        model = MILScorer(
-            int(payload["feature_dim"]), dropout=config.dropout, feature_norm=config.feature_norm
-        )
-        model.load_state_dict(payload["model"])
-    except AnomalyError:
-        raise
-    except Exception as exc:  # a refused pickle, a foreign file, a wrong architecture
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AnomalyError(target, f"not a checkpoint of this project: {first}") from exc
-    return model.eval(), payload
-
-
-def score_bags(model: MILScorer, features: np.ndarray, batch: int = 512) -> np.ndarray:
-    """(N, 32, D) features -> (N, 32) scores, in eval mode, without gradients."""
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(features), batch):
-            chunk = torch.from_numpy(
-                np.array(features[start : start + batch], dtype=np.float32)
-            )  # a writable copy
-            out.append(model(chunk).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 32), dtype=np.float32)
 
 
 # --- the per-worker loop --------------------------------------------------------------------

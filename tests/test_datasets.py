@@ -532,7 +532,7 @@ def test_frame_folders_extract_train_evaluate(two_datasets, tmp_path, ray_cluste
     assert (mp4["split"], mp4["num_frames"], mp4["fps"], mp4["dataset"]) == ("test", 16, 20.0, "avenue")
     grids = store.grid_from_arrow(table.column("features_grid"))
     assert all(g is not None and g.shape == (4, 32, 512) for g in grids)
-    assert store.read_metadata(features)["grid"] == 2
+    assert store.read_metadata(features).grid == 2
 
     # the command on the same data set and store finds every video done (same ids, same settings)
     args = extract_job.get_args_parser().parse_args(

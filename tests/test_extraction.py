@@ -118,9 +118,9 @@ def test_extract_from_s3_into_s3_store(s3_bucket, ray_cluster):
         assert row["backbone"] == "r3d_18" and row["source_uri"] == video.uri
     assert any(v.split == "test" and v.interval for v in videos)  # the interval check had something to check
     meta = feature_store.read_metadata(store)
-    assert meta["backbone"] == "r3d_18" and meta["feature_dim"] == DIM
-    assert meta["weights_sha256"] == "random" and meta["random_weights"] is True
-    assert (meta["clip_len"], meta["stride"], meta["crop"], meta["source"]) == (8, 8, [32, 32], "extract")
+    assert meta.backbone == "r3d_18" and meta.feature_dim == DIM
+    assert meta.weights_sha256 == "random" and meta.random_weights is True
+    assert (meta.clip_len, meta.stride, meta.crop, meta.source) == (8, 8, (32, 32), "extract")
     assert not uris.exists(f"{store}/_failures.parquet")
 
     # A re-run is a no-op: nothing to extract, no new part file.

@@ -18,18 +18,14 @@ import yaml
 
 from anomaly import cli
 from anomaly import store as feature_store
+from anomaly.checkpoints import CHECKPOINT_FILE, checkpoint_payload
 from anomaly.config import TrainConfig
 from anomaly.errors import AnomalyError
 from anomaly.extraction import ExtractionSettings, extract
 from anomaly.model import MILScorer
 from anomaly.synthetic import make_video
 from anomaly.synthetic.features import make_feature_store, synthetic_rows
-from anomaly.training import (
-    CHECKPOINT_FILE,
-    checkpoint_payload,
-    latest_stored_checkpoint,
-    load_checkpoint_payload,
-)
+from anomaly.training import latest_stored_checkpoint, load_checkpoint_payload
 from ray_jobs import evaluate as evaluate_job
 from ray_jobs import extract as extract_job
 from ray_jobs import score as score_job
@@ -59,7 +55,7 @@ def world(tmp_path_factory):
     store48 = str(root / "store48")
     make_feature_store(store48, num_train=4, num_test=4, feature_dim=48, seed=2)
     empty = str(root / "empty")
-    feature_store.ensure_metadata(empty, {"backbone": "r3d_18", "feature_dim": 16})  # _store.json, no rows
+    feature_store.ensure_metadata(empty, feature_store.StoreMetadata(backbone="r3d_18", feature_dim=16))  # _store.json, no rows
     normal_only = str(root / "normal_only")
     rows = [r for r in synthetic_rows(num_train=16, num_test=4, feature_dim=16, seed=3) if r["label"] == 0]
     feature_store.write_rows(normal_only, rows)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from anomaly import cli
+from anomaly.checkpoints import checkpoint_payload
 from anomaly.config import TrainConfig
 from anomaly.model import MILScorer
 from anomaly.synthetic import make_video
-from anomaly.training import checkpoint_payload
 from ray_jobs import score as score_job
 
 STORE_META = {

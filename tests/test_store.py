@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -54,7 +56,7 @@ def test_store_on_real_s3(s3_bucket):
     assert any(p.endswith(".parquet") for p in fs.ls(path))
     bags = store.load_bags(uri, split="test")
     assert len(bags) == 4 and bags.features.shape == (4, 32, 16)
-    assert store.read_metadata(uri)["feature_dim"] == 16
+    assert store.read_metadata(uri).feature_dim == 16
     store.record_failures(
         uri, [{"uri": "s3://b/v.mp4", "video_id": "v", "reason": "truncated", "stage": "decode"}]
     )
@@ -62,10 +64,10 @@ def test_store_on_real_s3(s3_bucket):
 
 
 def test_metadata_refuses_mixed_settings(tmp_path):
-    store.ensure_metadata(str(tmp_path), {"backbone": "c3d", "feature_dim": 4096})
-    store.ensure_metadata(str(tmp_path), {"backbone": "c3d", "feature_dim": 4096})  # same: fine
-    with pytest.raises(AnomalyError, match="backbone"):
-        store.ensure_metadata(str(tmp_path), {"backbone": "i3d", "feature_dim": 1024})
+    store.ensure_metadata(str(tmp_path), store.StoreMetadata(backbone="c3d", feature_dim=4096))
+    store.ensure_metadata(str(tmp_path), store.StoreMetadata(backbone="c3d", feature_dim=4096))  # same: fine
+    with pytest.raises(AnomalyError, match="backbone='c3d' .store. vs 'i3d' .this run.; feature_dim=4096"):
+        store.ensure_metadata(str(tmp_path), store.StoreMetadata(backbone="i3d", feature_dim=1024))
 
 
 def test_duplicate_rows_are_read_once(tmp_path):
@@ -89,3 +91,21 @@ def test_failures_merge_and_clear(tmp_path):
     assert dict(zip(failures["uri"], failures["reason"], strict=True)) == {"a": "r3", "b": "r2"}
     store.clear_failures(s, ["a"])
     assert store.read_failures(s).column("uri").to_pylist() == ["b"]
+
+
+def test_metadata_object_is_the_file(tmp_path):
+    """StoreMetadata round-trips through _store.json; unset fields are left out, unknown keys kept."""
+    meta = store.StoreMetadata(backbone="c3d", feature_dim=4096, clip_len=16, stride=16, crop=(112, 112))
+    store.ensure_metadata(str(tmp_path), meta)
+    written = json.loads((tmp_path / store.METADATA_FILE).read_text())
+    assert written["crop"] == [112, 112] and written["num_segments"] == 32
+    assert "grid" not in written and "resize" not in written  # unset: absent, as in older stores
+    assert store.read_metadata(str(tmp_path)) == meta
+    newer = store.StoreMetadata.from_dict({**written, "clip_table": "clips/"})
+    assert newer == meta and newer.extra == {"clip_table": "clips/"}
+    assert newer.to_dict()["clip_table"] == "clips/"
+    with pytest.raises(AnomalyError, match="x.json: store metadata without a backbone name"):
+        store.StoreMetadata.from_dict({"feature_dim": 3}, where="x.json")
+    (tmp_path / store.METADATA_FILE).write_text("{not json")
+    with pytest.raises(AnomalyError, match="_store.json: not JSON: "):
+        store.read_metadata(str(tmp_path))

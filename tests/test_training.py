@@ -9,11 +9,12 @@ import torch
 import yaml
 
 from anomaly import cli
+from anomaly.checkpoints import load_scorer
 from anomaly.config import TrainConfig, load_train_config
 from anomaly.errors import AnomalyError
 from anomaly.model import MILScorer
 from anomaly.synthetic.features import make_feature_store
-from anomaly.training import load_scorer, stratified_split
+from anomaly.training import stratified_split
 from ray_jobs import evaluate as evaluate_job
 from ray_jobs import train as train_job
 

@@ -12,10 +12,10 @@ from ray import tune
 from ray.tune.search import sample
 
 from anomaly import cli
+from anomaly.checkpoints import load_scorer
 from anomaly.config import TrainConfig, load_train_config
 from anomaly.errors import AnomalyError
 from anomaly.synthetic.features import make_feature_store
-from anomaly.training import load_scorer
 from anomaly.tuning import OrZeroSampler, load_search_spec, parse_search_spec, to_domain
 from ray_jobs import tune as tune_job
 

@@ -67,12 +67,12 @@ def make_feature_store(uri: str, *, rows_per_part: int = 64, **kwargs) -> str:
     rows = synthetic_rows(**kwargs)
     feature_store.ensure_metadata(
         uri,
-        {
-            "backbone": rows[0]["backbone"],
-            "feature_dim": int(rows[0]["features"].shape[-1]),
-            "source": "synthetic",
-            "random_weights": True,
-        },
+        feature_store.StoreMetadata(
+            backbone=rows[0]["backbone"],
+            feature_dim=int(rows[0]["features"].shape[-1]),
+            source="synthetic",
+            random_weights=True,
+        ),
     )
     for start in range(0, len(rows), rows_per_part):
         feature_store.write_rows(uri, rows[start : start + rows_per_part])
