@@ -1,8 +1,17 @@
-"""Score one video with a trained model: per-frame scores (CSV), a timeline PNG, alarms as time ranges.
+"""Score recordings with a trained model on Ray Data: per-clip scores, alarms with timestamps, timelines.
 
-    python -m ray_jobs.score VIDEO --checkpoint RUN_DIR [--backbone NAME --weights PATH|none] [--out DIR]
+    python -m ray_jobs.score VIDEOS --checkpoint RUN_DIR --out OUT
+        [--threshold T --min-duration S --merge-gap S] [--window S | --window-clips N]
+        [--backbone NAME --weights PATH|none] [--batch-size N --concurrency MIN,MAX --num-gpus-per-actor F]
+        [--annotated-video]
 
-Backbone and clip settings default to those recorded with the model's training store.
+VIDEOS is anything ray_jobs.extract takes: one video, a folder or s3:// prefix (searched
+recursively), or a .txt list file. Writes OUT/scores/ (Parquet, one row per clip),
+OUT/alarms.parquet and OUT/alarms.csv (one row per alarm, highest peak first),
+OUT/timelines/VIDEO.png for every video with an alarm and OUT/_failures.parquet. One video
+also gets OUT/VIDEO.csv (frame,time_s,score) and OUT/VIDEO_timeline.png. Backbone and clip
+settings default to those recorded with the model's training store. Re-running the same
+command resumes: videos already in OUT/scores are skipped.
 """
 
 from __future__ import annotations
@@ -10,80 +19,180 @@ from __future__ import annotations
 import argparse
 
 from anomaly import cli, uris
+from anomaly.scoring.alarms import (
+    DEFAULT_MERGE_GAP_S,
+    DEFAULT_MIN_DURATION_S,
+    DEFAULT_THRESHOLD,
+    AlarmSettings,
+    format_alarm,
+)
+from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS
+from ray_jobs.extract import _concurrency
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("video", help="video file or URI (s3://…)")
+    parser.add_argument("videos", help="video, folder or URI prefix (s3://…), or a .txt list file")
     parser.add_argument(
         "--checkpoint", required=True, help="run directory of ray_jobs.train / tune (or its model.pt)"
     )
+    parser.add_argument("--out", default="scores", help="folder or URI for everything written")
     parser.add_argument(
         "--backbone", default=None, help="feature extractor (default: the one the model was trained on)"
     )
     parser.add_argument(
         "--weights", default=None, help="backbone weights path/URI, or 'none' for random weights"
     )
-    parser.add_argument(
-        "--clip-len", type=int, default=None, help="frames per clip (default: as in training)"
-    )
+    parser.add_argument("--clip-len", type=int, default=None, help="frames per clip (default: as in training)")
     parser.add_argument(
         "--stride", type=int, default=None, help="frames between clip starts (default: as in training)"
     )
+    parser.add_argument("--crop", type=cli.int_pair, default=None, help="model input H,W (default: as in training)")
     parser.add_argument(
-        "--crop", type=cli.int_pair, default=None, help="model input H,W (default: as in training)"
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="clip score above which an alarm starts"
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--threshold", type=float, default=0.5, help="score above which a frame is an alarm")
-    parser.add_argument("--out", default="scores", help="folder or URI for the CSV and PNG")
     parser.add_argument(
-        "--annotated-video", action="store_true", help="also write VIDEO_scored.mp4 with the score drawn"
+        "--min-duration",
+        type=float,
+        default=DEFAULT_MIN_DURATION_S,
+        help="seconds; shorter alarms (after merging) are dropped",
     )
+    parser.add_argument(
+        "--merge-gap",
+        type=float,
+        default=DEFAULT_MERGE_GAP_S,
+        help="seconds; alarms closer than this are one alarm",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=DEFAULT_WINDOW_SECONDS,
+        help="seconds of clips averaged to score each clip: about one training segment (default 2.5 s, "
+        "a median UCF-Crime training segment; use the length of yours)",
+    )
+    parser.add_argument("--window-clips", type=int, default=None, help="the window in clips (overrides --window)")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per model call")
+    parser.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per model actor")
+    parser.add_argument("--num-cpus-per-actor", type=float, default=1.0, help="CPUs per model actor")
+    parser.add_argument(
+        "--concurrency", type=_concurrency, default=(1, 1), help="model actors: N, or MIN,MAX"
+    )
+    parser.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decoding task")
+    parser.add_argument("--device", default="auto", help="model device: auto, cpu or cuda")
+    parser.add_argument("--flush-every", type=int, default=16, help="finished videos per scores part file")
+    parser.add_argument(
+        "--fps-default", type=float, default=None, help="frame rate of inputs that state none (frame folders)"
+    )
+    parser.add_argument(
+        "--annotated-video",
+        action="store_true",
+        help="also write an MP4 with the score drawn (OUT/VIDEO_scored.mp4 for one video, "
+        "OUT/annotated/VIDEO.mp4 for every video with an alarm)",
+    )
+    cli.add_ray_arguments(parser)
     return parser
 
 
-def format_alarms(scores, threshold: float) -> list[str]:
-    lines = []
-    for start, end in scores.alarms(threshold):
-        peak = float(scores.frame_scores[start:end].max())
-        if scores.fps:
-            lines.append(
-                f"  {start / scores.fps:8.2f}s – {end / scores.fps:8.2f}s  (frames {start}–{end - 1}, peak {peak:.2f})"
-            )
-        else:
-            lines.append(f"  frames {start}–{end - 1}  (peak {peak:.2f})")
-    return lines
+def format_alarms(scores, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """Alarm lines of one in-process :class:`~anomaly.scoring.single.VideoScores` (the demo prints these)."""
+    return [format_alarm(alarm) for alarm in scores.alarms(AlarmSettings(threshold=threshold))]
 
 
-def main(args: argparse.Namespace) -> int:
-    from anomaly.scoring import score_video, write_annotated_video, write_outputs
+def job_from_args(args: argparse.Namespace, payload: dict):
+    from anomaly.scoring.pipeline import ScoringJob, extraction_settings
 
-    scores = score_video(
-        args.video,
-        args.checkpoint,
+    extraction = extraction_settings(
+        payload,
         backbone=args.backbone,
         weights=args.weights,
         clip_len=args.clip_len,
         stride=args.stride,
         crop=args.crop,
+        batch_size=args.batch_size,
+        num_gpus_per_actor=args.num_gpus_per_actor,
+        num_cpus_per_actor=args.num_cpus_per_actor,
+        concurrency=args.concurrency,
+        decode_num_cpus=args.decode_cpus,
         device=args.device,
+        flush_every=args.flush_every,
+        fps=args.fps_default,
     )
-    written = write_outputs(scores, args.out, threshold=args.threshold)
-    duration = f"{scores.num_frames / scores.fps:.1f} s" if scores.fps else f"{scores.num_frames} frames"
-    print(f"{scores.video_id}: {duration}, max score {scores.frame_scores.max():.3f}")
-    alarms = format_alarms(scores, args.threshold)
-    print(f"segments above {args.threshold}:" if alarms else f"no segment above {args.threshold}")
-    for line in alarms:
-        print(line)
-    if args.annotated_video:
-        written["video"] = write_annotated_video(
-            scores, uris.join(args.out, f"{scores.video_id}_scored.mp4"), threshold=args.threshold
-        )
-    for kind, uri in written.items():
+    return ScoringJob(
+        checkpoint=args.checkpoint,
+        extraction=extraction,
+        alarms=AlarmSettings(args.threshold, args.min_duration, args.merge_gap),
+        window_seconds=args.window,
+        window_clips=args.window_clips,
+    )
+
+
+def _is_one_video(videos: str) -> bool:
+    from anomaly.extraction import VIDEO_EXTENSIONS
+
+    return videos.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def video_scores(table, video_id: str):
+    """One video's :class:`~anomaly.scoring.single.VideoScores` from the clip rows in OUT/scores."""
+    import pyarrow.compute as pc
+
+    from anomaly.scoring.single import VideoScores
+
+    rows = table.filter(pc.equal(table.column("video_id"), video_id)).sort_by("clip_index")
+    first = rows.slice(0, 1).to_pylist()[0]
+    clip_len = int(first["last_frame"] - first["first_frame"] + 1)
+    stride = int(rows.column("first_frame")[1].as_py()) if rows.num_rows > 1 else clip_len
+    return VideoScores(
+        video_id=video_id,
+        uri=first["source_uri"],
+        fps=float(first["fps"]),
+        num_frames=int(first["num_frames"]),
+        stride=stride,
+        clip_len=clip_len,
+        clip_scores=rows.column("score").to_numpy(),
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from anomaly.checkpoints import load_scorer
+    from anomaly.scoring import outputs
+    from anomaly.scoring.pipeline import prepare, score_videos
+    from anomaly.scoring.single import write_annotated_video, write_outputs
+
+    _, payload = load_scorer(args.checkpoint)
+    job = job_from_args(args, payload)
+    prepared = prepare(job)  # one-line errors (backbone width, settings) before Ray starts
+    cli.init_ray(args.num_cpus)
+    report = score_videos(args.videos, args.out, job, prepared=prepared)
+    for failure in report.failed:
+        print(f"failed: {failure['uri']}: {failure['reason']}")
+    table = outputs.read_scores(args.out)
+    alarms = outputs.alarms_of(table, job.alarms)
+    for alarm, _ in alarms[:20]:
+        print(f"{alarm.video_id}:{format_alarm(alarm)}")
+    if len(alarms) > 20:
+        print(f"… {len(alarms) - 20} more in {report.written['alarms_csv']}")
+    if _is_one_video(args.videos) and report.scored + report.skipped:
+        scores = video_scores(table, (report.scored + report.skipped)[0])
+        report.written.update(write_outputs(scores, args.out, threshold=job.alarms.threshold))
+        if args.annotated_video:
+            report.written["video"] = write_annotated_video(
+                scores, uris.join(args.out, f"{scores.video_id}_scored.mp4"), threshold=job.alarms.threshold
+            )
+        print(f"{scores.video_id}: {len(scores.clip_scores)} clips, max score {scores.clip_scores.max():.3f}")
+    elif args.annotated_video:
+        for video_id in sorted({alarm.video_id for alarm, _ in alarms}):
+            report.written[f"video {video_id}"] = write_annotated_video(
+                video_scores(table, video_id),
+                uris.join(args.out, "annotated", f"{video_id}.mp4"),
+                threshold=job.alarms.threshold,
+            )
+    for kind, uri in report.written.items():
         print(f"wrote {kind}: {uri}")
-    return 0
+    print(report.summary())
+    return 1 if report.all_failed else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Score one video end to end: decode, extract clip features, pool to 32 segments, score every frame.
+"""One video in this process (no Ray): decode, clip features, clip-window scores; its CSV, PNG and MP4.
 
 The backbone and clip settings default to the ones recorded with the model's
 training store, so a video is scored with the features the model learned on.
+The distributed job (:mod:`anomaly.scoring.pipeline`) scores with the same
+rule (:mod:`anomaly.scoring.windows`) and writes a single video's CSV and PNG
+with :func:`write_outputs` too.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from anomaly import uris
-from anomaly.checkpoints import load_scorer, score_bags, stored_metadata
+from anomaly.checkpoints import load_scorer, stored_metadata
 from anomaly.errors import AnomalyError
 from anomaly.extractors import ClipFeatureExtractor
-from anomaly.plots import timeline_plot
-from anomaly.segments import frame_scores, pool_segments
+from anomaly.scoring.alarms import DEFAULT_THRESHOLD, Alarm, AlarmSettings, find_alarms
+from anomaly.scoring.windows import (
+    DEFAULT_WINDOW_SECONDS,
+    clip_frame_scores,
+    clip_times,
+    context_segments,
+    score_clips,
+    window_clips,
+)
 from anomaly.store import StoreMetadata
 from anomaly.video import open_video, video_id_from_uri
 
@@ -38,28 +48,42 @@ class ScoringSettings:
     batch_size: int = 8
     device: str = "auto"
     expected_weights: str | None = None  # sha256 (or "random") recorded with the training store
+    window_seconds: float = DEFAULT_WINDOW_SECONDS  # about one training segment (anomaly.scoring.windows)
+    window_clips: int | None = None  # overrides window_seconds
+
+    def window(self, fps: float) -> int:
+        """Clips per scoring window for a video at ``fps``."""
+        if self.window_clips:
+            return int(self.window_clips)
+        return window_clips(self.window_seconds, fps, self.stride)
 
 
 @dataclass
 class VideoScores:
+    """The clip scores of one video and what they cover."""
+
     video_id: str
     uri: str
     fps: float
-    segment_scores: np.ndarray  # (32,)
-    frame_scores: np.ndarray  # (num_frames,)
+    num_frames: int
+    stride: int
+    clip_len: int
+    clip_scores: np.ndarray  # (clips,)
 
     @property
-    def num_frames(self) -> int:
-        return len(self.frame_scores)
+    def frame_scores(self) -> np.ndarray:
+        return clip_frame_scores(self.clip_scores, self.num_frames, self.stride)
 
     def times(self) -> np.ndarray:
+        """Seconds of every frame (frame numbers when the rate is unknown)."""
         return np.arange(self.num_frames) / self.fps if self.fps else np.arange(self.num_frames, dtype=float)
 
-    def alarms(self, threshold: float) -> list[tuple[int, int]]:
-        """[start, end) frame runs whose score is above ``threshold``."""
-        above = np.concatenate([[False], self.frame_scores > threshold, [False]])
-        edges = np.flatnonzero(np.diff(above.astype(np.int8)))
-        return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+    def clip_times(self) -> dict[str, np.ndarray]:
+        return clip_times(len(self.clip_scores), self.num_frames, self.clip_len, self.stride, self.fps)
+
+    def alarms(self, settings: AlarmSettings | None = None) -> list[Alarm]:
+        times = self.clip_times()
+        return find_alarms(self.video_id, times["start_s"], times["end_s"], self.clip_scores, settings or AlarmSettings())
 
 
 def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
@@ -85,6 +109,21 @@ def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
     return ScoringSettings(**values, expected_weights=expected)
 
 
+def check_feature_dim(where: str, backbone: str, feature_dim: int, model_dim: int) -> None:
+    """A model trained on one backbone's features refuses another's (one line, before any work)."""
+    if feature_dim != model_dim:
+        raise AnomalyError(
+            where, f"{backbone} gives {feature_dim}-d features but the model expects {model_dim}-d"
+        )
+
+
+def check_weights(where: str, actual: str, expected: str | None) -> None:
+    if expected and actual != expected:
+        raise AnomalyError(
+            where, f"weights sha256 {actual[:12]}… differ from the {expected[:12]}… the model was trained on"
+        )
+
+
 def _batched(clips: Iterator, size: int) -> Iterator[np.ndarray]:
     batch = []
     for clip in clips:
@@ -99,8 +138,7 @@ def _batched(clips: Iterator, size: int) -> Iterator[np.ndarray]:
 def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int, float]:
     """(clips, D) features of one video, plus its frame count and fps.
 
-    The probe behind ``reader.info`` (size, fps) decodes the video once before the clip pass;
-    a header-only probe would save that pass.
+    The probe behind ``reader.info`` (size, fps) decodes the video once before the clip pass.
     """
     extractor = ClipFeatureExtractor(
         settings.backbone,
@@ -109,12 +147,7 @@ def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int,
         clip_len=settings.clip_len,
         device=settings.device,
     )
-    expected = settings.expected_weights
-    if expected and extractor.weights_sha256 != expected:
-        raise AnomalyError(
-            settings.weights or "--weights",
-            f"weights sha256 {extractor.weights_sha256[:12]}… differ from the {expected[:12]}… the model was trained on",
-        )
+    check_weights(settings.weights or "--weights", extractor.weights_sha256, settings.expected_weights)
     spec = extractor.spec
     reader = open_video(uri)
     size = spec.resized_shape(reader.info.height, reader.info.width)
@@ -126,27 +159,27 @@ def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int,
 
 
 def score_video(uri: str, checkpoint: str, **overrides) -> VideoScores:
-    """Per-frame anomaly scores of one video with a trained model (``RUN_DIR`` or ``model.pt``)."""
+    """Per-clip anomaly scores of one video with a trained model (``RUN_DIR`` or ``model.pt``)."""
     model, payload = load_scorer(checkpoint)
     settings = settings_from_checkpoint(payload, **overrides)
     feats, num_frames, fps = clip_features(uri, settings)
-    if feats.shape[1] != model.feature_dim:
-        raise AnomalyError(
-            uri,
-            f"{settings.backbone} gives {feats.shape[1]}-d features but the model expects {model.feature_dim}-d",
-        )
-    segments = score_bags(model, pool_segments(feats)[None])[0]
+    check_feature_dim(uri, settings.backbone, feats.shape[1], model.feature_dim)
+    scores = score_clips(model, feats, settings.window(fps), context=context_segments(payload))
     return VideoScores(
         video_id=video_id_from_uri(uri),
         uri=uri,
         fps=fps,
-        segment_scores=segments,
-        frame_scores=frame_scores(segments, num_frames),
+        num_frames=num_frames,
+        stride=settings.stride,
+        clip_len=settings.clip_len,
+        clip_scores=scores,
     )
 
 
-def write_outputs(scores: VideoScores, out_dir: str, *, threshold: float = 0.5) -> dict[str, str]:
+def write_outputs(scores: VideoScores, out_dir: str, *, threshold: float = DEFAULT_THRESHOLD) -> dict[str, str]:
     """``VIDEO.csv`` (frame, time_s, score) and ``VIDEO_timeline.png`` under ``out_dir``."""
+    from anomaly.scoring.plots import clip_timeline_plot
+
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["frame", "time_s", "score"])
@@ -154,19 +187,22 @@ def write_outputs(scores: VideoScores, out_dir: str, *, threshold: float = 0.5) 
         writer.writerow([frame, f"{t:.4f}", f"{s:.6f}"])
     csv_uri = uris.join(out_dir, f"{scores.video_id}.csv")
     uris.write_bytes_atomic(csv_uri, text.getvalue().encode())
-    png_uri = timeline_plot(
-        scores.frame_scores,
-        [],
+    times = scores.clip_times()
+    alarms = scores.alarms(AlarmSettings(threshold=threshold))
+    png_uri = clip_timeline_plot(
+        times["start_s"],
+        times["end_s"],
+        scores.clip_scores,
+        [(a.start_s, a.end_s) for a in alarms],
         uris.join(out_dir, f"{scores.video_id}_timeline.png"),
-        title=f"{scores.video_id}: anomaly score",
-        fps=scores.fps or None,
+        title=f"{scores.video_id}: anomaly score per clip",
         threshold=threshold,
     )
     return {"csv": csv_uri, "timeline": png_uri}
 
 
 def write_annotated_video(
-    scores: VideoScores, out_uri: str, *, threshold: float = 0.5, max_side: int = 640
+    scores: VideoScores, out_uri: str, *, threshold: float = DEFAULT_THRESHOLD, max_side: int = 640
 ) -> str:
     """An MP4 of the video with its score drawn on every frame: a bar, the value, red above threshold."""
     import av
@@ -174,6 +210,7 @@ def write_annotated_video(
 
     reader = open_video(scores.uri)
     info = reader.info
+    frame_scores = scores.frame_scores
     scale = min(1.0, max_side / max(info.width, info.height))
     height, width = (int(info.height * scale) // 2 * 2, int(info.width * scale) // 2 * 2)
     with tempfile.TemporaryDirectory() as folder:
@@ -183,7 +220,7 @@ def write_annotated_video(
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for clip in reader.iter_clips(clip_len=1, stride=1, size=(height, width)):
                 frame_no = clip.start_frame
-                score = float(scores.frame_scores[min(frame_no, scores.num_frames - 1)])
+                score = float(frame_scores[min(frame_no, len(frame_scores) - 1)])
                 image = Image.fromarray(np.ascontiguousarray(clip.frames[0]))
                 draw = ImageDraw.Draw(image)
                 color = (220, 40, 40) if score > threshold else (40, 180, 60)
