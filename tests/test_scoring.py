@@ -118,6 +118,7 @@ def test_a_window_as_long_as_a_training_segment_is_that_segment():
 # ------------------------------------------------------------------------------- single video
 
 
+@pytest.mark.slow
 def test_one_video_writes_per_frame_csv_png_alarms_and_video(ray_cluster, tmp_path, run_dir, capsys):
     video = make_video(
         str(tmp_path / "Explosion001_x264.mp4"), num_frames=60, fps=20.0, event="flash", interval=(20, 40)
@@ -209,6 +210,7 @@ def _train_scorer(tmp_path: Path) -> MILScorer:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_an_alarm_starts_within_seconds_of_a_short_event_in_a_three_minute_recording(ray_cluster, tmp_path):
     run = _save_run(tmp_path / "run", _train_scorer(tmp_path))
     fps, event = 4.0, (400, 448)  # a 12-s flash 100 s into a 3-minute recording
@@ -237,6 +239,7 @@ def test_an_alarm_starts_within_seconds_of_a_short_event_in_a_three_minute_recor
 # ---------------------------------------------------- S3, a corrupt file, a killed job resumed
 
 
+@pytest.mark.slow
 def test_nested_s3_folder_with_a_corrupt_file_killed_and_resumed_equals_an_uninterrupted_run(
     ray_cluster, s3_bucket, tmp_path, run_dir
 ):
@@ -276,3 +279,31 @@ def test_nested_s3_folder_with_a_corrupt_file_killed_and_resumed_equals_an_unint
     assert got_alarms.num_rows == 4
     np.testing.assert_allclose(got_alarms.column("peak_score").to_numpy(), ref_alarms.column("peak_score").to_numpy(), atol=1e-5)
     assert feature_store.read_failures(out).column("uri").to_pylist() == [failures[0]["uri"]]
+
+
+def test_wall_clock_times_come_from_the_containers_creation_time(tmp_path):
+    import av
+
+    from anomaly.scoring.pipeline import creation_time
+    from anomaly.scoring.windows import clip_times
+
+    plain = make_video(str(tmp_path / "plain.mp4"), num_frames=16, fps=8.0)
+    stamped = str(tmp_path / "stamped.mp4")
+    with av.open(plain.uri) as source, av.open(stamped, "w", format="mp4") as target:
+        target.metadata["creation_time"] = "2026-11-20T03:00:00.000000Z"  # as cameras and FFmpeg write it
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    assert creation_time(plain.uri) == ""
+    created = outputs.parse_creation_time(creation_time(stamped))
+    assert created is not None and created.isoformat() == "2026-11-20T03:00:00+00:00"
+    times = clip_times(2, 16, 8, 8, 8.0)
+    rows = outputs.video_rows("v", stamped, times, np.array([0.2, 0.8]), fps=8.0, num_frames=16, created=created)
+    assert [t.isoformat() for t in rows.column("start_time").to_pylist()] == [
+        "2026-11-20T03:00:00+00:00",
+        "2026-11-20T03:00:01+00:00",
+    ]
+    no_clock = outputs.video_rows("v", plain.uri, times, np.array([0.2, 0.8]), fps=8.0, num_frames=16, created=None)
+    assert no_clock.column("start_time").null_count == 2
