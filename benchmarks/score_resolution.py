@@ -115,7 +115,7 @@ def plot_timeline(uri: str, item, pooled_rule, window_rule, settings: AlarmSetti
                    label="alarm" if index == 0 else None)
     ax.axhline(settings.threshold, color="grey", ls=":", lw=1)
     ax.set(xlabel="time (s)", ylabel="score", ylim=(-0.02, 1.02), xlim=(0, video.num_frames / video.fps),
-           title=f"{video.video_id}: a {end - start:.0f}-s event in a {video.num_frames / video.fps:.0f}-s recording")
+           title=f"{video.video_id}: one {end - start:.0f}-s event in a {video.num_frames / video.fps:.0f}-s recording")
     ax.legend(loc="center left", fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, uri)

@@ -160,7 +160,7 @@ class ClipScorer:
         self.out, self.job, self.model, self.payload = out, job, model, payload
         self.spec, self.stride, self.todo, self.created = spec, stride, todo, created
         self.report, self.started = report, started
-        self.context = context_segments(payload)
+        self.context = context_segments(payload, model)
         self.in_flight: dict[str, _Video] = {}
         self.finished: set[str] = set()
         self.buffer: list = []

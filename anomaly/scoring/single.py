@@ -164,7 +164,7 @@ def score_video(uri: str, checkpoint: str, **overrides) -> VideoScores:
     settings = settings_from_checkpoint(payload, **overrides)
     feats, num_frames, fps = clip_features(uri, settings)
     check_feature_dim(uri, settings.backbone, feats.shape[1], model.feature_dim)
-    scores = score_clips(model, feats, settings.window(fps), context=context_segments(payload))
+    scores = score_clips(model, feats, settings.window(fps), context=context_segments(payload, model))
     return VideoScores(
         video_id=video_id_from_uri(uri),
         uri=uri,

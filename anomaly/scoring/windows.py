@@ -42,10 +42,17 @@ def window_clips(seconds: float, fps: float, stride: int) -> int:
     return max(1, int(round(seconds * fps / stride)))
 
 
-def context_segments(payload: dict) -> int:
-    """Segments of context on each side a head needs: 0 for per-segment heads, 16 (a 32-segment bag) else."""
+def context_segments(payload: dict, model: torch.nn.Module | None = None) -> int:
+    """Segments of context on each side a head needs: 0 for per-segment heads, 16 (a 32-segment bag) else.
+
+    A head that says what it needs (a ``context`` attribute, ``"segment"`` for per-segment heads) is
+    taken at its word; otherwise the checkpoint config's ``model`` key decides.
+    """
+    declared = getattr(model, "context", None)
+    if declared is not None:
+        return 0 if declared == "segment" else NUM_SEGMENTS // 2
     config = payload.get("config") or {}
-    head = str(config.get("model") or "mil").lower()
+    head = str(config.get("model") or "mlp").lower()
     return 0 if head in PER_SEGMENT_HEADS else NUM_SEGMENTS // 2
 
 
