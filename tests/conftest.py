@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 # Real fixture files live in the repository (small subsets of the shared data), so a fresh clone passes.
 DATA = Path(__file__).resolve().parent / "data"
@@ -19,12 +19,6 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +38,7 @@ def s3_endpoint():
     """moto's S3 server on 127.0.0.1, wired in through the standard AWS variables."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -90,3 +84,16 @@ def ray_cluster(s3_endpoint):
         )
     yield ray
     ray.shutdown()
+
+
+# Tests that start a Ray cluster (and so Ray Data, Train or Tune runs), a Ray head or a server
+# subprocess are `slow`, by the fixtures they use (directly or through other fixtures); tests
+# that start a subprocess themselves carry the mark by hand. `python -m pytest -m "not slow"`
+# is the quick subset; CI runs everything.
+SLOW_FIXTURES = {"ray_cluster", "ray_head", "iam_s3"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import descendants, free_ports, processes
 
 from anomaly.synthetic.features import make_feature_store
 
@@ -77,40 +77,12 @@ def test_cluster_yaml_holds_no_credentials():
 # --- ray job submit against a real head -----------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        ports.append(sock.getsockname()[1])
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _processes_of(marker: str) -> set[int]:
     """PIDs whose command line names ``marker`` (this head's own temp dir), and their descendants."""
-    parents, found = {}, set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents[int(name)] = ppid
-        if marker in cmdline:
-            found.add(int(name))
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parents.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return found
+    table = processes()
+    table.pop(os.getpid(), None)
+    found = {pid for pid, (_, command) in table.items() if marker in command}
+    return found | descendants(found, table)
 
 
 def _stop_head(marker: str) -> None:
@@ -165,7 +137,7 @@ def ray_head():
                 "node",
                 "objects",
             ],
-            _free_ports(9),
+            free_ports(9),
             strict=True,
         )
     )

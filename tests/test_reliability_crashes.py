@@ -15,13 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from helpers import cmdline, descendants, write_h264
 
 from anomaly import store as feature_store
 from anomaly.extraction import ExtractionSettings, decode_video, extract
@@ -38,56 +37,19 @@ CLI_SETTINGS = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "4", 
 
 def write_video(path: Path, num_frames: int, seed: int, height: int = 32, width: int = 32) -> Path:
     yy, xx = np.mgrid[0:height, 0:width]
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(25))
-        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
-        stream.options = {"preset": "ultrafast", "threads": "1"}
-        for t in range(num_frames):
-            rgb = np.stack(
-                [
-                    (xx * 5 + t * 9 + seed * 17) % 256,
-                    (yy * 7 + t * 5) % 256,
-                    np.full_like(xx, (seed * 30) % 256),
-                ],
-                axis=-1,
-            ).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    frames = (
+        np.stack(
+            [(xx * 5 + t * 9 + seed * 17) % 256, (yy * 7 + t * 5) % 256, np.full_like(xx, (seed * 30) % 256)],
+            axis=-1,
+        )
+        for t in range(num_frames)
+    )
+    return write_h264(path, frames)
 
 
 def make_videos(folder: Path, count: int, num_frames: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     return [write_video(folder / f"Clip{i:03d}.mp4", num_frames, seed=i) for i in range(count)]
-
-
-def descendants(root: int) -> list[int]:
-    """Process ids below ``root`` (from /proc), so a test only ever signals processes it started."""
-    parents = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as handle:
-                    parents[int(name)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, todo = [], [root]
-    while todo:
-        parent_pid = todo.pop()
-        children = [pid for pid, parent in parents.items() if parent == parent_pid]
-        found += children
-        todo += children
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def raw_ids(store: str) -> collections.Counter:
@@ -136,7 +98,7 @@ def test_killed_extractor_actor_is_restarted_and_every_video_lands_once(ray_clus
     try:
         while thread.is_alive():
             if not killed and os.path.isdir(store) and feature_store.part_files(store):
-                actors = [pid for pid in descendants(os.getpid()) if "ClipFeatureExtractor" in cmdline(pid)]
+                actors = [pid for pid in descendants([os.getpid()]) if "ClipFeatureExtractor" in cmdline(pid)]
                 for pid in actors:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)

@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 import uuid
-from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import free_port, write_h264
 
 from anomaly import cli
 from anomaly import store as feature_store
@@ -77,25 +77,7 @@ def write_video(
     faststart: bool = True,
 ) -> Path:
     """H.264 in MP4 with PyAV; ``pts_ms`` gives a variable-frame-rate file, ``rotation`` a display matrix."""
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), mode="w", format="mp4", options=options) as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.height, stream.width = pixels.shape[1:3]
-        stream.pix_fmt = pix_fmt
-        stream.options = {"preset": "ultrafast", "threads": "2"}
-        if pts_ms is not None:
-            stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        for t, array in enumerate(pixels):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            if pts_ms is not None:
-                frame.pts, frame.time_base = pts_ms[t], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_h264(path, pixels, pix_fmt=pix_fmt, rotation=rotation, pts_ms=pts_ms, faststart=faststart)
 
 
 def write_audio(path: Path, codec: str, container_format: str) -> Path:
@@ -117,12 +99,6 @@ def write_audio(path: Path, codec: str, container_format: str) -> Path:
 
 
 # ------------------------------------------------------------------------------- S3 with IAM, and faults
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen) -> None:
@@ -153,7 +129,7 @@ def iam_s3(tmp_path_factory):
     """
     import boto3
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
     log = open(tmp_path_factory.mktemp("moto-iam") / "moto.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -697,6 +673,7 @@ def test_read_only_s3_store_is_refused_before_any_work(ray_cluster, iam_s3, two_
         assert secret not in err
 
 
+@pytest.mark.slow
 def test_killed_writer_leaves_no_partial_object(tmp_path):
     """A local atomic write killed mid-way leaves only a dot-prefixed temporary name, never the target."""
     from anomaly import uris

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pyarrow.parquet as pq
+from helpers import write_h264
 
 from anomaly import store as feature_store
 from anomaly.extraction import ExtractionSettings, extract
@@ -55,17 +54,11 @@ def write_clips(folder: Path, count: int) -> tuple[list[str], list[str]]:
             (folder / f"{name}.mp4").write_text("not a video\n")
             bad.append(name)
             continue
-        with av.open(str(folder / f"{name}.mp4"), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(25))
-            stream.height = stream.width = 32
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"preset": "ultrafast", "threads": "1"}
-            for t in range(16):
-                rgb = np.stack([(xx * 7 + t * 11 + i) % 256, (yy * 5 + i * 3) % 256, (xx + yy + t) % 256], -1)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        frames = [
+            np.stack([(xx * 7 + t * 11 + i) % 256, (yy * 5 + i * 3) % 256, (xx + yy + t) % 256], -1)
+            for t in range(16)
+        ]
+        write_h264(folder / f"{name}.mp4", frames, options={"preset": "ultrafast", "threads": "1"})
         good.append(name)
     return good, bad
 

@@ -77,12 +77,25 @@ def test_trained_model_beats_chance_on_test_frames(trained, tmp_path):
     assert len(timelines) == 12  # one per anomalous test video
 
 
+def _checkpoint_folders(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in (run_dir / "ray_results").rglob("checkpoint_*") if p.is_dir())
+
+
 def test_rerun_resumes_instead_of_starting_over(trained):
+    """Same --out on a finished run: it resumes past the last epoch, so it trains no epoch again.
+
+    Starting over would write new epoch checkpoints (Ray names each folder by its time) and a
+    history of its own; resuming writes none and keeps the history and the best epoch.
+    """
     _, run_dir, args = trained
     before = (run_dir / "history.csv").read_text().splitlines()
-    assert train_job.main(args) == 0  # same --out: picks up the last checkpoint, adds no epoch past the end
-    after = (run_dir / "history.csv").read_text().splitlines()
-    assert len(after) <= len(before)
+    folders = _checkpoint_folders(run_dir)
+    best_epoch = load_scorer(str(run_dir))[1]["epoch"]
+    assert len(before) > 1 and folders  # a finished run with epochs and checkpoints to resume from
+    assert train_job.main(args) == 0
+    assert _checkpoint_folders(run_dir) == folders
+    assert (run_dir / "history.csv").read_text().splitlines() == before
+    assert load_scorer(str(run_dir))[1]["epoch"] == best_epoch
 
 
 def test_rerun_with_other_settings_is_refused(trained, tmp_path):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from helpers import write_h264
 
 from anomaly import uris
 from anomaly.errors import AnomalyError
@@ -46,26 +46,17 @@ def _write(
     pts: list[int] | None = None,
     faststart: bool = True,
 ) -> Path:
-    """Encode RGB frames with libx264; ``pts`` (in 1/1000 s) makes a variable-frame-rate file."""
-    options = {"movflags": "+faststart"} if faststart and container_format == "mp4" else {}
-    with av.open(str(path), mode="w", format=container_format, options=options) as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"threads": "1"}
-        if pts is not None:
-            stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        for t, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            if pts is not None:
-                frame.pts, frame.time_base = pts[t], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    """Encode RGB frames with libx264 (default preset: B-frames); ``pts`` (in 1/1000 s) makes a VFR file."""
+    return write_h264(
+        path,
+        frames,
+        rate=rate,
+        container_format=container_format,
+        rotation=rotation,
+        pts_ms=pts,
+        faststart=faststart,
+        options={"threads": "1"},
+    )
 
 
 def _direct_decode(path: Path, **reformat) -> np.ndarray:
@@ -283,9 +274,16 @@ def test_permission_denied(tmp_path, video70):
         path.chmod(0o644)
 
 
-def test_folder_is_refused_for_now(tmp_path):
-    with pytest.raises(AnomalyError, match="folder"):
-        probe_video(str(tmp_path))
+def test_a_folder_is_probed_as_frames_not_as_a_file(tmp_path):
+    """probe_video on a folder reads its images as the frames (the folder's own errors: test_frame_folders)."""
+    from PIL import Image
+
+    folder = tmp_path / "Cam_07"
+    folder.mkdir()
+    for t, frame in enumerate(_pattern(3)):
+        Image.fromarray(frame).save(folder / f"{t:03d}.png")
+    info = probe_video(str(folder), fps=10.0)
+    assert (info.video_id, info.num_frames, info.fps, info.width, info.height) == ("Cam_07", 3, 10.0, 64, 48)
 
 
 # --------------------------------------------------------------------------- ids

@@ -1,0 +1,138 @@
+"""Helpers several test files share: a real H.264 writer, free ports, and a /proc process walker.
+
+Imported as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``, the folder has
+no ``__init__.py``). The project's own video generator is :mod:`anomaly.synthetic.videos`; this
+writer is for tests that need exact pixels, odd pixel formats, rotation or a variable frame rate.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+FAST_X264 = {"preset": "ultrafast", "threads": "1"}
+
+
+def write_h264(
+    path: Path | str,
+    frames: np.ndarray | Iterable[np.ndarray],
+    *,
+    rate: int = 25,
+    container_format: str = "mp4",
+    pix_fmt: str = "yuv420p",
+    rotation: int | None = None,
+    pts_ms: Sequence[int] | None = None,
+    faststart: bool = True,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Encode RGB frames (``(T, H, W, 3)`` uint8, or an iterable of ``(H, W, 3)``) with libx264.
+
+    ``pts_ms`` (one per frame, in 1/1000 s) makes a variable-frame-rate file, ``rotation`` a
+    display matrix, ``faststart=False`` puts the MP4 index at the end; ``options`` are the
+    encoder's (default: ultrafast, one thread).
+    """
+    frames = iter(frames)
+    first = np.asarray(next(frames))
+    movflags = {"movflags": "+faststart"} if faststart and container_format == "mp4" else {}
+    with av.open(str(path), mode="w", format=container_format, options=movflags) as container:
+        stream = container.add_stream("libx264", rate=Fraction(rate))
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = pix_fmt
+        stream.options = dict(FAST_X264 if options is None else options)
+        if pts_ms is not None:
+            stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for t, array in enumerate([first, *frames]):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array, dtype=np.uint8), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[t], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now (all held open together, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """Every process now: pid -> (parent pid, command line), read from /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        table[int(name)] = (ppid, cmdline)
+    return table
+
+
+def descendants(roots: Iterable[int], table: dict[int, tuple[int, str]] | None = None) -> set[int]:
+    """Pids below ``roots`` (not the roots themselves), so a test only ever signals what it started."""
+    table = processes() if table is None else table
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        parent = todo.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent and pid not in found]
+        found.update(children)
+        todo += children
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def frame_auc_again(eval_dir: Path | str, store: str, *, split: str = "test", video_ids=None) -> float:
+    """The frame AUC recomputed from an evaluation's ``scores.parquet`` and the store's truth.
+
+    What a range check cannot say: that the figure in ``metrics.json`` is the AUC of the scores
+    the evaluation wrote, over the frames of the annotated intervals (``video_ids``: only those).
+    """
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    from anomaly import store as feature_store
+    from anomaly.segments import frame_labels, frame_scores
+
+    bags = feature_store.load_bags(store, split=split)
+    truth = dict(zip(bags.video_ids, bags.intervals, strict=True))
+    rows = pq.read_table(Path(eval_dir) / "scores.parquet").to_pylist()
+    wanted = set(video_ids) if video_ids is not None else {row["video_id"] for row in rows}
+    labels, scores = [], []
+    for row in rows:
+        if row["video_id"] in wanted:
+            frames = int(row["num_frames"])
+            scores.append(frame_scores(np.asarray(row["segment_scores"]), frames))
+            labels.append(frame_labels(frames, truth[row["video_id"]]))
+    return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
