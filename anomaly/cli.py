@@ -70,7 +70,7 @@ def int_pair(text: str) -> tuple[int, int]:
 
 def add_ground_truth_arguments(parser: argparse.ArgumentParser, *, frame_counts_note: str = "") -> None:
     """``--annotations`` and ``--frame-counts``, defaulting to the bundled official UCF-Crime files."""
-    from anomaly.annotations import bundled_file
+    from anomaly.ground_truth import bundled_file
 
     parser.add_argument(
         "--annotations",

@@ -51,9 +51,9 @@ import numpy as np
 
 from anomaly import store as feature_store
 from anomaly import uris
-from anomaly.annotations import GroundTruth
 from anomaly.errors import AnomalyError
 from anomaly.extractors import BackboneSpec, ClipFeatureExtractor, get_backbone, load_backbone
+from anomaly.ground_truth import GroundTruth
 from anomaly.segments import NUM_SEGMENTS, l2_normalize, pool_segments, segment_bounds
 
 logger = logging.getLogger(__name__)

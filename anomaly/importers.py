@@ -4,7 +4,7 @@ Rules (also in the README):
 - a file's video id is its stem, cut after ``_x264`` when the stem goes on
   (``Abuse028_x264_i3d.npy`` and ``Abuse028_x264__3.npy`` are both
   ``Abuse028_x264``); split, label, class and intervals come from the official
-  annotation files (see :mod:`anomaly.annotations`);
+  annotation files (see :mod:`anomaly.ground_truth.ucf_crime`);
 - several files with one video id are crops of that video (the ten-crop
   releases' ``__0`` … ``__9`` files): their features are averaged;
 - ``.txt``: one row per segment (or clip), whitespace-separated numbers;
@@ -30,8 +30,8 @@ import ray
 
 from anomaly import store as feature_store
 from anomaly import uris
-from anomaly.annotations import GroundTruth, video_id_of
 from anomaly.errors import AnomalyError
+from anomaly.ground_truth import GroundTruth, video_id_of
 from anomaly.segments import NUM_SEGMENTS, pool_segments
 
 logger = logging.getLogger(__name__)

@@ -219,7 +219,7 @@ def iter_masks(mask_uri: str) -> Iterator[np.ndarray]:
             yield np.asarray(frame) != 0
         return
     if lower.endswith(".mat"):
-        from anomaly.datasets import read_vol_label
+        from anomaly.ground_truth import read_vol_label
 
         yield from read_vol_label(mask_uri)
         return

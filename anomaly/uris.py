@@ -28,6 +28,13 @@ def is_local(uri: str) -> bool:
     return _protocol(uri) in ("file", "local")
 
 
+def in_scheme_of(uri: str, path: str) -> str:
+    """A path an fsspec listing returned (no scheme) back as a URI of ``uri``'s scheme."""
+    if is_local(uri) or "://" in path:
+        return path
+    return f"{_protocol(uri)}://{path}"
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the fsspec filesystem for ``uri`` and the path inside it (no scheme)."""
     protocol = _protocol(uri)

@@ -86,10 +86,10 @@ class Steps:
 
 
 def main(args: argparse.Namespace) -> int:
-    from anomaly.annotations import GroundTruth
     from anomaly.config import load_train_config
     from anomaly.evaluation import evaluate
     from anomaly.extraction import ExtractionSettings, extract
+    from anomaly.ground_truth import GroundTruth
     from anomaly.scoring import DEFAULT_THRESHOLD, score_video, write_outputs
     from anomaly.synthetic import make_video, make_video_set, write_annotations
     from anomaly.training import fit

@@ -6,7 +6,7 @@ python -m ray_jobs.extract VIDEOS --out STORE --backbone NAME --weights PATH_OR_
     [--dataset ucf_crime|ucsd|avenue|shanghaitech|auto [--labels URI] [--masks URI] [--train-list FILE]]
 
 Folders of image frames (.tif/.jpg/.png/.bmp) are videos too. With --dataset ucsd, avenue or
-shanghaitech, VIDEOS is the data set's folder in its published layout (see anomaly.datasets).
+shanghaitech, VIDEOS is the data set's folder in its published layout (see anomaly.ground_truth).
 
 Re-running the same command resumes: videos already in STORE are skipped, failed ones retried.
 """
@@ -17,11 +17,10 @@ import argparse
 from dataclasses import replace
 
 from anomaly import cli
-from anomaly.annotations import GroundTruth
-from anomaly.datasets import DATASET_KINDS, DatasetTruth, load_dataset
 from anomaly.errors import AnomalyError
 from anomaly.extraction import VIDEO_EXTENSIONS, ExtractionSettings, extract
 from anomaly.extractors import available_backbones
+from anomaly.ground_truth import DATASET_KINDS, DatasetTruth, GroundTruth, load_dataset
 from anomaly.localization import parse_grid
 
 
@@ -164,7 +163,7 @@ def inputs_from_args(
 ) -> tuple[str | dict[str, str], GroundTruth | DatasetTruth, ExtractionSettings]:
     """What to extract and its ground truth: UCF-Crime files, or a frame-folder data set's folder.
 
-    For a data set the videos are ``{id: uri}`` (ids by :mod:`anomaly.datasets`'s rule) and
+    For a data set the videos are ``{id: uri}`` (ids by :mod:`anomaly.ground_truth`'s rule) and
     frame folders get the recording's frame rate unless ``--fps`` says otherwise.
     """
     if args.dataset == "ucf_crime":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from anomaly import cli
-from anomaly.annotations import GroundTruth
+from anomaly.ground_truth import GroundTruth
 from anomaly.importers import import_features
 
 

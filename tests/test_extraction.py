@@ -19,7 +19,6 @@ import pytest
 
 from anomaly import cli, uris
 from anomaly import store as feature_store
-from anomaly.annotations import GroundTruth
 from anomaly.errors import AnomalyError
 from anomaly.extraction import (
     ExtractionReport,
@@ -31,6 +30,7 @@ from anomaly.extraction import (
     list_videos,
     sanity_check,
 )
+from anomaly.ground_truth import GroundTruth
 from anomaly.segments import pool_segments
 from anomaly.synthetic import make_video_set, write_annotations
 from ray_jobs import extract as extract_job

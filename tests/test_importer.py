@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from anomaly import store
-from anomaly.annotations import GroundTruth
+from anomaly.ground_truth import GroundTruth
 from anomaly.importers import import_features, parse_feature_file
 from ray_jobs import import_features as import_job
 
@@ -99,6 +99,7 @@ def test_import_refuses_width_mismatch(tmp_path, ray_cluster):
     assert len(report.skipped) == 1 and "-d but the store holds" in report.skipped[0][1]
 
 
+@pytest.mark.slow  # the command starts Ray before it looks at the source
 def test_missing_source_is_one_line_error(tmp_path, capsys):
     args = import_job.get_args_parser().parse_args([str(tmp_path / "missing"), "--out", str(tmp_path / "s")])
     from anomaly import cli

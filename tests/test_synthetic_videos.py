@@ -185,7 +185,7 @@ def test_annotations_round_trip(video_set, tmp_path):
 
 
 def test_the_project_reader_reads_what_we_write(video_set, tmp_path):
-    annotations = pytest.importorskip("anomaly.annotations")
+    annotations = pytest.importorskip("anomaly.ground_truth")
     annotation = tmp_path / "Temporal_Anomaly_Annotation.txt"
     counts = tmp_path / "frame_counts.txt"
     write_annotations(video_set, str(annotation), frame_counts_uri=str(counts))

@@ -1,4 +1,4 @@
-from anomaly.annotations import GroundTruth, class_of, read_frame_counts, read_temporal_annotations
+from anomaly.ground_truth import GroundTruth, class_of, read_frame_counts, read_temporal_annotations
 
 
 def test_official_temporal_file(shared_data):

@@ -1,4 +1,4 @@
-"""anomaly.datasets and anomaly.localization: ground-truth formats, layouts, masks, the region criterion."""
+"""anomaly.ground_truth (frame-folder data sets) and anomaly.localization: formats, layouts, masks, the region criterion."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from helpers import frame_auc_again
 from PIL import Image
 
 from anomaly import store
-from anomaly.datasets import (
+from anomaly.errors import AnomalyError
+from anomaly.extraction import ExtractionSettings, extract
+from anomaly.ground_truth import (
     intervals_from_labels,
     load_dataset,
     parse_ucsd_m,
     read_label_array,
 )
-from anomaly.errors import AnomalyError
-from anomaly.extraction import ExtractionSettings, extract
 from anomaly.localization import (
     cell_bounds,
     cell_pixel_counts,
