@@ -1,4 +1,12 @@
-"""What every ``ray_jobs`` command shares: one-line errors, logging, joining Ray."""
+"""The command-line layer every ``ray_jobs`` command is built on: flags, one-line errors, joining Ray.
+
+The library speaks in its own parameter names (``stride=0: must be ≥ 1``); this
+layer owns the flags: the flag groups several commands share are parent parsers
+defined once here (one default per flag), range checks are argparse types, and
+:func:`run` shows a library :class:`~anomaly.errors.SettingError` under the flag
+that set the value (``--stride=0: must be ≥ 1``). Every error is one line on
+stderr and exit code 2, argparse's own included.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,31 @@ import os
 import sys
 from collections.abc import Callable
 
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, SettingError
 
 EXIT_USER_ERROR = 2
+MAX_FAILURES = 2  # Ray Train worker failures a run (or a trial) recovers from: train and tune alike
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the module docstring as its help and the project's one-line errors."""
+
+    def __init__(self, description: str | None = None, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(description=description, **kwargs)
+
+    def error(self, message: str):  # argparse prints the usage first; one line is the rule here
+        message = " ".join(message.split()).removeprefix("argument ")
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
+
+
+def flag_message(exc: AnomalyError, args: argparse.Namespace) -> str:
+    """The error's line, with a library parameter shown as the flag that set it (``--stride=0``)."""
+    if isinstance(exc, SettingError) and exc.parameter in vars(args):
+        value = exc.value
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        return f"--{exc.parameter.replace('_', '-')}={shown}: {exc.what}"
+    return str(exc)
 
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser, argv=None) -> None:
@@ -22,7 +52,7 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     try:
         code = main(args)
     except AnomalyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {flag_message(exc, args)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
@@ -52,10 +82,58 @@ def init_ray(num_cpus: int | None = None) -> None:
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-cpus",
-        type=int,
+        type=positive_int,
         default=None,
         help="CPUs for a local Ray started by this command (ignored when joining a cluster via RAY_ADDRESS)",
     )
+
+
+def training_resources(*, num_workers: int = 1, failures_help: str = "a run recovers from") -> ArgumentParser:
+    """The Ray Train flags of ``train``, ``tune`` and ``demo`` (``parents=[...]``), with one default each."""
+    parser = ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--num-workers", type=positive_int, default=num_workers, help="Ray Train workers (DDP processes)"
+    )
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, nccl backend")
+    parser.add_argument(
+        "--cpus-per-worker", type=positive_float, default=1.0, help="CPUs reserved per worker"
+    )
+    parser.add_argument(
+        "--max-failures",
+        type=non_negative_int,
+        default=MAX_FAILURES,
+        help=f"worker failures {failures_help} via checkpoints (default: {MAX_FAILURES})",
+    )
+    return parser
+
+
+# --- argparse types: a range check is the flag's type, so a bad value is refused at parse time ---
+
+
+def _number(text: str, kind: type, test, rule: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
+    if not test(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "an integer ≥ 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer ≥ 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0 and v == v and v != float("inf"), "a number > 0")
+
+
+def fraction(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1")
 
 
 def int_pair(text: str) -> tuple[int, int]:

@@ -24,3 +24,16 @@ def first_line(exc: BaseException) -> str:
     """
     text = str(getattr(exc, "strerror", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class SettingError(AnomalyError):
+    """A bad value of a named setting: ``name=value: what is wrong``.
+
+    The library names its own parameter (``stride=0: must be ≥ 1``); a command that
+    took the value from a flag shows that flag instead (:func:`anomaly.cli.run`).
+    """
+
+    def __init__(self, parameter: str, value: object, what: str) -> None:
+        self.parameter = parameter
+        self.value = value
+        super().__init__(f"{parameter}={value!r}", what)

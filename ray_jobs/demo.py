@@ -24,9 +24,7 @@ DEMO_BUCKET = "anomaly-demo"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument("--out", default="demo_output", help="local folder for everything the demo writes")
     parser.add_argument(
         "--s3", action="store_true", help="keep videos and features on a local moto S3 server"
@@ -90,10 +88,10 @@ def main(args: argparse.Namespace) -> int:
     from anomaly.evaluation import evaluate
     from anomaly.extraction import ExtractionSettings, extract
     from anomaly.ground_truth import GroundTruth
+    from anomaly.reports import format_metrics
     from anomaly.scoring import DEFAULT_THRESHOLD, score_video, write_outputs
     from anomaly.synthetic import make_video, make_video_set, write_annotations
     from anomaly.training import fit
-    from ray_jobs.evaluate import format_metrics
     from ray_jobs.score import format_alarms
 
     out = os.path.abspath(args.out)

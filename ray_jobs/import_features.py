@@ -13,9 +13,7 @@ from anomaly.importers import import_features
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument("src", help="folder, URI prefix (s3://…) or single file of per-video feature files")
     parser.add_argument("--out", required=True, help="feature store URI (local folder or s3://…)")
     cli.add_ground_truth_arguments(parser)

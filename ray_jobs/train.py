@@ -15,9 +15,7 @@ from anomaly.config import load_train_config
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.ArgumentParser(__doc__, parents=[cli.training_resources()])
     parser.add_argument("--features", required=True, help="feature store URI")
     parser.add_argument(
         "--out", required=True, help="run directory (local or s3://…) for the model and curves"
@@ -25,13 +23,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", default=None, help="YAML of training settings (default: built-in defaults)"
     )
-    parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP processes)")
-    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, nccl backend")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker")
     parser.add_argument(
-        "--max-failures", type=int, default=3, help="worker failures to recover from via checkpoints"
+        "--max-epochs", type=cli.positive_int, default=None, help="override the config's max_epochs"
     )
-    parser.add_argument("--max-epochs", type=int, default=None, help="override the config's max_epochs")
     cli.add_ray_arguments(parser)
     return parser
 

@@ -15,12 +15,11 @@ import argparse
 import sys
 
 from anomaly import cli
-from anomaly.errors import AnomalyError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = cli.ArgumentParser(
+        __doc__, parents=[cli.training_resources(failures_help="a trial recovers from")]
     )
     parser.add_argument("--features", required=True, help="feature store URI")
     parser.add_argument("--out", required=True, help="search directory (local or s3://…) for every output")
@@ -30,18 +29,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="search YAML (base/search/tune sections) or a flat training config (one trial); "
         "default: one trial of the built-in defaults (with --resume: the search's own settings)",
     )
-    parser.add_argument("--num-samples", type=int, default=None, help="override tune.num_samples")
+    parser.add_argument(
+        "--num-samples", type=cli.positive_int, default=None, help="override tune.num_samples"
+    )
     parser.add_argument(
         "--max-concurrent",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="trials at a time (default: tune.max_concurrent, else as many as the cluster's CPUs/GPUs hold)",
-    )
-    parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (DDP) per trial")
-    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, nccl backend")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker")
-    parser.add_argument(
-        "--max-failures", type=int, default=2, help="worker failures a trial recovers from via checkpoints"
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the interrupted search in --out (errored trials too)"
@@ -53,12 +48,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from anomaly.tuning import SearchInterrupted, describe_spec, format_table, load_search_spec, run_search
 
-    for flag in ("num_samples", "max_concurrent", "num_workers"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise AnomalyError("--" + flag.replace("_", "-"), "must be at least 1")
-    if args.cpus_per_worker <= 0:
-        raise AnomalyError("--cpus-per-worker", "must be positive")
     spec = load_search_spec(args.config) if args.config or not args.resume else None
     if spec is not None:
         print(describe_spec(spec))

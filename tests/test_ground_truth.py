@@ -510,8 +510,8 @@ def test_frame_folders_extract_train_evaluate(two_datasets, tmp_path, ray_cluste
 
     from anomaly.config import TrainConfig
     from anomaly.evaluation import evaluate
+    from anomaly.reports import format_metrics
     from anomaly.training import fit
-    from ray_jobs import evaluate as evaluate_job
 
     ped2, avenue = two_datasets
     features = str(tmp_path / "store")
@@ -565,4 +565,4 @@ def test_frame_folders_extract_train_evaluate(two_datasets, tmp_path, ray_cluste
         assert (out / "heatmaps" / f"{video_id}.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["per_dataset"]["avenue"]["num_frames"] == 4 * 16
-    assert "data set avenue" in evaluate_job.format_metrics(metrics)
+    assert "data set avenue" in format_metrics(metrics)

@@ -1,0 +1,29 @@
+"""What the commands print about results: the metrics table of ``evaluate``, also shown by the demo.
+
+Formatting lives here, in the library, so a command never imports another command for it.
+"""
+
+from __future__ import annotations
+
+
+def format_metrics(metrics: dict) -> str:
+    def pct(value):
+        return "n/a" if value is None or value != value else f"{100 * value:.2f}"
+
+    lines = [
+        f"frame AUC        {pct(metrics['frame_auc'])}   (Sultani et al. C3D: 75.41)",
+        f"frame AP         {pct(metrics['frame_ap'])}",
+        f"false alarms@0.5 {pct(metrics['false_alarm_rate'])} % of normal frames",
+    ]
+    lines += [f"  AUC {name:<16s} {pct(auc)}" for name, auc in sorted(metrics["per_class_auc"].items())]
+    for name, values in sorted(metrics.get("per_dataset", {}).items()):
+        region = f", region AUC {pct(values['region_auc'])}" if "region_auc" in values else ""
+        lines.append(f"data set {name:<16s} frame AUC {pct(values['frame_auc'])}{region}")
+    if "region_level" in metrics:
+        region = metrics["region_level"]
+        lines.append(
+            f"region level     AUC {pct(region['auc'])}, EER {pct(region['eer'])}, detection rate@0.5 "
+            f"{pct(region['detection_rate'])} ({region['anomalous_frames']} anomalous frames, "
+            f"{region['grid']}x{region['grid']} cells)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""anomaly.cli: one-line errors for bad flags, library setting errors shown as flags, shared flag groups."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from anomaly import cli
+from anomaly.errors import AnomalyError, SettingError
+from ray_jobs import train as train_job
+from ray_jobs import tune as tune_job
+
+
+def _fails(main, parser, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, parser, argv)
+    assert exit_info.value.code == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no usage block
+    return err.strip()
+
+
+def test_a_range_is_checked_by_the_flags_type(capsys, tmp_path):
+    never = [].append  # main must not run: the value is refused while parsing
+    base = ["--features", str(tmp_path), "--out", str(tmp_path / "o")]
+    err = _fails(never, train_job.get_args_parser(), [*base, "--num-workers", "0"], capsys)
+    assert err == "error: --num-workers: must be an integer ≥ 1, got 0 (see --help)"
+    err = _fails(never, tune_job.get_args_parser(), [*base, "--cpus-per-worker", "-1"], capsys)
+    assert err == "error: --cpus-per-worker: must be a number > 0, got -1 (see --help)"
+    err = _fails(never, tune_job.get_args_parser(), [*base, "--num-samples", "two"], capsys)
+    assert err == "error: --num-samples: expected an integer ≥ 1, got 'two' (see --help)"
+    assert cli.fraction("0.25") == 0.25 and cli.non_negative_int("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="from 0 to 1"):
+        cli.fraction("1.5")
+
+
+def test_train_and_tune_share_one_default_per_flag(tmp_path):
+    base = ["--features", "s", "--out", "o"]
+    train = vars(train_job.get_args_parser().parse_args(base))
+    tune = vars(tune_job.get_args_parser().parse_args(base))
+    shared = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")
+    assert {k: train[k] for k in shared} == {k: tune[k] for k in shared}
+    assert train["max_failures"] == cli.MAX_FAILURES
+
+
+def test_a_library_setting_error_is_shown_as_the_flag_that_set_it(capsys):
+    parser = cli.ArgumentParser("test", prog="job")
+    parser.add_argument("--stride", type=int)
+    parser.add_argument("--crop", type=cli.int_pair)
+
+    def bad_stride(args):
+        raise SettingError("stride", args.stride, "must be ≥ 1")
+
+    def bad_crop(args):
+        raise SettingError("crop", args.crop, "must be positive")
+
+    def not_a_flag(args):
+        raise SettingError("clip_len", 0, "must be ≥ 1")
+
+    def plain(args):
+        raise AnomalyError("s3://b/store", "feature store not found")
+
+    assert _fails(bad_stride, parser, ["--stride", "0"], capsys) == "error: --stride=0: must be ≥ 1"
+    assert _fails(bad_crop, parser, ["--crop", "0,8"], capsys) == "error: --crop=0,8: must be positive"
+    assert _fails(not_a_flag, parser, [], capsys) == "error: clip_len=0: must be ≥ 1"
+    assert _fails(plain, parser, [], capsys) == "error: s3://b/store: feature store not found"
+    assert str(SettingError("stride", 0, "must be ≥ 1")) == "stride=0: must be ≥ 1"
