@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 
 import numpy as np
 import pyarrow as pa
@@ -14,16 +13,12 @@ from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.checkpoints import load_scorer, score_bags, stored_metadata
 from anomaly.errors import AnomalyError
-from anomaly.localization import localization_metrics
 from anomaly.metrics import evaluate_frames, frame_level, roc_points
 from anomaly.plots import roc_plot, timeline_plot
+from anomaly.regions import localization_metrics
 from anomaly.segments import frame_scores
 
 logger = logging.getLogger(__name__)
-
-
-def _safe_name(video_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", video_id).lstrip(".") or "video"
 
 
 def check_compatible(model_dim: int, bags: feature_store.Bags, store: str, checkpoint: str) -> None:
@@ -67,7 +62,7 @@ def evaluate(
         store=store,
         backbone=meta.backbone if (meta := stored_metadata(payload, checkpoint)) else None,
     )
-    # Optional store columns: per-data-set AUC, region-level scores and heat maps (anomaly.localization).
+    # Optional store columns: per-data-set AUC, region-level scores and heat maps (anomaly.regions).
     metrics.update(localization_metrics(store, model, bags, scores, out_dir, split=split, heatmaps=timelines))
     frames = frame_level(scores, bags.num_frames, bags.intervals)
     if not math.isnan(metrics["frame_auc"]):
@@ -82,7 +77,7 @@ def evaluate(
             timeline_plot(
                 frame_scores(scores[i], int(bags.num_frames[i])),
                 bags.intervals[i],
-                uris.join(out_dir, "timelines", f"{_safe_name(bags.video_ids[i])}.png"),
+                uris.join(out_dir, "timelines", f"{uris.safe_file_name(bags.video_ids[i])}.png"),
                 title=f"{bags.video_ids[i]} ({bags.classes[i]})",
                 fps=float(bags.fps[i]) or None,
             )

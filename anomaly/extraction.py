@@ -62,7 +62,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".
 LIST_FILE_EXTENSIONS = (".txt",)
 
 # Columns of the rows between the stages (besides "clip" before the model and "features" after it).
-# "cell" is -1 for the full-frame clip and 0..G*G-1 for the cells of a grid run (anomaly.localization).
+# "cell" is -1 for the full-frame clip and 0..G*G-1 for the cells of a grid run (anomaly.grid).
 ROW_COLUMNS = ("video_id", "uri", "clip_index", "cell", "num_clips", "num_frames", "fps", "error")
 
 
@@ -84,7 +84,7 @@ class ExtractionSettings:
     :data:`anomaly.frame_folder.DEFAULT_FPS`) and containers without a rate (else left empty).
     A container's own rate always wins.
     ``grid``: ``G > 1`` also extracts ``G x G`` per-cell features into ``features_grid``
-    (:mod:`anomaly.localization`); the ``features`` column stays the full frame's.
+    (:mod:`anomaly.grid`); the ``features`` column stays the full frame's.
     """
 
     backbone: str
@@ -288,9 +288,9 @@ def decode_video(
     The last clip is held back until the decoder has finished without error, so
     a part-way failure always leaves the video short of clips. With ``grid > 1``
     every clip row (``cell`` -1) is followed by its ``G*G`` cells (``cell`` 0..G*G-1,
-    see :func:`anomaly.localization.grid_clips`), held back together.
+    see :func:`anomaly.grid.grid_clips`), held back together.
     """
-    from anomaly.localization import grid_clips
+    from anomaly.grid import grid_clips
     from anomaly.video import clip_starts, iter_clips, probe_video
 
     zero_clip = np.zeros((spec.clip_len, *spec.crop, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""PNG plots people look at: ROC curves, score timelines, training curves, tune sweeps."""
+"""PNG plots people look at: ROC curves, score timelines, training curves, tune sweeps, cell heat maps."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ matplotlib.use("Agg")  # no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from anomaly import uris  # noqa: E402
+from anomaly.grid import cell_bounds, grid_of  # noqa: E402
 
 
 def _save(fig, uri: str) -> str:
@@ -101,4 +103,53 @@ def sweep_plot(
             ax.set_xticks(range(len(labels)), labels)
         ax.set(xlabel=name, ylabel=metric_name)
         ax.grid(alpha=0.3)
+    return _save(fig, uri)
+
+
+def heatmap_plot(
+    frame: np.ndarray,
+    cell_scores: np.ndarray,
+    uri: str,
+    *,
+    title: str,
+    mask: np.ndarray | None = None,
+    threshold: float = 0.5,
+) -> str:
+    """The frame with its cell scores as a translucent heat map; cells above ``threshold`` outlined,
+    the annotated anomalous pixels (``mask``) contoured in white. Written as a PNG to ``uri``."""
+    scores = np.asarray(cell_scores, dtype=np.float64).reshape(-1)
+    grid = grid_of(scores.size)
+    height, width = frame.shape[:2]
+    rows, cols = cell_bounds(height, width, grid)
+    heat = np.zeros((height, width), dtype=np.float64)
+    for k, score in enumerate(scores):
+        i, j = divmod(k, grid)
+        heat[rows[i] : rows[i + 1], cols[j] : cols[j + 1]] = score
+    fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * width / max(height, 1)), 5.0))
+    ax.imshow(frame, interpolation="nearest")
+    shown = ax.imshow(heat, cmap="inferno", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="nearest")
+    for k, score in enumerate(scores):
+        i, j = divmod(k, grid)
+        box = (cols[j] - 0.5, rows[i] - 0.5)
+        size = (cols[j + 1] - cols[j], rows[i + 1] - rows[i])
+        if score > threshold:
+            ax.add_patch(Rectangle(box, *size, fill=False, edgecolor="tab:red", lw=2))
+        ax.text(
+            (cols[j] + cols[j + 1]) / 2,
+            (rows[i] + rows[i + 1]) / 2,
+            f"{score:.2f}",
+            color="white",
+            ha="center",
+            va="center",
+            fontsize=8,
+        )
+    if mask is not None and np.asarray(mask).any():
+        mask = np.asarray(mask, dtype=float)
+        if mask.shape != (height, width):  # masks may be stored at another resolution
+            ys = (np.arange(height) * mask.shape[0] / height).astype(int)
+            xs = (np.arange(width) * mask.shape[1] / width).astype(int)
+            mask = mask[np.ix_(ys, xs)]
+        ax.contour(mask, levels=[0.5], colors="white", linewidths=1.2)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="cell anomaly score")
+    ax.set(title=title, xticks=[], yticks=[])
     return _save(fig, uri)

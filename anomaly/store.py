@@ -49,7 +49,7 @@ SCHEMA = pa.schema(
         pa.field("source_uri", pa.string()),
         # Optional columns (null in stores made before them, and where not applicable):
         pa.field("dataset", pa.string()),  # e.g. "ucsd_ped2", "avenue", "shanghaitech"
-        pa.field("mask_uri", pa.string()),  # pixel masks of the video (anomaly.localization.iter_masks)
+        pa.field("mask_uri", pa.string()),  # pixel masks of the video (anomaly.masks.iter_masks)
         pa.field("features_grid", pa.list_(pa.list_(pa.list_(pa.float32())))),  # cells x 32 x D
     ]
 )
@@ -75,7 +75,7 @@ COMPATIBILITY_KEYS = (
     "clip_len",
     "stride",
     "crop",
-    "grid",  # recorded only for grid runs (anomaly.localization), so stores made without one still match
+    "grid",  # recorded only for grid runs (anomaly.grid), so stores made without one still match
 )
 
 
@@ -328,7 +328,7 @@ class StoreMetadata:
     stride: int | None = None
     crop: tuple[int, int] | None = None
     resize: tuple[int, int] | None = None
-    grid: int | None = None  # cells per side, only for grid runs (anomaly.localization)
+    grid: int | None = None  # cells per side, only for grid runs (anomaly.grid)
     source: str | None = None  # "extract" | "import" | "synthetic"
     code_version: str = __version__
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)

@@ -28,6 +28,11 @@ def is_local(uri: str) -> bool:
     return _protocol(uri) in ("file", "local")
 
 
+def safe_file_name(name: str) -> str:
+    """``name`` (a video id, which may hold ``/`` or spaces) as one safe file name of an output."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "video"
+
+
 def in_scheme_of(uri: str, path: str) -> str:
     """A path an fsspec listing returned (no scheme) back as a URI of ``uri``'s scheme."""
     if is_local(uri) or "://" in path:

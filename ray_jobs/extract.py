@@ -20,8 +20,8 @@ from anomaly import cli
 from anomaly.errors import AnomalyError
 from anomaly.extraction import VIDEO_EXTENSIONS, ExtractionSettings, extract
 from anomaly.extractors import available_backbones
+from anomaly.grid import parse_grid
 from anomaly.ground_truth import DATASET_KINDS, DatasetTruth, GroundTruth, load_dataset
-from anomaly.localization import parse_grid
 
 
 def _concurrency(text: str) -> tuple[int, int]:
@@ -39,9 +39,7 @@ def _concurrency(text: str) -> tuple[int, int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument(
         "videos",
         help=f"folder or URI prefix searched recursively for {' '.join(VIDEO_EXTENSIONS)} files, "

@@ -8,6 +8,7 @@ import pytest
 
 from anomaly import cli
 from anomaly.errors import AnomalyError, SettingError
+from ray_jobs import extract as extract_job
 from ray_jobs import train as train_job
 from ray_jobs import tune as tune_job
 
@@ -66,3 +67,11 @@ def test_a_library_setting_error_is_shown_as_the_flag_that_set_it(capsys):
     assert _fails(not_a_flag, parser, [], capsys) == "error: clip_len=0: must be ≥ 1"
     assert _fails(plain, parser, [], capsys) == "error: s3://b/store: feature store not found"
     assert str(SettingError("stride", 0, "must be ≥ 1")) == "stride=0: must be ≥ 1"
+
+
+def test_the_extract_command_names_the_flag_of_a_bad_grid(tmp_path, capsys):
+    parser = extract_job.get_args_parser()
+    argv = [str(tmp_path), "--out", str(tmp_path / "s"), "--backbone", "r3d_18", "--weights", "none", "--grid", "2x3"]
+    err = _fails(extract_job.main, parser, argv, capsys)
+    assert err == "error: --grid=2x3: expected GxG with equal sides (e.g. 2x2, 3x3)"
+    assert not (tmp_path / "s").exists()

@@ -1,16 +1,8 @@
-"""Where in the frame: per-cell features, per-cell scores, heat maps and region-level metrics.
+"""Region-level evaluation: where in the frame, for stores with grid features and pixel masks.
 
-Grid features (``extract --grid G``): every clip is also resized to ``(G*h, G*w)``
-and cut into ``G x G`` tiles of the backbone's ``h x w`` input (:func:`tile_clip`);
-each tile goes through the backbone like a whole clip and is pooled into 32
-segments like the full-frame features, giving the store's optional
-``features_grid`` column ``(G*G, 32, D)``, cells in row-major order. Cell
-``(i, j)`` covers rows ``bounds_h[i]:bounds_h[i+1]`` and columns
-``bounds_w[j]:bounds_w[j+1]`` of the frame, with ``bounds = round(linspace(0,
-size, G+1))`` (:func:`cell_bounds`) at any resolution, so a cell maps onto a
-pixel mask of any size. The standard ``features`` column stays the full-frame
-features, so training and the frame-level protocol are unchanged; the trained
-scorer is applied to each cell's features as it is to a whole frame's.
+What :func:`anomaly.evaluation.evaluate` adds for stores with the optional columns
+(:func:`localization_metrics`): frame AUC per data set, the region criterion, heat maps.
+The cells are those of :mod:`anomaly.grid`, the masks those of :mod:`anomaly.masks`.
 
 Region-level criterion (the UCSD "pixel-level" criterion of Mahadevan et al.,
 2010): the predicted anomalous region of a frame is the union of its cells
@@ -23,89 +15,32 @@ frame the highest ``t`` at which it is still detected (the score of the cell
 that brings the coverage of the best cells to 40 %), for a normal frame its
 highest cell score; the curve is then the ROC curve of those numbers, its
 area the region-level AUC, its equal-error point the region EER.
-
-Pixel masks (``mask_uri``, :func:`iter_masks`): a folder of mask images in
-natural order (UCSD ``Test001_gt/``; nonzero = anomalous), a ``(T, H, W)``
-``.npy`` (ShanghaiTech ``test_pixel_mask``) or an Avenue ``N_label.mat``
-(``volLabel``). One mask is held at a time (the ``.mat`` format is loaded whole).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import math
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
+from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.checkpoints import score_bags
 from anomaly.errors import AnomalyError
+from anomaly.frame_folder import FrameFolderVideo
+from anomaly.grid import cell_bounds, grid_of
+from anomaly.masks import iter_masks, mask_at
+from anomaly.metrics import evaluate_frames
+from anomaly.plots import heatmap_plot
+from anomaly.segments import frame_segments, segment_bounds
+from anomaly.video import open_video
 
 logger = logging.getLogger(__name__)
 
 COVERAGE = 0.4  # share of a frame's anomalous pixels the predicted region must cover
 THRESHOLD = 0.5  # operating point reported beside the threshold-free curve summary
-MAX_GRID = 8
-
-
-# ----------------------------------------------------------------------------------------- geometry
-
-
-def parse_grid(text: str | int | None) -> int:
-    """``"2x2"``, ``"3"`` or ``3`` -> 3; ``None``/``"1"``/``"1x1"``/``"none"`` -> 1 (no grid)."""
-    if text is None:
-        return 1
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        raw = str(text).strip().lower()
-        if raw in ("", "none", "off"):
-            return 1
-        match = re.fullmatch(r"(\d+)(?:\s*x\s*(\d+))?", raw)
-        if not match or (match.group(2) and match.group(2) != match.group(1)):
-            raise AnomalyError("--grid", f"expected GxG with equal sides (e.g. 2x2, 3x3), got {text!r}")
-        value = int(match.group(1))
-    if not 1 <= value <= MAX_GRID:
-        raise AnomalyError("--grid", f"grid must be between 1x1 and {MAX_GRID}x{MAX_GRID}, got {value}")
-    return value
-
-
-def grid_of(cells: int) -> int:
-    """Grid side from a cell count (``9`` -> 3)."""
-    side = int(round(math.sqrt(cells)))
-    if side * side != cells:
-        raise ValueError(f"{cells} cells do not form a square grid")
-    return side
-
-
-def cell_bounds(height: int, width: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column boundaries (``grid + 1`` each) of the cells of a ``height x width`` frame."""
-    rows = np.round(np.linspace(0, height, grid + 1)).astype(np.int64)
-    cols = np.round(np.linspace(0, width, grid + 1)).astype(np.int64)
-    return rows, cols
-
-
-def tile_clip(frames: np.ndarray, grid: int) -> np.ndarray:
-    """``(T, G*h, G*w, C)`` -> ``(G*G, T, h, w, C)``: the cells of a clip, row-major."""
-    t, height, width, channels = frames.shape
-    if height % grid or width % grid:
-        raise ValueError(f"a {height}x{width} clip does not split into {grid}x{grid} equal tiles")
-    h, w = height // grid, width // grid
-    tiles = frames.reshape(t, grid, h, grid, w, channels).transpose(1, 3, 0, 2, 4, 5)
-    return np.ascontiguousarray(tiles.reshape(grid * grid, t, h, w, channels))
-
-
-def grid_clips(uri: str, *, spec, stride: int, grid: int) -> Iterator[np.ndarray]:
-    """The cells of every clip of ``uri``: per clip (same starts as the full-frame clips) a
-    ``(G*G, T, h, w, 3)`` array, the clip resized to ``(G*h, G*w)`` (``(h, w)`` = the backbone's
-    crop) and cut by :func:`tile_clip`. Streams like :func:`anomaly.video.iter_clips`."""
-    from anomaly.video import iter_clips
-
-    h, w = spec.crop
-    for clip in iter_clips(uri, clip_len=spec.clip_len, stride=stride, size=(grid * h, grid * w)):
-        yield tile_clip(clip.frames, grid)
 
 
 def cell_pixel_counts(mask: np.ndarray, grid: int) -> np.ndarray:
@@ -163,8 +98,6 @@ def frame_region_scores(
 
 def region_summary(labels: np.ndarray, scores: np.ndarray, *, threshold: float = THRESHOLD) -> dict:
     """Region-level AUC, EER and the detection / false-positive rates at ``threshold``."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     positive, negative = labels == 1, labels == 0
@@ -189,68 +122,8 @@ def region_summary(labels: np.ndarray, scores: np.ndarray, *, threshold: float =
     return out
 
 
-# -------------------------------------------------------------------------------------------- masks
-
-
-def _mask_image(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("L")) != 0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise AnomalyError(where, f"not a mask image: {exc}") from exc
-
-
-def iter_masks(mask_uri: str) -> Iterator[np.ndarray]:
-    """The pixel masks of a video, one ``(H, W)`` bool array per frame, in frame order."""
-    from anomaly.frame_folder import list_frames
-
-    lower = mask_uri.lower().rstrip("/")
-    if lower.endswith(".npy"):
-        if uris.is_local(mask_uri):
-            _, path = uris.filesystem(mask_uri)
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        else:
-            array = np.load(io.BytesIO(uris.read_bytes(mask_uri)), allow_pickle=False)
-        if array.ndim != 3:
-            raise AnomalyError(mask_uri, f"pixel masks must be (frames, height, width), got {array.shape}")
-        for frame in array:
-            yield np.asarray(frame) != 0
-        return
-    if lower.endswith(".mat"):
-        from anomaly.ground_truth import read_vol_label
-
-        yield from read_vol_label(mask_uri)
-        return
-    fs, path = uris.filesystem(mask_uri)
-    for frame_path in list_frames(fs, path, mask_uri):
-        yield _mask_image(fs.cat_file(frame_path), f"{mask_uri}: {frame_path.rsplit('/', 1)[-1]}")
-
-
-def mask_at(mask_uri: str, index: int) -> np.ndarray | None:
-    """The mask of one frame (None past the end); reads only that frame for folders and local ``.npy``."""
-    from anomaly.frame_folder import list_frames
-
-    lower = mask_uri.lower().rstrip("/")
-    if not lower.endswith((".npy", ".mat")):
-        fs, path = uris.filesystem(mask_uri)
-        frames = list_frames(fs, path, mask_uri)
-        return _mask_image(fs.cat_file(frames[index]), mask_uri) if 0 <= index < len(frames) else None
-    for i, mask in enumerate(iter_masks(mask_uri)):
-        if i == index:
-            return mask
-    return None
-
-
-# ------------------------------------------------------------------------------------------ frames
-
-
 def read_frame(uri: str, index: int, *, fps: float | None = None) -> np.ndarray:
     """Frame ``index`` of a video as uint8 RGB (random access for frame folders, a decode for files)."""
-    from anomaly.frame_folder import FrameFolderVideo
-    from anomaly.video import open_video
-
     reader = open_video(uri, fps=fps)
     if isinstance(reader, FrameFolderVideo):
         return reader.read_frame(index)
@@ -258,69 +131,6 @@ def read_frame(uri: str, index: int, *, fps: float | None = None) -> np.ndarray:
         if i == index:
             return convert()
     raise AnomalyError(uri, f"frame {index} is past the end of the video")
-
-
-# ------------------------------------------------------------------------------------------- plots
-
-
-def heatmap_plot(
-    frame: np.ndarray,
-    cell_scores: np.ndarray,
-    uri: str,
-    *,
-    title: str,
-    mask: np.ndarray | None = None,
-    threshold: float = THRESHOLD,
-) -> str:
-    """The frame with its cell scores as a translucent heat map; cells above ``threshold`` outlined,
-    the annotated anomalous pixels (``mask``) contoured in white. Written as a PNG to ``uri``."""
-    from matplotlib.patches import Rectangle
-
-    from anomaly.plots import _save, plt
-
-    scores = np.asarray(cell_scores, dtype=np.float64).reshape(-1)
-    grid = grid_of(scores.size)
-    height, width = frame.shape[:2]
-    rows, cols = cell_bounds(height, width, grid)
-    heat = np.zeros((height, width), dtype=np.float64)
-    for k, score in enumerate(scores):
-        i, j = divmod(k, grid)
-        heat[rows[i] : rows[i + 1], cols[j] : cols[j + 1]] = score
-    fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * width / max(height, 1)), 5.0))
-    ax.imshow(frame, interpolation="nearest")
-    shown = ax.imshow(heat, cmap="inferno", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="nearest")
-    for k, score in enumerate(scores):
-        i, j = divmod(k, grid)
-        box = (cols[j] - 0.5, rows[i] - 0.5)
-        size = (cols[j + 1] - cols[j], rows[i + 1] - rows[i])
-        if score > threshold:
-            ax.add_patch(Rectangle(box, *size, fill=False, edgecolor="tab:red", lw=2))
-        ax.text(
-            (cols[j] + cols[j + 1]) / 2,
-            (rows[i] + rows[i + 1]) / 2,
-            f"{score:.2f}",
-            color="white",
-            ha="center",
-            va="center",
-            fontsize=8,
-        )
-    if mask is not None and np.asarray(mask).any():
-        mask = np.asarray(mask, dtype=float)
-        if mask.shape != (height, width):  # masks may be stored at another resolution
-            ys = (np.arange(height) * mask.shape[0] / height).astype(int)
-            xs = (np.arange(width) * mask.shape[1] / width).astype(int)
-            mask = mask[np.ix_(ys, xs)]
-        ax.contour(mask, levels=[0.5], colors="white", linewidths=1.2)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="cell anomaly score")
-    ax.set(title=title, xticks=[], yticks=[])
-    return _save(fig, uri)
-
-
-# -------------------------------------------------------------------------------------- evaluation
-
-
-def _safe_name(video_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", video_id).lstrip(".") or "video"
 
 
 def per_dataset_metrics(
@@ -332,8 +142,6 @@ def per_dataset_metrics(
     classes: Sequence[str],
 ) -> dict:
     """Frame-level metrics of each named data set's videos on their own (official protocol per set)."""
-    from anomaly.metrics import evaluate_frames
-
     out = {}
     names = np.asarray([d or "" for d in datasets], dtype=object)
     for name in sorted({d for d in names if d}):
@@ -363,10 +171,6 @@ def localization_metrics(
       frames of the videos that have both grid features and pixel masks;
     - ``heatmaps/VIDEO.png`` for the anomalous videos with grid features (``heatmaps``: how many).
     """
-    from anomaly import store as feature_store
-    from anomaly.checkpoints import score_bags
-    from anomaly.segments import frame_segments
-
     table = feature_store.read_table(store, columns=["dataset", "mask_uri", "source_uri"], split=split)
     if table.num_rows == 0:
         return {}
@@ -446,8 +250,6 @@ def _write_heatmap(
     out_dir, video_id, source, mask_uri, segment_scores, per_frame, bags, k, threshold
 ) -> None:
     """Heat map of the frame in the middle of the video's highest-scoring segment."""
-    from anomaly.segments import segment_bounds
-
     frames = int(bags.num_frames[k])
     best = int(np.argmax(segment_scores))
     bounds = segment_bounds(frames, len(segment_scores))
@@ -468,27 +270,8 @@ def _write_heatmap(
     heatmap_plot(
         image,
         per_frame[index],
-        uris.join(out_dir, "heatmaps", f"{_safe_name(video_id)}.png"),
+        uris.join(out_dir, "heatmaps", f"{uris.safe_file_name(video_id)}.png"),
         title=f"{video_id} frame {index} (segment score {float(segment_scores[best]):.2f})",
         mask=mask,
         threshold=threshold,
     )
-
-
-__all__ = [
-    "COVERAGE",
-    "cell_bounds",
-    "cell_pixel_counts",
-    "covered_share",
-    "frame_detected",
-    "frame_region_scores",
-    "grid_clips",
-    "heatmap_plot",
-    "iter_masks",
-    "localization_metrics",
-    "mask_at",
-    "parse_grid",
-    "read_frame",
-    "region_summary",
-    "tile_clip",
-]
