@@ -654,7 +654,7 @@ def test_read_only_s3_store_is_refused_before_any_work(ray_cluster, iam_s3, two_
     """A store the credentials can read but not write: refused by the write check, nothing changes."""
     s3, bucket = iam_s3["s3"], iam_s3["bucket"]
     settings = store_settings(SETTINGS, SETTINGS.spec(), "random")
-    meta = json.dumps({"num_segments": 32, **settings}, indent=2).encode()
+    meta = json.dumps(settings.to_dict(), indent=2).encode()
     s3.put_object(Bucket=bucket, Key="readonly/store/_store.json", Body=meta)
     before = _objects(s3, bucket)
     for key, value in iam_s3["reader"].items():
