@@ -1,148 +1,153 @@
-"""Training throughput, side by side in one run on the same synthetic store.
+"""Training ingestion, side by side on the same synthetic store: Ray Data against the in-memory loop.
 
-1. ``ray_jobs.train``'s Ray Train loop with 1 worker (steady-state epochs, and end to end);
-2. a plain single-process PyTorch loop over the same in-memory tensors (the baseline for Ray's overhead);
-3. a loader that reads one feature file per bag per step, as the popular PyTorch port does.
+1. ``in-memory``: what training did before Ray Data: the driver loads every train bag
+   (``store.load_bags``, as the old ``prepare_data`` did) and a single-process PyTorch loop
+   samples balanced batches from the arrays (no Ray overhead at all: the upper bound);
+2. ``ray data, cached``: ``anomaly.training.fit`` with 1 worker, bags read once into Ray's
+   object store (the default for stores that fit in a quarter of it);
+3. ``ray data, streamed``: the same, reading the Parquet store again every epoch (what a store
+   larger than the object store does; forced with ``ANOMALY_CACHE_FRACTION=0``).
 
-    python benchmarks/train.py [--bags 2000] [--dim 512] [--epochs 5]
+Each runs in its own process, so its driver's peak resident set (``VmHWM``) is its own.
+Steady-state bags/s: median over the epochs after the first.
+
+    python benchmarks/train.py [--bags 2000] [--dim 4096] [--epochs 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
-import numpy as np
-import ray
-import torch
-
-from anomaly import store as feature_store
-from anomaly.config import TrainConfig
-from anomaly.losses import mil_loss
-from anomaly.synthetic.features import make_feature_store
-from anomaly.training import build_model, fit, make_optimizer, prepare_data
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _loss(scores, n, config):
-    return mil_loss(
-        scores[:n],
-        scores[n:],
-        loss=config.loss,
-        lambda_smooth=config.lambda_smooth,
-        lambda_sparse=config.lambda_sparse,
-    )
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
-def plain_loop(data, config: TrainConfig, epochs: int) -> float:
-    """bags/s of the same model, loss and balanced sampling without Ray."""
-    torch.manual_seed(0)
-    model = build_model(data.feature_dim, config, data.mean, data.std)
+def in_memory(store: str, epochs: int, batch_size: int) -> dict:
+    import numpy as np
+    import torch
+
+    from anomaly.config import TrainConfig
+    from anomaly.losses import mil_loss
+    from anomaly.store import load_bags
+    from anomaly.training import build_model, make_optimizer
+
+    torch.set_num_threads(1)  # a Ray Train worker with 1 CPU runs torch on 1 thread
+    config = TrainConfig(batch_size=batch_size)
+    bags = load_bags(store, split="train")
+    segments = bags.features.reshape(-1, bags.feature_dim)
+    model = build_model(bags.feature_dim, config, segments.mean(axis=0), segments.std(axis=0))
     optimizer = make_optimizer(model, config)
-    abnormal = np.flatnonzero(data.train_labels == 1)
-    normal = np.flatnonzero(data.train_labels == 0)
-    steps = math.ceil(len(abnormal) / config.batch_size)
+    abnormal, normal = np.flatnonzero(bags.labels == 1), np.flatnonzero(bags.labels == 0)
+    steps = math.ceil(len(abnormal) / batch_size)
     rng = np.random.default_rng(0)
-    bags = 0
-    started = time.perf_counter()
-    for epoch in range(epochs + 1):
-        if epoch == 1:  # the first epoch warms up allocators and kernels, as in Ray's steady figure
-            bags, started = 0, time.perf_counter()
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
         order = rng.permutation(abnormal)
         model.train()
         for step in range(steps):
-            take = np.arange(step * config.batch_size, (step + 1) * config.batch_size) % len(order)
+            take = order[np.arange(step * batch_size, (step + 1) * batch_size) % len(order)]
             batch = torch.as_tensor(
-                np.concatenate(
-                    [
-                        data.train_features[order[take]],
-                        data.train_features[rng.choice(normal, config.batch_size)],
-                    ]
-                )
+                np.concatenate([bags.features[take], bags.features[rng.choice(normal, batch_size)]])
             )
-            loss = _loss(model(batch), config.batch_size, config)
+            scores = model(batch)
+            loss = mil_loss(scores[:batch_size], scores[batch_size:], loss=config.loss)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            bags += len(batch)
-    return bags / (time.perf_counter() - started)
+        seconds.append(time.perf_counter() - started)
+    return {"bags_per_epoch": 2 * steps * batch_size, "epoch_seconds": seconds, "steps": steps}
 
 
-def file_per_bag_loop(
-    data, config: TrainConfig, folder: str, steps: int, files_per_label: int = 100
-) -> float:
-    """bags/s when every step parses one .txt file per bag (the popular port's Dataset)."""
-    names = {}
-    abnormal = np.flatnonzero(data.train_labels == 1)[:files_per_label]
-    normal = np.flatnonzero(data.train_labels == 0)[:files_per_label]
-    for i in np.concatenate([abnormal, normal]):  # writing all 2,000 text files would take minutes
-        names[i] = os.path.join(folder, f"{i}.txt")
-        np.savetxt(names[i], data.train_features[i], fmt="%.6f")
-    torch.manual_seed(0)
-    model = build_model(data.feature_dim, config, data.mean, data.std)
-    optimizer = make_optimizer(model, config)
-    rng = np.random.default_rng(0)
-    started = time.perf_counter()
-    for _ in range(steps):
-        picks = np.concatenate(
-            [rng.choice(abnormal, config.batch_size), rng.choice(normal, config.batch_size)]
-        )
-        batch = torch.as_tensor(np.stack([np.loadtxt(names[i], dtype=np.float32) for i in picks]))
-        loss = _loss(model(batch), config.batch_size, config)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return steps * 2 * config.batch_size / (time.perf_counter() - started)
+def ray_data(store: str, epochs: int, batch_size: int, out: str) -> dict:
+    import ray
+
+    from anomaly.config import TrainConfig
+    from anomaly.training import fit
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    config = TrainConfig(batch_size=batch_size, max_epochs=epochs, patience=epochs + 1)
+    history = fit(store, out, config, num_workers=1, cpus_per_worker=1).history
+    steps = int(history[0]["steps"])
+    return {
+        "bags_per_epoch": 2 * steps * batch_size,
+        "epoch_seconds": [row["epoch_seconds"] for row in history],
+        "steps": steps,
+    }
+
+
+def child(args) -> None:
+    if args.child == "in-memory":
+        result = in_memory(args.store, args.epochs, args.batch_size)
+    else:
+        result = ray_data(args.store, args.epochs, args.batch_size, args.out)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result))
+
+
+def run(mode: str, store: str, args, out: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": REPO, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    if mode == "ray data, streamed":
+        env["ANOMALY_CACHE_FRACTION"] = "0"
+    kind = "in-memory" if mode == "in-memory" else "ray"
+    command = [sys.executable, __file__, "--child", kind, "--store", store, "--out", out]
+    command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{mode} failed:\n{done.stderr[-4000:]}")
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bags", type=int, default=2000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bags", type=int, default=2000, help="train videos in the store")
     parser.add_argument("--dim", type=int, default=4096, help="4096 = C3D fc6, the published features")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--file-steps", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=30)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--store", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    config = TrainConfig(max_epochs=args.epochs, patience=args.epochs + 1)
+    if args.child:
+        child(args)
+        return
+    sys.path.insert(0, REPO)
+    from anomaly.synthetic.features import make_feature_store
+
     with tempfile.TemporaryDirectory() as root:
         store = os.path.join(root, "store")
         make_feature_store(store, num_train=args.bags, num_test=2, feature_dim=args.dim)
-        data = prepare_data(store, config)
-        train_bags = len(data.train_labels)
-        print(f"store: {args.bags} train bags x 32 x {args.dim}; {train_bags} after the validation split")
-
-        # A Ray Train worker with 1 CPU runs torch on 1 thread; give the baseline the same.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        plain = plain_loop(data, config, args.epochs)
-        torch.set_num_threads(threads)
-        files = file_per_bag_loop(data, config, root, args.file_steps)
-
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-        started = time.perf_counter()
-        result = fit(store, os.path.join(root, "run"), config, num_workers=1, data=data)
-        end_to_end = time.perf_counter() - started
-        ray.shutdown()
-        steps = math.ceil(int((data.train_labels == 1).sum()) / config.batch_size)
-        bags_per_epoch = steps * 2 * config.batch_size
-        epoch_seconds = [row["epoch_seconds"] for row in result.history]
-        steady = bags_per_epoch / float(np.median(epoch_seconds))
-        whole = bags_per_epoch * len(epoch_seconds) / end_to_end
-        _ = feature_store  # the store module is what both loops read from
-
-    print(f"{'loop':44s} {'bags/s':>10s}")
-    print(f"{'plain PyTorch, in-memory tensors':44s} {plain:10.0f}")
-    print(f"{'ray_jobs.train, 1 worker (steady epochs)':44s} {steady:10.0f}")
-    print(f"{'ray_jobs.train, 1 worker (end to end)':44s} {whole:10.0f}")
-    print(f"{'one .txt file per bag per step':44s} {files:10.0f}")
-    print(
-        f"ratio ray steady / plain      = {steady / plain:.2f}  (overhead {100 * (1 - steady / plain):.0f} %, target < 20 %)"
-    )
-    print(
-        f"ratio ray end-to-end / plain  = {whole / plain:.2f}  (includes Ray Train start-up and per-epoch validation/checkpoints)"
-    )
-    print(f"ratio ray steady / file-per-bag = {steady / files:.1f}x  (target >= 3x)")
+        gib = args.bags * 32 * args.dim * 4 / 2**30
+        print(f"store: {args.bags} train bags x 32 x {args.dim} float32 ({gib:.2f} GiB of features)")
+        results = {}
+        for mode in ("in-memory", "ray data, cached", "ray data, streamed"):
+            results[mode] = run(mode, store, args, os.path.join(root, mode.replace(" ", "_").replace(",", "")))
+    print(f"{'ingestion':22s} {'steady bags/s':>14s} {'1st epoch s':>12s} {'driver peak RSS MiB':>20s}")
+    steady = {}
+    for mode, result in results.items():
+        seconds = result["epoch_seconds"]
+        later = seconds[1:] or seconds
+        steady[mode] = result["bags_per_epoch"] / sorted(later)[len(later) // 2]
+        print(f"{mode:22s} {steady[mode]:14.0f} {seconds[0]:12.1f} {result['peak_rss_mb']:20.0f}")
+    base = results["in-memory"]
+    for mode in ("ray data, cached", "ray data, streamed"):
+        print(
+            f"ratio {mode} / in-memory: bags/s {steady[mode] / steady['in-memory']:.2f}, "
+            f"driver peak RSS {results[mode]['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
+        )
 
 
 if __name__ == "__main__":

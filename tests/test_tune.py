@@ -17,7 +17,7 @@ from anomaly.checkpoints import load_scorer
 from anomaly.config import TrainConfig, load_train_config
 from anomaly.errors import AnomalyError
 from anomaly.synthetic.features import make_feature_store
-from anomaly.tuning import OrZeroSampler, load_search_spec, parse_search_spec, to_domain
+from anomaly.tuning import load_search_spec, parse_search_spec, to_domain
 from ray_jobs import tune as tune_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,38 +188,57 @@ def test_a_bad_search_file_ends_the_command_with_one_line(tmp_path, capsys):
         ({"qrandint": [8, 64, 8]}, sample.Integer, sample.Quantized),
         ({"lograndint": [8, 128]}, sample.Integer, sample.Integer._LogUniform),
         ({"choice": ["sultani", "topk"]}, sample.Categorical, sample.Categorical._Uniform),
-        ({"loguniform": [1e-6, 1e-2], "or_zero": True}, sample.Float, OrZeroSampler),
     ],
 )
 def test_each_spec_maps_to_its_ray_tune_domain(spec, domain_type, sampler_type):
     domain = to_domain("x", spec)
     assert isinstance(domain, domain_type)
     assert isinstance(domain.get_sampler(), sampler_type)
-    kind = next(k for k in spec if k != "or_zero")
+    kind = next(iter(spec))
     if kind == "choice":
         assert domain.categories == tune.choice(spec[kind]).categories
     else:
         reference = getattr(tune, kind)(*spec[kind])  # the same call made by hand
         assert (domain.lower, domain.upper) == (reference.lower, reference.upper)
-        assert type(domain.get_sampler()) is type(reference.get_sampler()) or kind == "loguniform"
+        assert type(domain.get_sampler()) is type(reference.get_sampler())
+
+
+def test_or_zero_is_a_public_sample_from():
+    domain = to_domain("lambda_sparse", {"loguniform": [1e-6, 1e-2], "or_zero": True}, seed=0)
+    assert isinstance(domain, type(tune.sample_from(lambda _: 0.0)))
 
 
 def test_grid_maps_to_grid_search():
     assert to_domain("loss", {"grid": ["sultani", "topk"]}) == tune.grid_search(["sultani", "topk"])
 
 
+def _draws(domain, count: int) -> np.ndarray:
+    """What Tune's own variant generator draws for ``x`` over ``count`` samples."""
+    from ray.tune.search import BasicVariantGenerator
+
+    def trainable(config):
+        pass
+
+    generator = BasicVariantGenerator(random_state=0)
+    generator.add_configurations({"draws": {"run": trainable, "config": {"x": domain}, "num_samples": count}})
+    values = []
+    while (trial := generator.next_trial()) is not None:
+        values.append(trial.config["x"])
+    return np.array(values)
+
+
 def test_or_zero_draws_zeros_and_log_uniform_values():
-    domain = to_domain("lambda_sparse", {"loguniform": [1e-6, 1e-2], "or_zero": 0.3})
-    values = np.array(domain.sample(size=2000, random_state=0))
+    values = _draws(to_domain("lambda_sparse", {"loguniform": [1e-6, 1e-2], "or_zero": 0.3}, seed=0), 1000)
+    assert len(values) == 1000
     zeros = values == 0
     assert 0.25 < zeros.mean() < 0.35
     rest = values[~zeros]
     assert rest.min() >= 1e-6 and rest.max() <= 1e-2
     assert 0.4 < (np.log10(rest) < -4).mean() < 0.6  # log-uniform: half the draws below the middle decade
-    # Seeded draws repeat (Tune's search is reproducible with a seed) and another seed draws others.
-    again = np.array(domain.sample(size=50, random_state=7))
-    assert np.array_equal(again, np.array(domain.sample(size=50, random_state=7)))
-    assert not np.array_equal(again, np.array(domain.sample(size=50, random_state=8)))
+    # The same seed, the same draws; another seed, others.
+    again = _draws(to_domain("lambda_sparse", {"loguniform": [1e-6, 1e-2], "or_zero": 0.3}, seed=0), 50)
+    other = _draws(to_domain("lambda_sparse", {"loguniform": [1e-6, 1e-2], "or_zero": 0.3}, seed=1), 50)
+    assert np.array_equal(again, values[:50]) and not np.array_equal(other, values[:50])
 
 
 def test_default_yaml_is_a_single_trial_of_the_defaults():

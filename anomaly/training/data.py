@@ -1,0 +1,288 @@
+"""Training input through Ray Data: the store is read by Ray's tasks, never loaded by the driver.
+
+The driver reads only the small columns (``video_id``, ``label``) of the train split to carve a
+stratified validation split and count bags; the features themselves stream from the Parquet
+store through ``ray.data.read_parquet``: a distributed pass for the normalisation statistics,
+then two datasets (abnormal and normal training bags) that Ray Train splits across the workers
+(``ray.train.get_dataset_shard``) and one validation dataset split without dropping rows.
+So the driver's memory does not grow with the store, and each worker holds a bounded window
+of bags (its shuffle buffer and a small reservoir), whatever the store's size.
+
+Bags that fit in a quarter of Ray's object store are read once and held there (Ray spills
+them to disk under pressure); larger stores are read again every epoch, in a new file order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.data import FileShuffleConfig
+from ray.data.expressions import Expr, col
+
+from anomaly import store as feature_store
+from anomaly import uris
+from anomaly.config import TrainConfig
+from anomaly.errors import AnomalyError
+from anomaly.segments import NUM_SEGMENTS
+
+logger = logging.getLogger(__name__)
+
+TRAIN_SETS = ("abnormal", "normal")  # the datasets Ray Train splits across its workers
+VAL_COLUMNS = ["video_id", "label", "features", "num_frames", "anomaly_intervals", "anomaly_class"]
+# CPUs of each Ray Data read task. Fractional so that reads still run beside training workers
+# on a small machine; on a cluster the CPU workers' cores are what reads use.
+READ_CPUS = float(os.environ.get("ANOMALY_READ_CPUS", "0.25"))
+SHUFFLE_BUFFER_BAGS = int(os.environ.get("ANOMALY_SHUFFLE_BUFFER_BAGS", "256"))
+# Training bags that take at most this share of the cluster's object store are read once and
+# kept there; larger stores stream from Parquet every epoch (bounded memory, more reading).
+CACHE_FRACTION = float(os.environ.get("ANOMALY_CACHE_FRACTION", "0.25"))
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What the driver knows about the training data: small, whatever the store's size.
+
+    Shared by every Tune trial (the split and statistics are made once from the base config).
+    ``cached`` holds the training bags in Ray's object store (see :data:`CACHE_FRACTION`), or is
+    None when they stream from the store every epoch.
+    """
+
+    store: str
+    files: tuple[str, ...]  # the store's part files (scheme-less paths)
+    val_ids: tuple[str, ...]
+    num_abnormal: int  # training bags (the validation split excluded)
+    num_normal: int
+    mean: np.ndarray
+    std: np.ndarray
+    store_metadata: dict  # StoreMetadata.to_dict() of the store, copied into every checkpoint
+    seed: int = 0
+    cached: dict | None = None  # "abnormal" / "normal" / "val" -> a materialized Ray dataset
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.mean.shape[-1])
+
+    def steps_per_epoch(self, config: TrainConfig) -> int:
+        """Optimizer steps per epoch: one pass over the abnormal bags in global batches.
+
+        The config's ``batch_size`` is the global number of bags of each label per step, so
+        this does not depend on how many DDP workers share the batch.
+        """
+        return max(1, math.ceil(self.num_abnormal / config.batch_size))
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``fraction`` of each label to val, at least one of each where possible."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        val_idx.extend(idx[:n_val])
+        train_idx.extend(idx[n_val:])
+    return np.sort(np.array(train_idx, dtype=np.int64)), np.sort(np.array(val_idx, dtype=np.int64))
+
+
+FILTER_COLUMNS = ["video_id", "split", "label"]
+
+
+def read_rows(
+    inputs: TrainingInputs, columns: list[str], where: Expr, *, shuffle: FileShuffleConfig | None = None
+) -> ray.data.Dataset:
+    """The store's rows matching ``where`` as a lazy Ray dataset (read by Ray's tasks)."""
+    filesystem, _ = uris.pyarrow_filesystem(inputs.store)
+    read = list(dict.fromkeys([*columns, *FILTER_COLUMNS]))
+    dataset = ray.data.read_parquet(
+        list(inputs.files), filesystem=filesystem, columns=read, num_cpus=READ_CPUS, shuffle=shuffle
+    )
+    return dataset.filter(expr=where, num_cpus=READ_CPUS).select_columns(columns)
+
+
+def _train_rows(inputs: TrainingInputs, label: int | None = None) -> Expr:
+    where = (col("split") == "train") & col("video_id").not_in(list(inputs.val_ids))
+    return where if label is None else where & (col("label") == label)
+
+
+def _stream(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
+    """The three datasets read from the store (every execution reads it again, in a new file order)."""
+    shuffle = FileShuffleConfig(seed=inputs.seed)  # reseeded for every execution: a new order each epoch
+    sets = {
+        name: read_rows(inputs, ["features"], _train_rows(inputs, label), shuffle=shuffle)
+        for name, label in (("abnormal", 1), ("normal", 0))
+    }
+    sets["val"] = read_rows(inputs, VAL_COLUMNS, col("video_id").is_in(list(inputs.val_ids)))
+    return sets
+
+
+def train_datasets(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
+    """Abnormal and normal training bags: two datasets, so every step can draw both labels."""
+    if inputs.cached is not None:
+        return {name: inputs.cached[name].randomize_block_order() for name in TRAIN_SETS}
+    return {name: ds for name, ds in _stream(inputs).items() if name in TRAIN_SETS}
+
+
+def val_dataset(inputs: TrainingInputs) -> ray.data.Dataset:
+    return inputs.cached["val"] if inputs.cached is not None else _stream(inputs)["val"]
+
+
+def _fits_object_store(num_bags: int, feature_dim: int) -> bool:
+    store_bytes = ray.cluster_resources().get("object_store_memory", 0)
+    return num_bags * NUM_SEGMENTS * feature_dim * 4 <= CACHE_FRACTION * store_bytes
+
+
+def _moments(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Count, mean and sum of squared deviations of one batch's segment features (float64)."""
+    segments = feature_store.features_from_arrow(batch.column("features")).astype(np.float64)
+    segments = segments.reshape(-1, segments.shape[-1])
+    mean = segments.mean(axis=0)
+    return {
+        "count": np.array([len(segments)]),
+        "mean": mean[None],
+        "m2": ((segments - mean) ** 2).sum(axis=0)[None],
+    }
+
+
+def feature_statistics(dataset: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of every segment, in one distributed pass.
+
+    Each block's moments are computed where it is read; the driver merges them as they stream
+    in (Chan et al.'s pairwise update), holding two D-vectors at a time.
+    """
+    count, mean, m2 = 0, None, None
+    moments = dataset.map_batches(_moments, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
+    for batch in moments.iter_batches(batch_size=None, batch_format="numpy"):
+        for n_b, mean_b, m2_b in zip(batch["count"], batch["mean"], batch["m2"], strict=True):
+            n_b = int(n_b)
+            if n_b == 0:
+                continue
+            if mean is None:
+                count, mean, m2 = n_b, mean_b.copy(), m2_b.copy()
+                continue
+            delta = mean_b - mean
+            total = count + n_b
+            mean = mean + delta * (n_b / total)
+            m2 = m2 + m2_b + delta**2 * (count * n_b / total)
+            count = total
+    if mean is None:
+        raise ValueError("no training segments")
+    return mean.astype(np.float32), np.sqrt(m2 / count).astype(np.float32)
+
+
+def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None) -> TrainingInputs:
+    """Split ids, bag counts and normalisation statistics; the features never reach the driver.
+
+    ``cache``: hold the bags in Ray's object store (True), stream them every epoch (False), or
+    decide by size (None: cached when they take at most :data:`CACHE_FRACTION` of it).
+    """
+    table = feature_store.read_table(store, columns=["label"], split="train")
+    labels = table.column("label").to_numpy().astype(np.int64)
+    ids = table.column("video_id").to_pylist()
+    counts = np.bincount(labels, minlength=2)
+    if counts[0] < 2 or counts[1] < 2:
+        raise AnomalyError(
+            store,
+            f"training needs at least 2 normal and 2 anomalous train videos, found {counts[0]} normal "
+            f"and {counts[1]} anomalous",
+        )
+    if len(set(ids)) != len(ids):
+        # The rows are read by Ray's tasks, which cannot tell which copy is the first.
+        logger.warning("%s: duplicate video rows are trained on as often as they occur", store)
+    train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
+    files = tuple(feature_store.part_files(store))
+    inputs = TrainingInputs(
+        store=store,
+        files=files,
+        val_ids=tuple(ids[i] for i in val_idx),
+        num_abnormal=int((labels[train_idx] == 1).sum()),
+        num_normal=int((labels[train_idx] == 0).sum()),
+        mean=np.zeros(0, dtype=np.float32),
+        std=np.zeros(0, dtype=np.float32),
+        store_metadata=meta.to_dict() if (meta := feature_store.read_metadata(store)) else {},
+        seed=config.seed,
+    )
+    try:
+        mean, std = feature_statistics(read_rows(inputs, ["features"], _train_rows(inputs)))
+    except ValueError as exc:  # rows of different shapes
+        raise AnomalyError(store, f"features: {exc}") from exc
+    cached = None
+    if cache is None:
+        cache = _fits_object_store(len(labels), len(mean))
+    if cache:
+        # Small enough: read once into Ray's object store (spilled to disk under pressure), so
+        # epochs and Tune trials do not read and decode the Parquet files again.
+        cached = {name: ds.materialize() for name, ds in _stream(inputs).items()}
+    logger.info(
+        "training bags: %d abnormal, %d normal, %d for validation; %s",
+        inputs.num_abnormal,
+        inputs.num_normal,
+        len(inputs.val_ids),
+        "held in Ray's object store" if cached else "streamed from the store every epoch",
+    )
+    return dataclasses.replace(inputs, mean=mean, std=std, cached=cached)
+
+
+def rank_batch(global_batch: int, world: int, rank: int) -> int:
+    """This rank's share of the global batch (shares differ by at most one bag, sum = global)."""
+    return global_batch // world + (1 if rank < global_batch % world else 0)
+
+
+class BagStream:
+    """One label's bags from this worker's shard, ``size`` at a time, in a fresh order each epoch.
+
+    Ray Train gives every worker an equal share of rows, and the last step may need more bags
+    than the share holds: then bags seen earlier this epoch are drawn again at random from a
+    bounded reservoir, so each epoch reads the shard once and the worker holds at most a
+    shuffle buffer and the reservoir.
+    """
+
+    def __init__(self, shard, size: int, seed: int, reservoir: int = 64) -> None:
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        self.capacity = max(reservoir, 2 * size)
+        self.reservoir: list[np.ndarray] = []
+        self.seen = 0
+        self.pending: list[np.ndarray] = []
+        self.batches: Iterator | None = iter(
+            shard.iter_batches(
+                batch_size=size,
+                batch_format="pyarrow",
+                local_shuffle_buffer_size=max(SHUFFLE_BUFFER_BAGS, size),
+                local_shuffle_seed=seed,
+            )
+        )
+
+    def _keep(self, bag: np.ndarray) -> None:
+        self.seen += 1
+        if len(self.reservoir) < self.capacity:
+            self.reservoir.append(bag)
+        else:
+            slot = int(self.rng.integers(self.seen))
+            if slot < self.capacity:
+                self.reservoir[slot] = bag
+
+    def take(self) -> np.ndarray:
+        """(size, 32, D) float32 bags."""
+        while len(self.pending) < self.size and self.batches is not None:
+            try:
+                batch = next(self.batches)
+            except StopIteration:
+                self.batches = None
+                break
+            for bag in feature_store.features_from_arrow(batch.column("features")):
+                self._keep(bag)
+                self.pending.append(bag)
+        if len(self.pending) < self.size:
+            if not self.reservoir:
+                raise RuntimeError("this worker's shard of training bags is empty")
+            extra = self.rng.integers(len(self.reservoir), size=self.size - len(self.pending))
+            self.pending.extend(self.reservoir[i] for i in extra)
+        out, self.pending = self.pending[: self.size], self.pending[self.size :]
+        return np.stack(out).astype(np.float32, copy=False)

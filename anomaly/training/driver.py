@@ -1,0 +1,152 @@
+"""The driver side of a training run: Ray Train set-up, resume, outputs in ``RUN_DIR``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+import ray.train
+from ray.train import Checkpoint
+from ray.train.torch import TorchTrainer
+
+from anomaly import uris
+from anomaly.config import TrainConfig, read_yaml, write_yaml
+from anomaly.errors import AnomalyError
+from anomaly.training.checkpoints import (
+    export_model,
+    latest_stored_checkpoint,
+    load_checkpoint_payload,
+    write_history,
+)
+from anomaly.training.data import TRAIN_SETS, TrainingInputs, prepare_inputs, train_datasets, val_dataset
+from anomaly.training.loop import train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    best_epoch: int
+    best_metrics: dict
+    history: list[dict]
+    model_uri: str
+
+
+def run_config(
+    run_dir: str, *, name: str, max_failures: int, callbacks: list | None = None
+) -> ray.train.RunConfig:
+    storage = uris.join(run_dir, "ray_results")
+    filesystem = None
+    if not uris.is_local(run_dir):
+        filesystem, storage = uris.pyarrow_filesystem(storage)
+    return ray.train.RunConfig(
+        name=name,
+        storage_path=storage,
+        storage_filesystem=filesystem,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute="val_auc", checkpoint_score_order="max"
+        ),
+        callbacks=callbacks,
+    )
+
+
+def check_workers(inputs: TrainingInputs, config: TrainConfig, num_workers: int) -> None:
+    """Every worker needs a share of the global batch and of each label's bags."""
+    if config.batch_size < num_workers:
+        raise AnomalyError(
+            "--num-workers",
+            f"{num_workers} workers cannot share a global batch of {config.batch_size} bags per label "
+            "(batch_size is global: raise it or use fewer workers)",
+        )
+    fewest = min(inputs.num_abnormal, inputs.num_normal)
+    if fewest < num_workers:
+        raise AnomalyError(
+            inputs.store, f"{fewest} training bags of one label cannot be shared by {num_workers} workers"
+        )
+
+
+def fit(
+    store: str,
+    run_dir: str,
+    config: TrainConfig,
+    *,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 0,
+    inputs: TrainingInputs | None = None,
+    callbacks: list | None = None,
+    register: tuple | None = None,
+    name: str = "train",
+) -> TrainResult:
+    """Train with Ray Train and write ``RUN_DIR/model.pt`` (the best validation epoch), config and curves.
+
+    The store streams to the workers through Ray Data; ``inputs`` (the split and statistics,
+    :func:`prepare_inputs`) is computed here unless given (Tune computes it once for all trials).
+    """
+    if uris.is_local(run_dir):
+        run_dir = os.path.abspath(run_dir)
+    _refuse_other_settings(run_dir, config)
+    if inputs is None:
+        inputs = prepare_inputs(store, config)
+    check_workers(inputs, config, num_workers)
+    resume_from = latest_stored_checkpoint(run_dir, name)
+    # Validation videos are split across the workers without dropping any (Ray Train's own split
+    # evens the shards out by dropping up to num_workers - 1 rows: right for training, not here).
+    val_shards = val_dataset(inputs).streaming_split(num_workers, equal=False)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": config.to_dict(),
+            "inputs": inputs,
+            "val": val_shards,
+            "resume_from": resume_from,
+            "register": register,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=run_config(run_dir, name=name, max_failures=max_failures, callbacks=callbacks),
+        datasets=train_datasets(inputs),
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS)),
+    )
+    write_yaml(uris.join(run_dir, "config.yaml"), config.to_dict())
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return _write_outputs(run_dir, result, resume_from)
+
+
+def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
+    previous = uris.join(run_dir, "config.yaml")
+    if uris.exists(previous):
+        if TrainConfig.from_dict(read_yaml(previous), where=previous) != config:
+            raise AnomalyError(
+                run_dir, "holds a run with other settings; resume with the same config or use a new --out"
+            )
+
+
+def _write_outputs(run_dir: str, result, resume_from: Checkpoint | None = None) -> TrainResult:
+    # resume_from is the latest when it was a finished run's last checkpoint that Ray had not recorded.
+    latest = max(
+        (c for c in (result.checkpoint, resume_from) if c is not None),
+        key=lambda c: int(load_checkpoint_payload(c)["epoch"]),
+        default=None,
+    )
+    best = result.get_best_checkpoint(metric="val_auc", mode="max") or latest
+    if best is None:
+        raise AnomalyError(run_dir, "training produced no checkpoint")
+    history = load_checkpoint_payload(latest).get("history", []) if latest else []
+    payload, model_uri = export_model(best, run_dir)
+    write_history(run_dir, history)
+    return TrainResult(
+        run_dir=run_dir,
+        best_epoch=int(payload["epoch"]),
+        best_metrics=payload["metrics"],
+        history=history,
+        model_uri=model_uri,
+    )

@@ -1,0 +1,211 @@
+"""The per-worker training loop: balanced MIL steps over Ray Data shards, sharded validation.
+
+Every worker runs the same number of optimizer steps per epoch (the config's, see
+:meth:`TrainingInputs.steps_per_epoch`) on its share of the config's global batch, so the
+recipe is the same with 1 or N DDP workers: only who computes which bags changes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint
+
+from anomaly.checkpoints import CHECKPOINT_FILE, checkpoint_payload, score_bags
+from anomaly.config import TrainConfig
+from anomaly.losses import mil_loss
+from anomaly.metrics import evaluate_frames, video_auc
+from anomaly.model import MILScorer
+from anomaly.store import features_from_arrow
+from anomaly.training.checkpoints import load_checkpoint_payload
+from anomaly.training.data import BagStream, TrainingInputs, rank_batch
+
+VAL_BATCH_BAGS = 256
+
+
+def build_model(feature_dim: int, config: TrainConfig, mean: np.ndarray, std: np.ndarray) -> MILScorer:
+    model = MILScorer(feature_dim, dropout=config.dropout, feature_norm=config.feature_norm)
+    model.set_normalization(
+        torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+    )
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _world() -> tuple[int, int]:
+    context = ray.train.get_context()
+    return context.get_world_rank(), context.get_world_size()
+
+
+def _shuffle_seed(config: TrainConfig, epoch: int, rank: int, label: int) -> int:
+    return int(np.random.SeedSequence([config.seed, epoch, rank, label]).generate_state(1)[0])
+
+
+def train_epoch(model, optimizer, inputs: TrainingInputs, config: TrainConfig, epoch: int, device):
+    """One epoch: ``steps_per_epoch`` steps of ``batch_size`` abnormal + ``batch_size`` normal bags
+    in all (this worker's share of each). Returns (mean loss, optimizer steps)."""
+    rank, world = _world()
+    share = rank_batch(config.batch_size, world, rank)
+    streams = [
+        BagStream(ray.train.get_dataset_shard(name), share, _shuffle_seed(config, epoch, rank, label))
+        for label, name in ((1, "abnormal"), (0, "normal"))
+    ]
+    # DDP averages gradients over workers; weighting each worker's mean loss by its share of the
+    # global batch makes that average the gradient of the global batch's mean loss.
+    weight = share * world / config.batch_size
+    steps = inputs.steps_per_epoch(config)
+    model.train()
+    total = 0.0
+    for _ in range(steps):
+        abn, nor = (torch.from_numpy(stream.take()).to(device) for stream in streams)
+        scores = model(torch.cat([abn, nor]))
+        loss = mil_loss(
+            scores[: len(abn)],
+            scores[len(abn) :],
+            loss=config.loss,
+            topk=config.topk,
+            lambda_smooth=config.lambda_smooth,
+            lambda_sparse=config.lambda_sparse,
+            lambda_false_alarm=config.lambda_false_alarm,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        optimizer.step()
+        total += float(loss.detach())
+    return total / steps, steps
+
+
+def _gather(value) -> list:
+    """Every worker's ``value`` (torch.distributed when there are several workers)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, value)
+        return out
+    return [value]
+
+
+def score_validation(model: MILScorer, shard) -> dict:
+    """Score this worker's part of the validation videos, streamed in record batches."""
+    inner = model.module if hasattr(model, "module") else model
+    part = {"video_ids": [], "scores": [], "labels": [], "num_frames": [], "intervals": [], "classes": []}
+    for batch in shard.iter_batches(batch_size=VAL_BATCH_BAGS, batch_format="pyarrow"):
+        part["scores"].append(score_bags(inner, features_from_arrow(batch.column("features"))))
+        part["video_ids"].extend(batch.column("video_id").to_pylist())
+        part["labels"].extend(batch.column("label").to_pylist())
+        part["num_frames"].extend(-1 if n is None else n for n in batch.column("num_frames").to_pylist())
+        part["intervals"].extend([tuple(iv) for iv in ivs or []] for ivs in batch.column("anomaly_intervals").to_pylist())
+        part["classes"].extend(batch.column("anomaly_class").to_pylist())
+    part["scores"] = np.concatenate(part["scores"]) if part["scores"] else np.zeros((0, 32), np.float32)
+    return part
+
+
+def validation_metrics(parts: list[dict]) -> dict[str, float]:
+    """Frame AUC where every anomalous val video is annotated, else video AUC (train labels are weak).
+
+    ``val_auc`` is the figure early stopping and Tune use; both parts are reported.
+    """
+    order = sorted(
+        ((vid, p, i) for p in parts for i, vid in enumerate(p["video_ids"])), key=lambda item: item[0]
+    )
+    scores = np.stack([p["scores"][i] for _, p, i in order]) if order else np.zeros((0, 32))
+    labels = np.array([p["labels"][i] for _, p, i in order], dtype=np.int64)
+    num_frames = np.array([p["num_frames"][i] for _, p, i in order], dtype=np.int64)
+    intervals = [p["intervals"][i] for _, p, i in order]
+    classes = [p["classes"][i] for _, p, i in order]
+    frame_auc = float("nan")
+    annotated = all(
+        frames > 0 and (label == 0 or ivs) for frames, label, ivs in zip(num_frames, labels, intervals, strict=True)
+    )
+    if annotated:
+        frame_auc = evaluate_frames(scores, labels, num_frames, intervals, classes)["frame_auc"]
+    vid_auc = video_auc(scores, labels)
+    return {
+        "val_frame_auc": frame_auc,
+        "val_video_auc": vid_auc,
+        "val_auc": frame_auc if annotated else vid_auc,
+    }
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point, run on every worker."""
+    config = TrainConfig.from_dict(loop_config["train"])
+    inputs: TrainingInputs = loop_config["inputs"]
+    register = loop_config.get("register")
+    rank, world = _world()
+    if register is not None and rank == 0:
+        # Tune releases a stopped trial's worker group through this (anomaly.tuning.trial).
+        registry, key = register
+        if not ray.get(registry.register.remote(key, ray.util.get_current_placement_group())):
+            return
+    torch.manual_seed(config.seed)
+    model = build_model(inputs.feature_dim, config, inputs.mean, inputs.std)
+    device = ray.train.torch.get_device()
+    optimizer = make_optimizer(model, config)
+    start_epoch, best, stale, history = 0, -math.inf, 0, []
+    # Resume after a crash or on a re-run with the same --out: Ray's latest checkpoint, or a newer one
+    # the driver found on storage that Ray had not yet recorded when the last run was killed.
+    states = [
+        load_checkpoint_payload(c) for c in (ray.train.get_checkpoint(), loop_config.get("resume_from")) if c
+    ]
+    state = max(states, key=lambda s: int(s["epoch"]), default=None)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
+        history = list(state.get("history", []))
+    model = ray.train.torch.prepare_model(model)
+    val_shard = loop_config["val"][rank]
+    for epoch in range(start_epoch, config.max_epochs):
+        if stale >= config.patience:
+            break
+        started = time.perf_counter()
+        loss, steps = train_epoch(model, optimizer, inputs, config, epoch, device)
+        epoch_seconds = time.perf_counter() - started
+        metrics = validation_metrics(_gather(score_validation(model, val_shard)))
+        score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -loss
+        if score > best:
+            best, stale = score, 0
+        else:
+            stale += 1
+        metrics.update(
+            epoch=epoch,
+            loss=loss,
+            lr=optimizer.param_groups[0]["lr"],
+            best_val_auc=best,
+            epoch_seconds=epoch_seconds,
+            steps=steps,
+            bags_per_second=2 * steps * config.batch_size / max(epoch_seconds, 1e-9),
+        )
+        # Every epoch's metrics travel with the checkpoint: Ray keeps only num_to_keep reports' rows.
+        history.append({k: float(v) for k, v in metrics.items()})
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                payload = checkpoint_payload(
+                    model,
+                    config,
+                    optimizer=optimizer.state_dict(),
+                    epoch=epoch,
+                    best_val_auc=best,
+                    stale_epochs=stale,
+                    metrics=history[-1],
+                    history=history,
+                    store_metadata=inputs.store_metadata,
+                )
+                torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
+                saved = Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=saved)

@@ -1,0 +1,153 @@
+"""One Tune trial: a Ray Train run, its metrics forwarded to Tune, its workers released when stopped.
+
+Each trial is a function trainable that runs :func:`anomaly.training.fit` (a ``TorchTrainer``)
+with a ``TuneReportCallback`` that forwards every epoch's metrics to Tune.
+
+Why :class:`ReleaseStoppedTrials` exists: when ASHA stops a trial, Tune ends the trial's actor,
+and its Ray Train controller dies with it without shutting down its worker group. Train's own
+clean-up of that group asks the State API (the dashboard) whether the controller is alive;
+without a dashboard (``ray.init(include_dashboard=False)``, tests) it cannot tell, and the
+group's placement group stays reserved until the search's driver exits, so the next trials'
+workers wait for CPUs that never come. So rank 0 of every trial's Train run registers its
+placement group (``ray.util.get_current_placement_group``) with a small actor, and a Tune
+callback on the driver removes a trial's groups (``ray.util.remove_placement_group``) when the
+trial ends, fails or is restarted. Public Ray APIs only; harmless where Train cleaned up itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from anomaly import uris
+from anomaly.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+TIME_ATTR = "epochs_done"  # epochs finished in a trial's training run; ASHA's clock
+
+
+class EpochReportCallback(TuneReportCallback):
+    """``TuneReportCallback`` that also reports ``epochs_done`` (ASHA's clock; survives Train resumes)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics and "epoch" in metrics[0]:
+            first = {**metrics[0], TIME_ATTR: int(metrics[0]["epoch"]) + 1}
+            metrics = [first, *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+@ray.remote(num_cpus=0)
+class WorkerGroups:
+    """The placement groups of each trial's Train worker groups, so the driver can release them."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list] = {}
+        self.ended: set[str] = set()
+
+    def register(self, trial_id: str, group) -> bool:
+        """False (and the group released) when the trial has already ended: do not train."""
+        if group is None:
+            return True
+        if trial_id in self.ended:
+            _remove(group)
+            return False
+        self.groups.setdefault(trial_id, []).append(group)
+        return True
+
+    def release(self, trial_id: str, ended: bool) -> int:
+        """Remove the trial's groups; ``ended`` refuses later ones (a restarted trial may register)."""
+        if ended:
+            self.ended.add(trial_id)
+        groups = self.groups.pop(trial_id, [])
+        for group in groups:
+            _remove(group)
+        return len(groups)
+
+
+def _remove(group) -> None:
+    try:
+        ray.util.remove_placement_group(group)
+    except Exception as exc:  # noqa: BLE001 - already removed by Train's own shutdown
+        logger.debug("placement group %s: %s", group.id, exc)
+
+
+def worker_groups(name: str):
+    """The search's :class:`WorkerGroups` actor (named, so a resumed search's callback finds it)."""
+    return WorkerGroups.options(name=name, get_if_exists=True).remote()
+
+
+class ReleaseStoppedTrials(tune.Callback):
+    """On the Tune driver: release a trial's Train worker groups when it ends, errs or restarts.
+
+    It keeps the registry's name, not its handle: Tune saves its callbacks with the search, and
+    a resumed search (a new driver) has a new registry of the same name.
+    """
+
+    def __init__(self, registry_name: str) -> None:
+        self.registry_name = registry_name
+
+    def _release(self, trial, ended: bool) -> None:
+        registry = worker_groups(self.registry_name)
+        count = ray.get(registry.release.remote(trial.trial_id, ended))
+        if count:
+            logger.debug("trial %s: released %d Train worker group(s)", trial.trial_id, count)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._release(trial, ended=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._release(trial, ended=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._release(trial, ended=False)
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial needs besides its config; ``data`` is the shared :class:`TrainingInputs`."""
+
+    store: str
+    out: str
+    data: Any
+    num_workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    max_failures: int
+    registry: Any = None  # a WorkerGroups actor
+    # The driver's RAY_TRAIN_* settings: Train forwards them from its driver (here, the trial) to
+    # its controller and workers, but a trial's process does not inherit the Tune driver's env.
+    train_env: dict = field(default_factory=dict)
+
+
+def run_trial(config: dict, inputs: TrialInputs) -> None:
+    """Tune's function trainable: one Ray Train run with this trial's settings.
+
+    It trains into ``OUT/trials/TRIAL_ID`` (a full RUN_DIR when the trial runs to its end;
+    a re-started trial resumes from its last Train checkpoint there).
+    """
+    from anomaly.training import fit
+
+    trial_id = tune.get_context().get_trial_id()
+    os.environ.update(inputs.train_env)
+    train_config = TrainConfig.from_dict(config, where=f"trial {trial_id}")
+    fit(
+        inputs.store,
+        uris.join(inputs.out, "trials", trial_id),
+        train_config,
+        num_workers=inputs.num_workers,
+        use_gpu=inputs.use_gpu,
+        cpus_per_worker=inputs.cpus_per_worker,
+        max_failures=inputs.max_failures,
+        inputs=inputs.data,
+        callbacks=[EpochReportCallback()],
+        register=None if inputs.registry is None else (inputs.registry, trial_id),
+        name="train",
+    )
+
