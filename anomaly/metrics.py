@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from anomaly.scoring.alarms import DEFAULT_THRESHOLD
 from anomaly.segments import frame_labels, frame_scores
 
-FALSE_ALARM_THRESHOLD = 0.5
+FALSE_ALARM_THRESHOLD = DEFAULT_THRESHOLD  # the one alarm threshold (anomaly.scoring.alarms)
 
 
 @dataclass

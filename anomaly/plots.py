@@ -15,6 +15,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from anomaly import uris  # noqa: E402
 from anomaly.grid import cell_bounds, grid_of  # noqa: E402
+from anomaly.scoring.alarms import DEFAULT_THRESHOLD  # noqa: E402
 
 
 def _save(fig, uri: str) -> str:
@@ -46,7 +47,7 @@ def timeline_plot(
     *,
     title: str,
     fps: float | None = None,
-    threshold: float | None = 0.5,
+    threshold: float | None = DEFAULT_THRESHOLD,
 ) -> str:
     """Score over frames (or seconds when fps is known), annotated anomalies shaded."""
     scale = 1.0 / fps if fps else 1.0
@@ -113,7 +114,7 @@ def heatmap_plot(
     *,
     title: str,
     mask: np.ndarray | None = None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> str:
     """The frame with its cell scores as a translucent heat map; cells above ``threshold`` outlined,
     the annotated anomalous pixels (``mask``) contoured in white. Written as a PNG to ``uri``."""

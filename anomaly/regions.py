@@ -34,13 +34,14 @@ from anomaly.grid import cell_bounds, grid_of
 from anomaly.masks import iter_masks, mask_at
 from anomaly.metrics import evaluate_frames
 from anomaly.plots import heatmap_plot
+from anomaly.scoring.alarms import DEFAULT_THRESHOLD
 from anomaly.segments import frame_segments, segment_bounds
 from anomaly.video import open_video
 
 logger = logging.getLogger(__name__)
 
 COVERAGE = 0.4  # share of a frame's anomalous pixels the predicted region must cover
-THRESHOLD = 0.5  # operating point reported beside the threshold-free curve summary
+THRESHOLD = DEFAULT_THRESHOLD  # operating point reported beside the threshold-free curve summary
 
 
 def cell_pixel_counts(mask: np.ndarray, grid: int) -> np.ndarray:

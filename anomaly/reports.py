@@ -5,6 +5,8 @@ Formatting lives here, in the library, so a command never imports another comman
 
 from __future__ import annotations
 
+from anomaly.scoring.alarms import DEFAULT_THRESHOLD
+
 
 def format_metrics(metrics: dict) -> str:
     def pct(value):
@@ -13,7 +15,7 @@ def format_metrics(metrics: dict) -> str:
     lines = [
         f"frame AUC        {pct(metrics['frame_auc'])}   (Sultani et al. C3D: 75.41)",
         f"frame AP         {pct(metrics['frame_ap'])}",
-        f"false alarms@0.5 {pct(metrics['false_alarm_rate'])} % of normal frames",
+        f"false alarms@{DEFAULT_THRESHOLD:g} {pct(metrics['false_alarm_rate'])} % of normal frames",
     ]
     lines += [f"  AUC {name:<16s} {pct(auc)}" for name, auc in sorted(metrics["per_class_auc"].items())]
     for name, values in sorted(metrics.get("per_dataset", {}).items()):
@@ -22,7 +24,7 @@ def format_metrics(metrics: dict) -> str:
     if "region_level" in metrics:
         region = metrics["region_level"]
         lines.append(
-            f"region level     AUC {pct(region['auc'])}, EER {pct(region['eer'])}, detection rate@0.5 "
+            f"region level     AUC {pct(region['auc'])}, EER {pct(region['eer'])}, detection rate@{DEFAULT_THRESHOLD:g} "
             f"{pct(region['detection_rate'])} ({region['anomalous_frames']} anomalous frames, "
             f"{region['grid']}x{region['grid']} cells)"
         )
