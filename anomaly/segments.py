@@ -1,7 +1,9 @@
-"""Sultani's 32-segment rule and its inverse (frame -> segment).
+"""Sultani's 32-segment rule and its inverse (frame -> segment), at once or streamed.
 
 Both directions use the same boundaries, ``round(linspace(0, n, 33))``, so a
 frame's score always comes from the segment its clips were pooled into.
+:class:`SegmentAccumulator` gives :func:`pool_segments`' result from clips
+arriving in any order, in pieces, with repeats, keeping only ``(32, D)`` sums.
 """
 
 from __future__ import annotations
@@ -65,3 +67,56 @@ def frame_labels(num_frames: int, intervals) -> np.ndarray:
     for start, end in intervals or ():
         labels[max(int(start), 0) : min(int(end), num_frames)] = 1
     return labels
+
+
+class SegmentAccumulator:
+    """The clip features of one video, folded into its 32 segments as they arrive, in any order.
+
+    With ``num_clips >= 32`` every segment holds at least one clip, so a
+    running ``(32, D)`` sum per segment is all that is kept (memory independent
+    of the video's length); with fewer clips the few rows are kept and pooled
+    by :func:`anomaly.segments.pool_segments` (empty runs repeat a clip). Both
+    give Sultani's segments; a clip seen twice (a retried task) counts once.
+    """
+
+    def __init__(self, num_clips: int, dim: int) -> None:
+        if num_clips < 1:
+            raise ValueError(f"a video needs at least one clip, got {num_clips}")
+        self.num_clips = num_clips
+        self.seen = np.zeros(num_clips, dtype=bool)
+        self.count = 0
+        if num_clips < NUM_SEGMENTS:
+            self.rows: np.ndarray | None = np.zeros((num_clips, dim), dtype=np.float32)
+        else:
+            self.rows = None
+            bounds = segment_bounds(num_clips)
+            self.bounds = bounds
+            self.sums = np.zeros((NUM_SEGMENTS, dim), dtype=np.float64)
+            self.sizes = np.diff(bounds).astype(np.float64)
+
+    def add(self, clip_index: np.ndarray, features: np.ndarray) -> None:
+        index = np.asarray(clip_index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self.num_clips):
+            raise ValueError(f"clip index out of range 0..{self.num_clips - 1}")
+        index, first = np.unique(index, return_index=True)
+        fresh = ~self.seen[index]
+        index, feats = index[fresh], np.asarray(features, dtype=np.float32)[first[fresh]]
+        self.seen[index] = True
+        self.count += int(index.size)
+        if self.rows is not None:
+            self.rows[index] = feats
+        else:
+            segments = np.searchsorted(self.bounds, index, side="right") - 1
+            np.add.at(self.sums, segments, feats)
+
+    @property
+    def complete(self) -> bool:
+        return self.count == self.num_clips
+
+    def pooled(self) -> np.ndarray:
+        """``(32, D)`` float32, L2-normalised segments; only once :attr:`complete`."""
+        if not self.complete:
+            raise ValueError(f"only {self.count} of {self.num_clips} clips are in")
+        if self.rows is not None:
+            return pool_segments(self.rows)
+        return l2_normalize((self.sums / self.sizes[:, None]).astype(np.float32))

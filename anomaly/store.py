@@ -6,16 +6,24 @@ Layout of ``STORE``:
 - ``_store.json``: how the features were made (backbone, weights hash, clip
   settings, code version), defined by :class:`StoreMetadata`; stores refuse
   rows made with other settings;
-- ``_failures.parquet``: videos that could not be read, with a one-line reason.
+- ``_clips/part-*.parquet``: the clip table (extraction only): one row per
+  clip (and grid cell) with its features, written by the workers; the bags are
+  derived from it, and bags with another segment count can be derived later
+  without decoding again (:func:`read_clips`);
+- ``_failures/*.parquet``: the failure log, append-only (one small file per
+  write, so two jobs never lose each other's records); ``_failures.parquet``
+  is its latest summary (one row per URI), rewritten after each log write;
 Files starting with ``_`` or ``.`` are skipped by pyarrow's and Ray's dataset
 readers, so the store directory reads as a plain Parquet dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -23,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -34,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 METADATA_FILE = "_store.json"
 FAILURES_FILE = "_failures.parquet"
+FAILURES_LOG = "_failures"
+CLIPS_DIR = "_clips"
 
 SCHEMA = pa.schema(
     [
@@ -63,6 +74,20 @@ FAILURES_SCHEMA = pa.schema(
         pa.field("video_id", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("stage", pa.string()),
+    ]
+)
+
+# The clip table: one row per clip (cell -1) and per grid cell (0..G*G-1) of every extracted video.
+CLIP_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("window", pa.int32()),  # the decode task (time window) that produced it
+        pa.field("clip_index", pa.int64(), nullable=False),  # start_frame // stride
+        pa.field("cell", pa.int16(), nullable=False),  # -1 full frame, else the grid cell
+        pa.field("first_frame", pa.int64()),
+        pa.field("last_frame", pa.int64()),  # inclusive
+        pa.field("time", pa.float64()),  # seconds at first_frame; null when the rate is unknown
+        pa.field("features", pa.list_(pa.float32()), nullable=False),  # D
     ]
 )
 
@@ -388,52 +413,174 @@ def read_metadata(store: str) -> StoreMetadata | None:
 def ensure_metadata(store: str, settings: StoreMetadata) -> StoreMetadata:
     """Record how features are made; refuse a store made with incompatible settings.
 
-    Either way ``_store.json`` is written (a new store's settings, or an
-    existing store's own bytes again), so a store this process may read but
-    not write is refused here, before any work, and not at the first commit.
+    ``_store.json`` is created only if absent (an exclusive create: a local
+    hard link, ``If-None-Match: *`` on S3), so of two runs that start at once
+    on a new store exactly one records its settings and the other is compared
+    with them. An existing store's file is written again with its own bytes,
+    so a store this process may read but not write is refused here, before
+    any work, and not at the first commit.
     """
     uri = uris.join(store, METADATA_FILE)
     existing = read_metadata(store)
-    if existing is not None:
-        clashes = existing.clashes(settings)
-        if clashes:
-            raise AnomalyError(store, "store was made with other settings: " + "; ".join(clashes))
-        uris.write_bytes_atomic(uri, uris.read_bytes(uri))  # the write check: same bytes, same meaning
-        return existing
-    uris.write_bytes_atomic(uri, json.dumps(settings.to_dict(), indent=2).encode())
-    return settings
+    if existing is None:
+        if uris.create_bytes(uri, json.dumps(settings.to_dict(), indent=2).encode()):
+            return settings
+        existing = read_metadata(store)  # another run created it a moment ago
+    clashes = existing.clashes(settings)
+    if clashes:
+        raise AnomalyError(store, "store was made with other settings: " + "; ".join(clashes))
+    uris.write_bytes_atomic(uri, uris.read_bytes(uri))  # the write check: same bytes, same meaning
+    return existing
 
 
 # --- failures -------------------------------------------------------------------------------
 
+_LOG_SCHEMA = pa.schema([*FAILURES_SCHEMA, pa.field("time", pa.float64())])
+_CLEARED = "cleared"  # the stage of a log entry that says a URI has since been extracted
+
+
+def _log_entries(store: str) -> list[dict]:
+    fs, path = uris.filesystem(uris.join(store, FAILURES_LOG))
+    try:
+        files = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet"))
+    except FileNotFoundError:
+        return []
+    if not files:
+        return []
+    filesystem, _ = uris.pyarrow_filesystem(store)
+    table = pads.dataset(files, format="parquet", filesystem=filesystem, schema=_LOG_SCHEMA).to_table()
+    return sorted(table.to_pylist(), key=lambda row: row["time"] or 0.0)
+
 
 def read_failures(store: str) -> pa.Table:
+    """One row per URI whose latest record is a failure: the log, over an older store's single file."""
+    rows: dict[str, dict] = {}
     uri = uris.join(store, FAILURES_FILE)
-    if not uris.exists(uri):
-        return FAILURES_SCHEMA.empty_table()
-    fs, path = uris.pyarrow_filesystem(uri)
-    return pq.read_table(path, filesystem=fs)
+    log = _log_entries(store)
+    if not log and uris.exists(uri):  # a store from before the log (or only its summary)
+        fs, path = uris.pyarrow_filesystem(uri)
+        return pq.read_table(path, filesystem=fs).select(FAILURES_SCHEMA.names)
+    for row in log:
+        if row["stage"] == _CLEARED:
+            rows.pop(row["uri"], None)
+        else:
+            rows[row["uri"]] = {key: row[key] for key in FAILURES_SCHEMA.names}
+    return pa.Table.from_pylist(list(rows.values()), schema=FAILURES_SCHEMA)
+
+
+def _append_log(store: str, rows: Sequence[dict]) -> None:
+    """One new, uniquely named log file: concurrent writers never overwrite each other."""
+    now = time.time()
+    table = pa.Table.from_pylist(
+        [{**{key: row.get(key) for key in FAILURES_SCHEMA.names}, "time": now} for row in rows], schema=_LOG_SCHEMA
+    )
+    name = f"{int(now * 1000):013d}-{uuid.uuid4().hex}.parquet"
+    uris.write_bytes_atomic(uris.join(store, FAILURES_LOG, name), _table_bytes(table))
+
+
+def _write_summary(store: str) -> None:
+    """``_failures.parquet``, the log's latest state (a convenience; the log is the truth)."""
+    uris.write_bytes_atomic(uris.join(store, FAILURES_FILE), _table_bytes(read_failures(store)))
 
 
 def record_failures(store: str, failures: Sequence[dict]) -> None:
-    """Merge failures into ``_failures.parquet`` (one row per URI, latest reason wins), atomically."""
+    """Append failures to the log (latest reason per URI wins), then refresh the summary file."""
     if not failures:
         return
-    rows = {row["uri"]: row for row in read_failures(store).to_pylist()}
-    for row in failures:
-        rows[row["uri"]] = {key: row.get(key) for key in FAILURES_SCHEMA.names}
-    table = pa.Table.from_pylist(list(rows.values()), schema=FAILURES_SCHEMA)
-    uris.write_bytes_atomic(uris.join(store, FAILURES_FILE), _table_bytes(table))
+    if not _log_entries(store) and uris.exists(uris.join(store, FAILURES_FILE)):
+        _append_log(store, read_failures(store).to_pylist())  # carry an old store's failures into the log
+    _append_log(store, failures)
+    _write_summary(store)
 
 
 def clear_failures(store: str, uris_done: Iterable[str]) -> None:
-    """Forget failures of videos that have since been extracted."""
+    """Forget failures of videos that have since been extracted (an append, never a rewrite)."""
     done = set(uris_done)
-    table = read_failures(store)
-    if table.num_rows == 0 or not done:
+    if not done:
         return
-    keep = [row for row in table.to_pylist() if row["uri"] not in done]
-    if len(keep) != table.num_rows:
-        uris.write_bytes_atomic(
-            uris.join(store, FAILURES_FILE), _table_bytes(pa.Table.from_pylist(keep, schema=FAILURES_SCHEMA))
-        )
+    failed = read_failures(store)
+    if failed.num_rows == 0:
+        return
+    cleared = [
+        {"uri": row["uri"], "video_id": row["video_id"], "reason": "", "stage": _CLEARED}
+        for row in failed.to_pylist()
+        if row["uri"] in done
+    ]
+    if cleared:
+        if not _log_entries(store):
+            _append_log(store, failed.to_pylist())
+        _append_log(store, cleared)
+        _write_summary(store)
+
+
+# --- the clip table ---------------------------------------------------------------------------
+
+
+def clips_to_table(columns: dict[str, np.ndarray]) -> pa.Table:
+    """Clip rows as numpy columns (``features`` ``(N, D)``) -> a :data:`CLIP_SCHEMA` table."""
+    feats = np.ascontiguousarray(columns["features"], dtype=np.float32)
+    n = feats.shape[0]
+    dim = feats.shape[1] if feats.ndim == 2 else 0
+    features = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * dim), pa.array(feats.reshape(-1)))
+    out = {}
+    for schema_field in CLIP_SCHEMA:
+        if schema_field.name == "features":
+            out["features"] = features
+        else:
+            out[schema_field.name] = pa.array(columns[schema_field.name], type=schema_field.type)
+    return pa.table(out, schema=CLIP_SCHEMA)
+
+
+def write_clip_file(store: str, table: pa.Table) -> str:
+    """Write clip rows as one atomic file named after its (video, cell, clip) keys.
+
+    The same clips always get the same name, so a retried task overwrites its
+    own file instead of adding a second copy.
+    """
+    keys = pa.table({k: table.column(k) for k in ("video_id", "cell", "clip_index")})
+    digest = hashlib.sha256(_table_bytes(keys)).hexdigest()[:32]
+    uri = uris.join(store, CLIPS_DIR, f"part-{digest}.parquet")
+    uris.write_bytes_atomic(uri, _table_bytes(table))
+    return uri
+
+
+def clip_files(store: str) -> list[str]:
+    fs, path = uris.filesystem(uris.join(store, CLIPS_DIR))
+    if not fs.exists(path):
+        return []
+    return sorted(fs.glob(f"{path.rstrip('/')}/part-*.parquet"))
+
+
+def iter_clip_batches(
+    store: str, files: Sequence[str], video_ids: Iterable[str], *, columns: Sequence[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Clip rows of ``video_ids`` from ``files`` (scheme-less paths), in record batches (bounded memory)."""
+    filesystem, _ = uris.pyarrow_filesystem(store)
+    dataset = pads.dataset(list(files), format="parquet", filesystem=filesystem, schema=CLIP_SCHEMA)
+    wanted = pa.array(sorted(set(video_ids)), type=pa.string())
+    yield from dataset.to_batches(
+        columns=list(columns) if columns else None, filter=pads.field("video_id").isin(wanted), batch_size=4096
+    )
+
+
+def read_clips(store: str, ids: Iterable[str] | None = None, *, cell: int | None = -1) -> pa.Table:
+    """The clip table of committed videos (or of ``video_ids``), one row per clip, sorted.
+
+    Rows a retried or killed run wrote twice count once; clips of videos that
+    were never committed (a run killed part-way) are left out. ``ids``: only
+these videos. ``cell``: -1 the
+    full-frame clips, a grid cell, or None for all.
+    """
+    files = clip_files(store)
+    committed = video_ids(store)
+    wanted = committed if ids is None else set(ids) & committed
+    if not files or not wanted:
+        return CLIP_SCHEMA.empty_table()
+    table = pa.Table.from_batches(list(iter_clip_batches(store, files, wanted)), schema=CLIP_SCHEMA)
+    if cell is not None:
+        table = table.filter(pa.compute.equal(table.column("cell"), cell))
+    table = table.sort_by([("video_id", "ascending"), ("cell", "ascending"), ("clip_index", "ascending")])
+    keys = list(zip(*(table.column(k).to_pylist() for k in ("video_id", "cell", "clip_index")), strict=True))
+    keep = [i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]]
+    return table.take(keep) if len(keep) != table.num_rows else table
+

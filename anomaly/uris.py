@@ -122,6 +122,46 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         raise AnomalyError(uri, f"cannot write: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
+def create_bytes(uri: str, data: bytes) -> bool:
+    """Create an object only if it does not exist yet; False when it already does (someone else won).
+
+    Local files: the data goes to a temporary file that is hard-linked to the
+    name (``link`` fails when the name exists, so a reader never sees a partial
+    file). Object stores: a conditional PUT (``If-None-Match: *``, s3fs's
+    ``mode="create"``).
+    """
+    fs, path = filesystem(uri)
+    try:
+        if is_local(uri):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return True
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                return False
+            raise
+        return True
+    except PermissionError as exc:
+        raise AnomalyError(uri, f"cannot write: access denied ({_first_line(exc)})") from exc
+    except OSError as exc:
+        raise AnomalyError(uri, f"cannot write: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
 # The temporary name write_bytes_atomic gives a local file until its rename: ".NAME.tmp-HEX32".
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{32}$")
 

@@ -3,6 +3,7 @@
 python -m ray_jobs.extract VIDEOS --out STORE --backbone NAME --weights PATH_OR_URI|none
     [--annotations FILE] [--frame-counts FILE ...] [--clip-len N] [--stride N] [--crop H,W]
     [--batch-size N] [--num-gpus-per-actor F] [--concurrency MIN,MAX] [--fps FPS] [--grid GxG]
+    [--window-seconds S]
     [--dataset ucf_crime|ucsd|avenue|shanghaitech|auto [--labels URI] [--masks URI] [--train-list FILE]]
 
 Folders of image frames (.tif/.jpg/.png/.bmp) are videos too. With --dataset ucsd, avenue or
@@ -18,10 +19,11 @@ from dataclasses import replace
 
 from anomaly import cli
 from anomaly.errors import AnomalyError
-from anomaly.extraction import VIDEO_EXTENSIONS, ExtractionSettings, extract
+from anomaly.extraction import ExtractionSettings, extract
 from anomaly.extractors import available_backbones
 from anomaly.grid import parse_grid
 from anomaly.ground_truth import DATASET_KINDS, DatasetTruth, GroundTruth, load_dataset
+from anomaly.listing import VIDEO_EXTENSIONS
 
 
 def _concurrency(text: str) -> tuple[int, int]:
@@ -127,6 +129,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "supervised ShanghaiTech split); all others are test. Default: the data set's own folders",
     )
     parser.add_argument(
+        "--window-seconds",
+        type=float,
+        default=300.0,
+        help="split videos longer than 1.5 windows into windows of this many seconds, each its own decode "
+        "task (a long recording parallelises; a lost task costs one window); 0: one task per video",
+    )
+    parser.add_argument(
         "--grid",
         default="1x1",
         help="also extract per-cell features on a GxG grid (2x2, 3x3) for localisation heat maps and "
@@ -153,6 +162,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtractionSettings:
         flush_every=args.flush_every,
         fps=args.fps_default,
         grid=parse_grid(args.grid),
+        window_seconds=args.window_seconds,
     )
 
 

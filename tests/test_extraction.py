@@ -21,17 +21,16 @@ from anomaly import cli, uris
 from anomaly import store as feature_store
 from anomaly.errors import AnomalyError
 from anomaly.extraction import (
-    ExtractionReport,
     ExtractionSettings,
-    SegmentAccumulator,
-    VideoCommitter,
+    VideoTracker,
     decode_video,
     extract,
     list_videos,
-    sanity_check,
+    sampling_of,
 )
 from anomaly.ground_truth import GroundTruth
-from anomaly.segments import pool_segments
+from anomaly.listing import assign_ids
+from anomaly.segments import SegmentAccumulator, pool_segments
 from anomaly.synthetic import make_video_set, write_annotations
 from ray_jobs import extract as extract_job
 
@@ -253,7 +252,7 @@ def test_list_videos_folder_list_file_and_duplicates(tmp_path):
     with pytest.raises(AnomalyError, match="no such folder"):
         list_videos(str(tmp_path / "missing"))
 
-    ids, failures = sanity_check(["s3://b/x/A1.mp4", "/data/B1.avi"])
+    ids, failures = assign_ids(["s3://b/x/A1.mp4", "/data/B1.avi"], None)
     assert ids == {"A1": "s3://b/x/A1.mp4", "B1": "/data/B1.avi"} and failures == []
     store = str(tmp_path / "store")
     with pytest.raises(AnomalyError, match=r"1 duplicate video ids .*A1: /y/A1.avi, s3://b/x/A1.mp4"):
@@ -277,52 +276,73 @@ def test_segment_accumulator_matches_pool_segments(num_clips):
         assert acc.rows is None  # long videos keep (32, D) sums, not every clip
 
 
-def _batch(video_id, indices, num_clips, error=""):
-    n = len(indices)
-    return {
-        "video_id": np.array([video_id] * n, dtype=object),
-        "uri": np.array([f"/v/{video_id}.mp4"] * n, dtype=object),
-        "clip_index": np.asarray(indices, dtype=np.int64),
-        "num_clips": np.full(n, num_clips),
-        "num_frames": np.full(n, num_clips * 8),
-        "fps": np.full(n, 25.0),
-        "error": np.array([error] * n, dtype=object),
-        "features": np.ones((n, DIM), dtype=np.float32),
-    }
+def _summary(video_id, kind, *, window=0, num_windows=1, runs=(), cell=-1, error="", eof=False, frames=-1):
+    """Summary rows as the clip-table writer returns them: runs of clip indices, or a window's end row."""
+    rows = [dict(kind="clips", lo=lo, hi=hi, cell=cell, file=f"/s/_clips/{video_id}-{lo}.parquet") for lo, hi in runs]
+    if kind == "end":
+        rows = [dict(kind="end", lo=-1, hi=-1, cell=-1, file="")]
+    n = len(rows)
+    batch = {key: np.array([r[key] for r in rows], dtype=object) for key in ("kind", "file")}
+    batch.update(
+        video_id=np.array([video_id] * n, dtype=object),
+        uri=np.array([f"/v/{video_id}.mp4"] * n, dtype=object),
+        window=np.full(n, window),
+        num_windows=np.full(n, num_windows),
+        cell=np.array([r["cell"] for r in rows]),
+        lo=np.array([r["lo"] for r in rows]),
+        hi=np.array([r["hi"] for r in rows]),
+        num_frames=np.full(n, frames),
+        eof=np.full(n, eof),
+        fps=np.full(n, 25.0),
+        error=np.array([error] * n, dtype=object),
+        window_clips=np.zeros(n, dtype=np.int64),
+    )
+    return batch
 
 
-def test_committer_drops_videos_that_fail_part_way_or_miss_clips(tmp_path):
-    """A mid-decode error row after some clips, or clips missing at the end, leave no row in the store."""
-    store = str(tmp_path / "store")
-    todo = {vid: f"/v/{vid}.mp4" for vid in ("Good", "Broken", "Short", "ErrorFirst")}
-    report = ExtractionReport(store=store)
-    committer = VideoCommitter(store, SETTINGS, SETTINGS.spec(), GroundTruth(), todo, report)
-    committer.consume(_batch("Broken", [0, 1], 4))
-    committer.consume(_batch("Good", [3, 1], 4))
-    committer.consume(_batch("Broken", [-1], 0, error="truncated: decoding failed after 20 frames"))
-    committer.consume(_batch("Broken", [2, 3], 4))  # late clips of a failed video are ignored
-    committer.consume(_batch("ErrorFirst", [-1], 0, error="not a video: x"))
-    committer.consume(_batch("ErrorFirst", [0, 1], 2))
-    committer.consume(_batch("Good", [0, 2], 4))
-    committer.consume(_batch("Short", [0, 1], 3))
-    committer.finish()
-    committer.flush()
-    assert report.extracted == ["Good"]
-    assert {f["video_id"]: (f["stage"], f["reason"]) for f in report.failed} == {
-        "Broken": ("decode", "truncated: decoding failed after 20 frames"),
-        "ErrorFirst": ("decode", "not a video: x"),
-        "Short": ("group", "incomplete: 2 of 3 clips"),
+def test_tracker_completes_only_whole_videos_and_fails_broken_ones():
+    """Out-of-order runs, duplicates and windows: complete only when every window ended and every clip is in."""
+    tracker = VideoTracker(clip_len=8, stride=8, cells=0)
+    done, failed = [], []
+
+    def feed(batch):
+        complete, broken = tracker.consume(batch)
+        done.extend(video_id for video_id, _ in complete)
+        failed.extend(broken)
+
+    # "Long": 3 windows, 80 frames = 10 clips; the end rows overtake some clip runs; a run arrives twice.
+    feed(_summary("Long", "clips", window=0, num_windows=3, runs=[(0, 3)]))
+    feed(_summary("Long", "end", window=1, num_windows=3))
+    feed(_summary("Long", "end", window=0, num_windows=3))
+    feed(_summary("Long", "end", window=2, num_windows=3, eof=True, frames=80))
+    feed(_summary("Long", "clips", window=1, num_windows=3, runs=[(4, 6), (4, 5)]))
+    assert done == []  # clips 7..9 still missing
+    feed(_summary("Long", "clips", window=2, num_windows=3, runs=[(7, 9)]))
+    assert done == ["Long"]
+    # "Broken": clips, then a window's error: failed, and later rows are ignored.
+    feed(_summary("Broken", "clips", runs=[(0, 1)], num_windows=2))
+    feed(_summary("Broken", "end", window=1, num_windows=2, error="truncated or corrupt: decoding failed after 20 frames"))
+    feed(_summary("Broken", "end", window=0, num_windows=2))
+    # "Short": all windows ended, clips missing at the end of the stream.
+    feed(_summary("Short", "clips", runs=[(0, 1)]))
+    feed(_summary("Short", "end", eof=True, frames=24))
+    failed.extend(tracker.finish(["Long", "Broken", "Short", "Never"]))
+    assert done == ["Long"]
+    assert {video_id: reason for video_id, _, reason in failed} == {
+        "Broken": "truncated or corrupt: decoding failed after 20 frames",
+        "Short": "incomplete: 2 of 3 clips",
+        "Never": "no output from the decode stage",
     }
-    assert set(store_rows(store)) == {"Good"}
-    assert len(feature_store.read_failures(store)) == 3
 
 
 def test_decode_stage_never_raises(local_videos, tmp_path):
     folder, _, videos = local_videos
-    spec = SETTINGS.spec()
-    rows = list(decode_video({"uri": videos[0].uri, "video_id": videos[0].video_id}, spec=spec, stride=8))
-    assert [r["clip_index"] for r in rows] == list(range(NUM_FRAMES // 8))
-    assert all(r["num_clips"] == 10 and r["error"] == "" and r["clip"].shape == (8, 32, 32, 3) for r in rows)
+    sampling = sampling_of(SETTINGS, SETTINGS.spec())
+    rows = list(decode_video({"uri": videos[0].uri, "video_id": videos[0].video_id}, sampling=sampling))
+    clips, [end] = rows[:-1], rows[-1:]
+    assert [r["clip_index"] for r in clips] == list(range(NUM_FRAMES // 8))
+    assert all(r["kind"] == "clip" and r["error"] == "" and r["clip"].shape == (8, 32, 32, 3) for r in clips)
+    assert end["kind"] == "end" and end["eof"] and end["num_frames"] == NUM_FRAMES and end["window_clips"] == 10
     for name in ("Empty001_x264.mp4", "Text001_x264.mp4", "Missing001.mp4"):
-        [row] = decode_video({"uri": f"{folder}/{name}", "video_id": name[:-4]}, spec=spec, stride=8)
-        assert row["error"] and row["clip_index"] == -1 and row["clip"].shape == (8, 32, 32, 3)
+        [row] = decode_video({"uri": f"{folder}/{name}", "video_id": name[:-4]}, sampling=sampling)
+        assert row["error"] and row["kind"] == "end" and row["clip"].shape == (8, 32, 32, 3)

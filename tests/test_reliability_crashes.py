@@ -23,7 +23,7 @@ import torch
 from helpers import cmdline, descendants, write_h264
 
 from anomaly import store as feature_store
-from anomaly.extraction import ExtractionSettings, decode_video, extract
+from anomaly.extraction import ExtractionSettings, decode_video, extract, sampling_of
 from anomaly.extractors import ClipFeatureExtractor
 from anomaly.segments import pool_segments
 from anomaly.synthetic.features import make_feature_store
@@ -69,8 +69,9 @@ def store_features(store: str) -> dict[str, np.ndarray]:
 def direct_features(uri: str, video_id: str) -> np.ndarray:
     """The reference without Ray: decode, run the same backbone, pool into 32 segments."""
     spec = SETTINGS.spec()
-    rows = list(decode_video({"uri": uri, "video_id": video_id}, spec=spec, stride=spec.clip_len))
-    assert rows and not rows[0]["error"]
+    rows = list(decode_video({"uri": uri, "video_id": video_id}, sampling=sampling_of(SETTINGS, spec)))
+    assert rows and not rows[-1]["error"]
+    rows = [r for r in rows if r["kind"] == "clip"]
     model = ClipFeatureExtractor("r3d_18", None, crop=spec.crop, clip_len=spec.clip_len, device="cpu")
     out = model({"clip": np.stack([r["clip"] for r in rows])})
     order = np.argsort([r["clip_index"] for r in rows])

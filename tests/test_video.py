@@ -286,6 +286,21 @@ def test_a_folder_is_probed_as_frames_not_as_a_file(tmp_path):
     assert (info.video_id, info.num_frames, info.fps, info.width, info.height) == ("Cam_07", 3, 10.0, 64, 48)
 
 
+def test_avi_whose_header_declares_twice_its_frames_is_extracted_with_a_warning(tmp_path, caplog):
+    """Container frame counts are hints: every frame decodes, so the video is whole, not 'truncated'."""
+    from anomaly.synthetic import make_video
+
+    path = str(tmp_path / "odd.avi")
+    make_video(path, num_frames=40, height=32, width=32, container="avi", declared_frames=80)
+    with av.open(path) as container:
+        assert container.streams.video[0].frames == 80  # the lie is what FFmpeg reports
+    reader = open_video(path)
+    with caplog.at_level("WARNING", logger="anomaly.video.pyav"):
+        clips = list(reader.iter_clips(clip_len=8, stride=8))
+    assert len(clips) == 5 and reader.eof and reader.num_frames == 40
+    assert "declares 80 frames, 40 decode" in caplog.text
+
+
 # --------------------------------------------------------------------------- ids
 
 

@@ -130,12 +130,9 @@ class BackboneSpec:
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) a ``height x width`` frame has after ``resize``, computed as torchvision does."""
-        if len(self.resize) == 2:
-            return (self.resize[0], self.resize[1])
-        side = self.resize[0]
-        if height <= width:
-            return side, int(side * width / height)
-        return int(side * height / width), side
+        from anomaly.video.reader import resized_shape
+
+        return resized_shape(self.resize, height, width)
 
 
 def _positive_int(value: object, where: str) -> int:

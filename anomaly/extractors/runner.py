@@ -6,12 +6,18 @@ uint8 -> float conversion, normalisation and the ``(B, T, H, W, C) -> (B, C,
 T, H, W)`` layout change, so only a quarter of the bytes cross the PCIe bus.
 
 Usable without Ray: ``ClipFeatureExtractor("r3d_18", None)({"clip": clips, ...})``.
+
+Rows whose ``kind`` column is not ``"clip"`` (the decode stage's end rows) pass
+through with zero features and cost no model time. ``post``: a callable applied
+to every output batch on the actor (e.g. a scorer head), so a pipeline can run
+more than the backbone on the workers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -95,8 +101,18 @@ class ClipFeatureExtractor:
         clip_len: int | None = None,
         device: str = "auto",
         amp: bool = True,
+        require_gpu: bool = False,
+        post: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        if require_gpu and self.device.type != "cuda":
+            # Ray reserved a GPU for this actor but torch cannot use it: refuse a 100x slower CPU run.
+            raise AnomalyError(
+                "--num-gpus-per-actor",
+                f"GPUs were asked for, but torch on this node sees no CUDA device (device {self.device}, "
+                f"torch {torch.__version__}, CUDA build {torch.version.cuda})",
+            )
+        self.post = post
         spec = get_backbone(backbone)
         self.spec = spec.with_input_size(crop=crop, clip_len=clip_len)
         self.model, self.weights_sha256 = load_backbone(backbone, weights, device=self.device)
@@ -116,9 +132,16 @@ class ClipFeatureExtractor:
             raise AnomalyError("batch", f"no {CLIP_COLUMN!r} column; columns are {sorted(batch)}")
         out = {key: value for key, value in batch.items() if key != CLIP_COLUMN}
         clips = batch[CLIP_COLUMN]
-        if len(clips) == 0:
-            out[FEATURES_COLUMN] = np.zeros((0, self.spec.feature_dim), dtype=np.float32)
-            return out
+        rows = np.arange(len(clips))
+        if "kind" in batch:  # end rows of the decode stage: no model work
+            rows = np.flatnonzero(np.asarray(batch["kind"]).astype(str) == "clip")
+        features = np.zeros((len(clips), self.spec.feature_dim), dtype=np.float32)
+        if rows.size:
+            features[rows] = self._features(clips if rows.size == len(clips) else np.asarray(clips)[rows])
+        out[FEATURES_COLUMN] = features
+        return self.post(out) if self.post is not None else out
+
+    def _features(self, clips: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = preprocess_clips(clips, self.spec, self.device)
             autocast = (
@@ -128,5 +151,4 @@ class ClipFeatureExtractor:
             )
             with autocast:
                 features = self.model(x)
-            out[FEATURES_COLUMN] = features.float().cpu().numpy()
-        return out
+            return features.float().cpu().numpy()

@@ -264,10 +264,13 @@ def _encoder() -> str:
     raise AnomalyError("PyAV", "no H.264 or MPEG-4 encoder in this FFmpeg build")
 
 
-def _encode(path: str, frames, *, num_frames: int, fps: float, height: int, width: int) -> None:
-    """Write an MP4 with its index first (faststart), so readers can stream it."""
+def _encode(
+    path: str, frames, *, num_frames: int, fps: float, height: int, width: int, container_format: str = "mp4"
+) -> None:
+    """Write an MP4 with its index first (faststart), so readers can stream it (or another container)."""
     codec = _encoder()
-    with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    options = {"movflags": "+faststart"} if container_format == "mp4" else {}
+    with av.open(path, mode="w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
@@ -300,8 +303,15 @@ def make_video(
     event: str | None = None,
     interval: tuple[int, int] | None = None,
     seed: int = 0,
+    container: str = "mp4",
+    declared_frames: int | None = None,
 ) -> SyntheticVideo:
     """Render and write one video to ``uri`` (any fsspec URI); readers never see a partial file.
+
+    ``container``: ``"mp4"`` (H.264, faststart) or ``"avi"``, ``"matroska"``.
+    ``declared_frames`` (AVI only): patch the header's frame counts (``avih``
+    total frames, ``strh`` length) to this wrong value, as some recorders do:
+    a valid file whose container lies about its length.
 
     ``event`` (one of :data:`EVENTS`) happens during ``interval`` (0-based
     ``[start, end)``; default: the middle 30 %). Encoded to a local temporary
@@ -325,10 +335,15 @@ def make_video(
         interval = (start, end)
     scene = _Scene(np.random.default_rng(seed), height, width, event, interval)
     with tempfile.TemporaryDirectory(prefix="synthetic-video-") as tmp:
-        local = os.path.join(tmp, "video.mp4")
-        _encode(local, scene.render, num_frames=num_frames, fps=fps, height=height, width=width)
+        local = os.path.join(tmp, "video")
+        _encode(
+            local, scene.render, num_frames=num_frames, fps=fps, height=height, width=width, container_format=container
+        )
         with open(local, "rb") as handle:
-            uris.write_bytes_atomic(uri, handle.read())
+            data = handle.read()
+        if declared_frames is not None:
+            data = _patch_avi_frame_count(uri, data, declared_frames)
+        uris.write_bytes_atomic(uri, data)
     logger.debug("wrote %s (%d frames, %s, interval %s)", uri, num_frames, anomaly_class, interval)
     return SyntheticVideo(
         video_id=video_id,
@@ -338,6 +353,18 @@ def make_video(
         anomaly_class=anomaly_class,
         interval=interval,
     )
+
+
+def _patch_avi_frame_count(uri: str, data: bytes, frames: int) -> bytes:
+    """An AVI whose ``avih`` dwTotalFrames and video ``strh`` dwLength say ``frames``."""
+    if data[:4] != b"RIFF" or data[8:12] != b"AVI ":
+        raise AnomalyError(uri, "declared_frames needs container='avi'")
+    out = bytearray(data)
+    avih = out.index(b"avih") + 8  # chunk data: dwMicroSecPerFrame, dwMaxBytesPerSec, dwPadding, dwFlags, dwTotalFrames
+    out[avih + 16 : avih + 20] = int(frames).to_bytes(4, "little")
+    strh = out.index(b"strh") + 8  # fccType, fccHandler, dwFlags, wPriority+wLanguage, dwInitialFrames,
+    out[strh + 32 : strh + 36] = int(frames).to_bytes(4, "little")  # dwScale, dwRate, dwStart, dwLength
+    return bytes(out)
 
 
 def _spread(count: int, fraction: float) -> set[int]:
