@@ -1,15 +1,19 @@
-"""Feature extraction throughput and memory, side by side in one run on the same synthetic videos.
+"""Extraction, the old design (driver folds every clip) against the new (workers write), side by side in one run.
 
-1. raw decode: ``anomaly.video.iter_clips`` over every video in one process (frames/s, clips/s),
-   and the decode stage as the pipeline runs it (``decode_video``: probe + clips);
-2. model only: ``ClipFeatureExtractor`` on pre-made uint8 clips (clips/s), with the threads one
-   model actor gets (``--num-cpus-per-actor``) on CPU, or on the GPU with ``--device cuda``;
-3. a plain single-process loop: decode -> model, one video after another (all cores for torch);
-4. the Ray pipeline (``anomaly.extraction.extract``) into a fresh store, end to end and after its
-   first video (actor start-up excluded);
-5. peak RSS of the decode stage on one video and on a 10x longer one (must not grow with length).
+1. driver CPU seconds per 1,000 clips at D = 512 and D = 4,096, for 2 clip counts: old = the
+   driver-side fold of every feature row (``SegmentAccumulator.add`` per batch + the bag row's
+   Parquet write, what ``VideoCommitter`` did); new = ``VideoTracker.consume`` of the summary rows
+   the clip-table writer returns for the same batches (runs of clip indices; no features);
+2. bytes read from storage per video relative to its size (``/proc/self/io`` rchar): old = probe
+   (a full decode) + clip pass; new = header read + one decode pass;
+3. decode-worker peak RSS (VmHWM, a fresh subprocess each): old = the decode stage with torch and
+   torchvision imported (the old module imported them); new = ``anomaly.extraction.decode`` alone;
+4. pipeline clips/s against model-only, with 1 and 2 actors: the old stream (feature rows folded
+   in the driver, ``anomaly.extraction.feature_rows``) and the new ``extract``, with the driver's
+   CPU seconds of each run;
+5. a long video split into windows against the same video as one task (wall seconds).
 
-    python benchmarks/extract.py [--quick] [--videos 8 --seconds 10] [--device cuda --num-gpus-per-actor 1]
+    python benchmarks/extract.py [--quick] [--device cuda --num-gpus-per-actor 1 --concurrency 2]
 """
 
 from __future__ import annotations
@@ -22,114 +26,170 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
-import torch
 
 from anomaly import uris
-from anomaly.extraction import ExtractionSettings, decode_video, extract
-from anomaly.extractors import ClipFeatureExtractor
-from anomaly.synthetic import make_video, make_video_set
-from anomaly.video import iter_clips, probe_video
+from anomaly.extraction import ExtractionSettings, VideoTracker, extract, sampling_of
+from anomaly.extraction.decode import decode_window, plan_video
+from anomaly.synthetic import make_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RSS_SCRIPT = """
-import json, resource, sys
-from anomaly.extraction import ExtractionSettings, decode_video
+import json, sys
+old = sys.argv[2] == "old"
+if old:
+    import torch, torchvision  # noqa: F401 - what the old decode stage's imports pulled in
+from anomaly.extraction.decode import ClipSampling, decode_video
 
-def kib(key):  # Linux: VmHWM is the peak RSS, VmRSS the current one
+def kib(key):
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith(key + ":"))
 
-settings = ExtractionSettings(**json.loads(sys.argv[2]))
-spec = settings.spec()
-with open("/proc/self/clear_refs", "w") as refs:
-    refs.write("5")  # reset the peak to the current RSS: the imports' transient peak is not the decode's
-before = kib("VmHWM")
-rows = decode_video({"uri": sys.argv[1], "video_id": "v"}, spec=spec, stride=settings.effective_stride(spec))
-clips = sum(1 for row in rows if not row["error"])
-print(json.dumps({"clips": clips, "before_kib": before, "after_kib": kib("VmHWM")}))
+s = ClipSampling(clip_len=16, stride=16, crop=(112, 112), resize=(128, 171), threads=1)
+clips = sum(1 for row in decode_video({"uri": sys.argv[1], "video_id": "v"}, sampling=s) if row["kind"] == "clip")
+print(json.dumps({"clips": clips, "peak_kib": kib("VmHWM"), "torch": "torch" in sys.modules}))
 """
 
 
-def decode_rate(video_uris: list[str], spec, stride: int, repeats: int = 3) -> tuple[float, float, int, int]:
-    """(seconds in iter_clips alone, seconds in decode_video = probe + clips, frames, clips), best of ``repeats``."""
-    sizes, frames = {}, 0
-    for uri in video_uris:
-        info = probe_video(uri)  # sizes the resize as the pipeline does; not part of the raw rate
-        frames += info.num_frames
-        sizes[uri] = spec.resized_shape(info.height, info.width)
-    raw = stage = float("inf")
-    for _ in range(repeats):  # best of: the machine may be shared, and the first pass warms caches
-        clips = 0
-        started = time.perf_counter()
-        for uri in video_uris:
-            for _ in iter_clips(uri, clip_len=spec.clip_len, stride=stride, size=sizes[uri], crop=spec.crop):
-                clips += 1
-        raw = min(raw, time.perf_counter() - started)
-        started = time.perf_counter()
-        for uri in video_uris:
-            for _ in decode_video({"uri": uri, "video_id": "v"}, spec=spec, stride=stride):
-                pass
-        stage = min(stage, time.perf_counter() - started)
-    return raw, stage, frames, clips
+def rchar() -> int:
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
 
 
-def model_rate(settings: ExtractionSettings, spec, batches: int) -> float:
-    extractor = ClipFeatureExtractor(
-        settings.backbone, settings.weights, crop=spec.crop, clip_len=spec.clip_len, device=settings.device
-    )
+# ------------------------------------------------------------------------------------------ (1)
+
+
+def old_driver_seconds(num_clips: int, dim: int, batch: int, per_video: int, store: str) -> float:
+    """The old fold: every feature row through the driver, per-video sums, the bag row written."""
+    from anomaly import store as feature_store
+    from anomaly.segments import SegmentAccumulator
+
     rng = np.random.default_rng(0)
-    clips = rng.integers(0, 256, size=(settings.batch_size, spec.clip_len, *spec.crop, 3), dtype=np.uint8)
-    extractor({"clip": clips})  # warm-up: allocators, cuDNN autotuning
-    _sync(extractor)
+    feats = rng.normal(size=(batch, dim)).astype(np.float32)
+    videos = num_clips // per_video
+    started = time.process_time()
+    for v in range(videos):
+        acc = SegmentAccumulator(per_video, dim)
+        for lo in range(0, per_video, batch):
+            index = np.arange(lo, min(lo + batch, per_video))
+            acc.add(index, feats[: len(index)])
+        row = {"video_id": f"v{v}", "split": "train", "label": 0, "anomaly_class": "Normal", "backbone": "b"}
+        feature_store.write_rows(store, [{**row, "features": acc.pooled()}])
+    return time.process_time() - started
+
+
+def summary_batch(video: str, lo: int, hi: int, end: bool, frames: int) -> dict:
+    kind = ["clips", "end"] if end else ["clips"]
+    n = len(kind)
+    return {
+        "kind": np.array(kind, dtype=object),
+        "video_id": np.array([video] * n, dtype=object),
+        "uri": np.array([f"/v/{video}.mp4"] * n, dtype=object),
+        "window": np.zeros(n, dtype=np.int64),
+        "num_windows": np.ones(n, dtype=np.int64),
+        "cell": np.full(n, -1),
+        "lo": np.array([lo, -1][:n]),
+        "hi": np.array([hi, -1][:n]),
+        "file": np.array(["/s/_clips/part-x.parquet", ""][:n], dtype=object),
+        "num_frames": np.array([-1, frames][:n]),
+        "eof": np.array([False, True][:n]),
+        "fps": np.full(n, 25.0),
+        "error": np.array([""] * n, dtype=object),
+        "window_clips": np.zeros(n, dtype=np.int64),
+    }
+
+
+def new_driver_seconds(num_clips: int, batch: int, per_video: int) -> float:
+    """The new driver: one summary batch (runs of clip indices) per model batch; D never appears."""
+    tracker = VideoTracker(clip_len=16, stride=16, cells=0)
+    batches = [
+        summary_batch(f"v{v}", lo, min(lo + batch, per_video) - 1, lo + batch >= per_video, per_video * 16)
+        for v in range(num_clips // per_video)
+        for lo in range(0, per_video, batch)
+    ]
+    started = time.process_time()
+    done = 0
+    for item in batches:
+        complete, _ = tracker.consume(item)
+        done += len(complete)
+    assert done == num_clips // per_video
+    return time.process_time() - started
+
+
+# ------------------------------------------------------------------------------------------ (2)
+
+
+def bytes_read(uri: str, settings: ExtractionSettings) -> tuple[float, float]:
+    """(old, new) bytes read / file size for one video."""
+    from anomaly.extraction.feature_rows import decode_probed
+
+    size = os.path.getsize(uri)
+    sampling = sampling_of(settings, settings.spec())
+    before = rchar()
+    for _ in decode_probed({"uri": uri, "video_id": "v"}, sampling=sampling):
+        pass
+    old = rchar() - before
+    before = rchar()
+    for window in plan_video({"uri": uri, "video_id": "v"}, sampling=sampling):
+        for _ in decode_window(window, sampling=sampling):
+            pass
+    new = rchar() - before
+    return old / size, new / size
+
+
+# ------------------------------------------------------------------------------------------ (4)
+
+
+def old_pipeline(todo: dict[str, str], settings: ExtractionSettings) -> tuple[int, float, float]:
+    """The old design end to end: feature rows into the driver, folded there. (clips, wall, driver CPU)."""
+    from anomaly.extraction.feature_rows import build_feature_rows
+    from anomaly.segments import SegmentAccumulator
+
+    spec = settings.spec()
+    acc: dict[str, SegmentAccumulator] = {}
+    clips = 0
+    wall, cpu = time.monotonic(), time.process_time()
+    for batch in build_feature_rows(todo, settings, spec).iter_batches(batch_size=None, batch_format="numpy"):
+        for video_id in np.unique(batch["video_id"]):
+            rows = np.flatnonzero(batch["video_id"] == video_id)
+            target = acc.setdefault(str(video_id), SegmentAccumulator(int(batch["num_clips"][rows[0]]), spec.feature_dim))
+            target.add(batch["clip_index"][rows], batch["features"][rows])
+            clips += len(rows)
+    assert all(a.complete for a in acc.values())
+    return clips, time.monotonic() - wall, time.process_time() - cpu
+
+
+def new_pipeline(todo: dict[str, str], settings: ExtractionSettings, store: str) -> tuple[int, float, float]:
+    wall, cpu = time.monotonic(), time.process_time()
+    report = extract(todo, store, settings)
+    assert len(report.extracted) == len(todo), report.summary()
+    return report.num_clips, time.monotonic() - wall, time.process_time() - cpu
+
+
+def model_rate(settings: ExtractionSettings, batches: int = 6) -> float:
+    import torch
+
+    from anomaly.extractors import ClipFeatureExtractor
+
+    spec = settings.spec()
+    threads = torch.get_num_threads()
+    if settings.device == "cpu":
+        torch.set_num_threads(max(1, int(settings.num_cpus_per_actor)))  # what one actor gets
+    model = ClipFeatureExtractor(settings.backbone, None, crop=spec.crop, clip_len=spec.clip_len, device=settings.device)
+    clips = np.random.default_rng(0).integers(0, 256, (settings.batch_size, spec.clip_len, *spec.crop, 3), np.uint8)
+    model({"clip": clips})
     seconds = []
     for _ in range(batches):
         started = time.perf_counter()
-        extractor({"clip": clips})
-        _sync(extractor)
+        model({"clip": clips})
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
-    return settings.batch_size / float(np.median(seconds))  # the median batch: robust to a busy neighbour
-
-
-def _sync(extractor: ClipFeatureExtractor) -> None:
-    if extractor.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def single_process(video_uris: list[str], settings: ExtractionSettings, spec) -> float:
-    """clips/s of decode -> model in one loop, batching clips of one video at a time."""
-    extractor = ClipFeatureExtractor(
-        settings.backbone, settings.weights, crop=spec.crop, clip_len=spec.clip_len, device=settings.device
-    )
-    stride = settings.effective_stride(spec)
-    clips = 0
-    started = time.perf_counter()
-    for uri in video_uris:
-        info = probe_video(uri)
-        size = spec.resized_shape(info.height, info.width)
-        batch = []
-        for clip in iter_clips(uri, clip_len=spec.clip_len, stride=stride, size=size, crop=spec.crop):
-            batch.append(clip.frames)
-            if len(batch) == settings.batch_size:
-                extractor({"clip": np.stack(batch)})
-                clips, batch = clips + len(batch), []
-        if batch:
-            extractor({"clip": np.stack(batch)})
-            clips += len(batch)
-    _sync(extractor)
-    return clips / (time.perf_counter() - started)
-
-
-def peak_rss(uri: str, settings: ExtractionSettings) -> dict:
-    fields = {"backbone": settings.backbone, "clip_len": settings.clip_len, "crop": settings.crop}
-    out = subprocess.run(
-        [sys.executable, "-c", RSS_SCRIPT, uri, json.dumps(fields)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    torch.set_num_threads(threads)
+    return settings.batch_size / float(np.median(seconds))
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -138,33 +198,40 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--videos", type=int, default=8, help="synthetic videos")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each video")
-    parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument(
-        "--size", type=_pair, default=(240, 320), help="H,W of the videos (UCF-Crime: 240,320)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=12.0, help="length of each pipeline video")
+    parser.add_argument("--long-seconds", type=float, default=60.0, help="length of the long recording")
+    parser.add_argument("--size", type=_pair, default=(240, 320), help="H,W of the videos (UCF-Crime: 240,320)")
     parser.add_argument("--backbone", default="r3d_18")
-    parser.add_argument("--crop", type=_pair, default=(112, 112), help="model input H,W")
+    parser.add_argument("--crop", type=_pair, default=(112, 112))
     parser.add_argument("--clip-len", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0)
-    parser.add_argument("--num-cpus-per-actor", type=float, default=1.0)
-    parser.add_argument("--concurrency", type=int, default=1, help="model actors")
-    parser.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decoding task")
-    parser.add_argument("--model-batches", type=int, default=8, help="batches timed for the model-only rate")
+    parser.add_argument("--concurrency", type=int, default=2, help="the larger actor count of (4)")
+    parser.add_argument("--window-seconds", type=float, default=15.0, help="window length for (5)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    parser.add_argument(
-        "--quick", action="store_true", help="6 videos x 8 s at 64x64: about a minute on 2 cores"
-    )
-    parser.add_argument("--out", default=None, help="folder for the videos and stores (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="small videos and crops: a few minutes on 2 cores")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.quick:
-        args.videos, args.seconds, args.crop = 6, 8.0, (64, 64)
+        args.videos, args.seconds, args.long_seconds, args.crop, args.size = 4, 8.0, 40.0, (32, 32), (96, 128)
+        args.clip_len, args.window_seconds = 8, 10.0
+    root = args.out or tempfile.mkdtemp(prefix="bench-extract-")
+    height, width = args.size
+    print(f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, device {args.device}")
+
+    # (1) driver CPU per 1,000 clips
+    print("(1) driver CPU s per 1,000 clips (batches of 64 clips, 500 clips per video)")
+    for dim in (512, 4096):
+        for clips in (5_000, 20_000):
+            old = old_driver_seconds(clips, dim, 64, 500, uris.join(root, f"old-{dim}-{clips}"))
+            new = new_driver_seconds(clips, 64, 500)
+            print(
+                f"    D={dim:5d} {clips:6d} clips: old {1000 * old / clips:7.4f}  new {1000 * new / clips:7.4f}"
+                f"  old/new = {old / max(new, 1e-9):6.1f}x"
+            )
 
     settings = ExtractionSettings(
         backbone=args.backbone,
@@ -173,90 +240,62 @@ def main() -> None:
         crop=args.crop,
         batch_size=args.batch_size,
         num_gpus_per_actor=args.num_gpus_per_actor,
-        num_cpus_per_actor=args.num_cpus_per_actor,
-        concurrency=(args.concurrency, args.concurrency),
-        decode_num_cpus=args.decode_cpus,
         device=args.device,
         flush_every=4,
+        window_seconds=0.0,
     )
-    spec = settings.validate()
-    stride = settings.effective_stride(spec)
-    root = args.out or tempfile.mkdtemp(prefix="bench-extract-")
-    frames_per_video = int(args.seconds * args.fps)
-    height, width = args.size
-    videos = make_video_set(
-        uris.join(root, "videos"),
-        num_normal=args.videos // 2,
-        num_abnormal=args.videos - args.videos // 2,
-        num_frames=frames_per_video,
-        fps=args.fps,
-        height=height,
-        width=width,
-        seed=0,
-    )
-    video_uris = [v.uri for v in videos]
-    cores = os.cpu_count()
+    long_uri = uris.join(root, "long", "rec.mp4")
+    make_video(long_uri, num_frames=int(args.long_seconds * 25), height=height, width=width, seed=9)
+
+    # (2) bytes read
+    old_ratio, new_ratio = bytes_read(long_uri, settings)
+    print(f"(2) bytes read / file size ({os.path.getsize(long_uri) / 1e6:.1f} MB): old {old_ratio:.2f}  new {new_ratio:.2f}")
+
+    # (3) decode-worker peak RSS
+    rss = {}
+    for design in ("old", "new"):
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, long_uri, design],
+            check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO},
+        )
+        rss[design] = json.loads(out.stdout.strip().splitlines()[-1])
     print(
-        f"{len(videos)} videos x {frames_per_video} frames ({height}x{width} H.264), {args.backbone} at "
-        f"{spec.clip_len}x{spec.crop[0]}x{spec.crop[1]}, batch {args.batch_size}, device {args.device}, "
-        f"{cores} cores, {platform.processor() or platform.machine()}"
+        f"(3) decode worker peak RSS: old (torch imported) {rss['old']['peak_kib'] / 1024:.0f} MiB, "
+        f"new {rss['new']['peak_kib'] / 1024:.0f} MiB (torch loaded: {rss['new']['torch']})"
     )
 
-    raw_s, stage_s, frames, clips = decode_rate(video_uris, spec, stride)
-    decode_clips = clips / raw_s
-    print(f"(1) decode, iter_clips      {frames / raw_s:8.0f} frames/s  {decode_clips:7.1f} clips/s")
-    print(
-        f"    decode stage (probe+clips) {frames / stage_s:7.0f} frames/s  {clips / stage_s:7.1f} clips/s "
-        f"(probe adds {100 * (stage_s / raw_s - 1):.0f} %)"
-    )
-
-    threads = torch.get_num_threads()
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, int(args.num_cpus_per_actor)))  # what one model actor gets
-    one_actor = model_rate(settings, spec, args.model_batches)
-    model_clips = one_actor * args.concurrency  # what the pipeline's actors could do at most
-    print(
-        f"(2) model only              {model_clips:7.1f} clips/s ({args.concurrency} x {one_actor:.1f}, "
-        f"{torch.get_num_threads()} torch threads each)"
-    )
-    torch.set_num_threads(threads)
-
-    single = single_process(video_uris, settings, spec)
-    print(f"(3) single-process loop     {single:7.1f} clips/s ({threads} torch threads)")
-
-    import ray  # started only now, so its idle workers do not disturb (1)-(3)
+    # (4) pipeline vs model only, 1 and 2 actors
+    import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    store = uris.join(root, f"store-{int(time.time())}")
-    report = extract(video_uris, store, settings)
-    assert len(report.extracted) == len(videos), report.summary()
-    end_to_end = report.num_clips / report.seconds
-    per_video = report.num_clips / len(report.extracted)
-    after_first = report.seconds - report.first_commit_seconds
-    steady = (
-        (report.num_clips - per_video) / after_first if len(videos) > 2 and after_first > 1 else end_to_end
-    )
-    print(
-        f"(4) Ray pipeline            {end_to_end:7.1f} clips/s end to end ({report.seconds:.1f} s), "
-        f"{steady:.1f} clips/s after the first video (at {report.first_commit_seconds:.1f} s: start-up)"
-    )
-    slower = min(decode_clips, model_clips)
-    print(f"    pipeline / model only     = {steady / model_clips:.2f}")
-    print(f"    pipeline / decode         = {steady / decode_clips:.2f}")
-    print(f"    pipeline / slower of 1,2  = {steady / slower:.2f}  (target >= 0.9)")
-    print(f"    pipeline / single-process = {steady / single:.2f}x  (end to end {end_to_end / single:.2f}x)")
-    ray.shutdown()
-
-    short = videos[0]
-    long_uri = uris.join(root, "long", "Normal_Videos_999_x264.mp4")
-    make_video(long_uri, num_frames=10 * short.num_frames, fps=args.fps, height=height, width=width, seed=9)
-    rss_short, rss_long = peak_rss(short.uri, settings), peak_rss(long_uri, settings)
-    for name, rss in (("1x", rss_short), ("10x", rss_long)):
+    todo = {}
+    for i in range(args.videos):
+        uri = uris.join(root, "videos", f"v{i}.mp4")
+        make_video(uri, num_frames=int(args.seconds * 25), height=height, width=width, seed=i)
+        todo[f"v{i}"] = uri
+    model = model_rate(settings)
+    for actors in sorted({1, args.concurrency}):
+        run = replace(settings, concurrency=(actors, actors))
+        clips, wall_old, cpu_old = old_pipeline(todo, run)
+        clips_new, wall_new, cpu_new = new_pipeline(todo, run, uris.join(root, f"store-{actors}"))
         print(
-            f"(5) decode stage, {name:3s} video ({rss['clips']:4d} clips): peak RSS {rss['after_kib'] / 1024:6.1f} MiB "
-            f"(+{(rss['after_kib'] - rss['before_kib']) / 1024:.1f} MiB over the imports)"
+            f"(4) {actors} actor(s): model only {actors * model:6.1f} clips/s | old pipeline {clips / wall_old:6.1f} "
+            f"clips/s (driver CPU {cpu_old:.1f} s) | new {clips_new / wall_new:6.1f} clips/s (driver CPU {cpu_new:.1f} s)"
+            f" | new/model {clips_new / wall_new / (actors * model):.2f}"
         )
+
+    # (5) a long video: windows vs one task
+    one = replace(settings, concurrency=(1, 1))
+    _, wall_one, _ = new_pipeline({"rec": long_uri}, one, uris.join(root, "long-one"))
+    split = replace(one, window_seconds=args.window_seconds)
+    _, wall_split, _ = new_pipeline({"rec": long_uri}, split, uris.join(root, "long-split"))
+    windows = len(plan_video({"uri": long_uri, "video_id": "rec"}, sampling=sampling_of(split, split.spec())))
+    print(
+        f"(5) {args.long_seconds:.0f}-s recording: one task {wall_one:.1f} s, {windows} windows {wall_split:.1f} s "
+        f"(one/windows = {wall_one / wall_split:.2f}x)"
+    )
+    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_two_runs_with_other_settings_at_once_one_is_refused(tmp_path, s3_bucket
         refused = [outcome for outcome in outcomes if outcome != "ok"]
         assert len(refused) == 1 and outcomes.count("ok") == 1, outcomes
         assert refused[0].startswith(f"{store}: store was made with other settings: clip_len="), outcomes
-        recorded = feature_store.read_metadata(store)["clip_len"]
+        recorded = feature_store.read_metadata(store).clip_len
         assert f"clip_len={recorded!r} (store)" in refused[0]
 
         # Failure records of two writers at once: both kept (an append-only log, not a rewrite).

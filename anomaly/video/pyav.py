@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 # small enough that many concurrent readers stay cheap (s3fs defaults to 50 MiB).
 READ_BLOCK_SIZE = 4 * 1024 * 1024
 # Reading only the header (planning windows): a small first request.
-HEADER_BLOCK_SIZE = 256 * 1024
+HEADER_BLOCK_SIZE = 64 * 1024
 
 
 def _first_line(exc: BaseException) -> str:
