@@ -133,6 +133,16 @@ def creation_time(uri: str) -> str:
         return ""
 
 
+def _video_ids(videos: str | Sequence[str]) -> tuple[dict[str, str], list[dict]]:
+    """Ids by extraction's rule: relative paths under a listed folder once extraction provides
+    ``resolve_ids`` (issue 12: cameras with the same file names), file stems before that."""
+    try:
+        from anomaly.extraction import resolve_ids
+    except ImportError:
+        return sanity_check(list_videos(videos))
+    return resolve_ids(videos)
+
+
 def _creation_times(todo: dict[str, str]) -> dict[str, str]:
     """Header reads of every video, a few at a time (object stores: latency-bound, not bandwidth)."""
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -312,7 +322,7 @@ def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prep
     started = time.monotonic()
     model, payload, spec, weights = prepared or prepare(job)
     settings = job.extraction
-    ids, list_failures = sanity_check(list_videos(videos))
+    ids, list_failures = _video_ids(videos)
     outputs.ensure_settings(out, scoring_settings_record(_checkpoint_sha(job.checkpoint), settings, spec, job, weights))
     for path in uris.remove_stale_temp_files(uris.join(out, outputs.SCORES_DIR), older_than=time.time()):
         logger.info("removed %s, left by an interrupted write", path)
