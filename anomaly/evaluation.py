@@ -21,11 +21,43 @@ from anomaly.segments import frame_scores
 logger = logging.getLogger(__name__)
 
 
-def check_compatible(model_dim: int, bags: feature_store.Bags, store: str, checkpoint: str) -> None:
-    if bags.feature_dim != model_dim:
+SCORE_BATCH_ROWS = 256  # videos whose features are in memory at once while scoring
+
+
+def check_compatible(model_dim: int, feature_dim: int, store: str, checkpoint: str) -> None:
+    if feature_dim != model_dim:
         raise AnomalyError(
-            store, f"features are {bags.feature_dim}-d but the checkpoint {checkpoint} expects {model_dim}-d"
+            store, f"features are {feature_dim}-d but the checkpoint {checkpoint} expects {model_dim}-d"
         )
+
+
+def score_streamed(
+    store: str, model, bags: feature_store.Bags, split: str, *, model_dim: int, checkpoint: str
+) -> np.ndarray:
+    """(N, 32) scores of ``bags`` (read without features), the features streamed in record batches.
+
+    A large test split is never in memory at once: only ``SCORE_BATCH_ROWS`` videos' features and
+    every video's 32 scores. A duplicate row of a video is skipped (the first one counts, as in
+    ``store.read_table``).
+    """
+    position = {vid: k for k, vid in enumerate(bags.video_ids)}
+    scores = np.zeros((len(bags), bags.features.shape[1]), dtype=np.float32)
+    done = np.zeros(len(bags), dtype=bool)
+    for batch in feature_store.iter_batches(store, ["features"], split=split, batch_rows=SCORE_BATCH_ROWS):
+        if batch.num_rows == 0:
+            continue
+        features = feature_store.features_from_arrow(batch.column("features"))
+        check_compatible(model_dim, int(features.shape[-1]), store, checkpoint)
+        rows, keep = [], []
+        for i, vid in enumerate(batch.column("video_id").to_pylist()):
+            k = position.get(vid)
+            if k is not None and not done[k]:
+                done[k] = True
+                rows.append(k)
+                keep.append(i)
+        if rows:
+            scores[rows] = score_bags(model, features[keep])
+    return scores
 
 
 def evaluate(
@@ -33,8 +65,7 @@ def evaluate(
 ) -> dict:
     """Score every ``split`` video, compute the official frame-level metrics and write the plots."""
     model, payload = load_scorer(checkpoint)
-    bags = feature_store.load_bags(store, split=split)
-    check_compatible(int(payload["feature_dim"]), bags, store, checkpoint)
+    bags = feature_store.load_bags(store, split=split, features=False)  # the features stream below
     missing = [vid for vid, frames in zip(bags.video_ids, bags.num_frames, strict=True) if frames <= 0]
     if missing:
         raise AnomalyError(
@@ -54,7 +85,9 @@ def evaluate(
             split,
             unannotated[0],
         )
-    scores = score_bags(model, bags.features)
+    scores = score_streamed(
+        store, model, bags, split, model_dim=int(payload["feature_dim"]), checkpoint=checkpoint
+    )
     metrics = evaluate_frames(scores, bags.labels, bags.num_frames, bags.intervals, bags.classes)
     metrics.update(
         split=split,

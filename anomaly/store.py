@@ -307,13 +307,21 @@ class Bags:
         )
 
 
-def load_bags(store: str, split: str | None = None) -> Bags:
-    """Read the store (or one split) into memory as :class:`Bags`."""
-    table = read_table(store, columns=BAG_COLUMNS, split=split)
+def load_bags(store: str, split: str | None = None, *, features: bool = True) -> Bags:
+    """Read the store (or one split) into memory as :class:`Bags`.
+
+    ``features=False`` reads everything but the features (``Bags.features`` is then (N, 32, 0)),
+    for callers that stream them in record batches (:func:`iter_batches`).
+    """
+    columns = BAG_COLUMNS if features else [name for name in BAG_COLUMNS if name != "features"]
+    table = read_table(store, columns=columns, split=split)
     if table.num_rows == 0:
         what = f"no '{split}' videos" if split else "no videos"
         raise AnomalyError(store, f"feature store has {what}")
-    features = features_from_arrow(table.column("features"))
+    if features:
+        features = features_from_arrow(table.column("features"))
+    else:
+        features = np.zeros((table.num_rows, NUM_SEGMENTS, 0), dtype=np.float32)
     frames = table.column("num_frames").to_numpy(zero_copy_only=False)
     fps = table.column("fps").to_numpy(zero_copy_only=False)
     return Bags(
