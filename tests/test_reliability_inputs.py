@@ -557,10 +557,15 @@ def test_corpus_ids_never_escape_the_store(corpus_run):
         assert video_id and "/" not in video_id and "\\" not in video_id and "\x00" not in video_id
         assert video_id not in (".", "..") and not video_id.startswith(".")
     assert "Escape001" in ids and "Straße café 東京 001" in ids
-    # Everything the run wrote is a top-level file of the store: part files, _store.json, _failures.parquet.
-    written = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
-    assert all("/" not in name for name in written), written
-    assert {name for name in written if not name.startswith("part-")} == {"_store.json", "_failures.parquet"}
+    # Everything the run wrote is a top-level file of the store (part files, _store.json, _failures.parquet)
+    # or a file of the clip table or the failure log, named by the writer, never by a video id.
+    written = sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file())
+    folders = {name.split("/")[0] for name in written if "/" in name}
+    assert folders == {"_clips", "_failures"} and all(name.count("/") <= 1 for name in written), written
+    assert all(re.fullmatch(r"_clips/part-[0-9a-f]{32}\.parquet", n) for n in written if n.startswith("_clips/"))
+    assert all(re.fullmatch(r"_failures/\d{13}-[0-9a-f]{32}\.parquet", n) for n in written if n.startswith("_failures/"))
+    top = {name for name in written if "/" not in name and not name.startswith("part-")}
+    assert top == {"_store.json", "_failures.parquet"}
     assert not (store.parent / "nowhere").exists()
     failures = pq.read_table(store / "_failures.parquet").to_pylist()
     listed = {f["reason"] for f in failures if f["stage"] == "list"}
