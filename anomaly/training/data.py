@@ -6,7 +6,7 @@ store through ``ray.data.read_parquet``: a distributed pass for the normalisatio
 then two datasets (abnormal and normal training bags) that Ray Train splits across the workers
 (``ray.train.get_dataset_shard``) and one validation dataset split without dropping rows.
 So the driver's memory does not grow with the store, and each worker holds a bounded window
-of bags (its shuffle buffer and a small reservoir), whatever the store's size.
+of bags (its shuffle window and a small reservoir), whatever the store's size.
 
 Bags that fit in a quarter of Ray's object store are read once and held there (Ray spills
 them to disk under pressure); larger stores are read again every epoch, in a new file order.
@@ -237,26 +237,24 @@ def rank_batch(global_batch: int, world: int, rank: int) -> int:
 class BagStream:
     """One label's bags from this worker's shard, ``size`` at a time, in a fresh order each epoch.
 
+    Bags stream from the shard in record batches into a shuffle window of ``SHUFFLE_BUFFER_BAGS``
+    (numpy arrays; Arrow's own shuffle of nested lists is far slower) and leave it at random.
     Ray Train gives every worker an equal share of rows, and the last step may need more bags
     than the share holds: then bags seen earlier this epoch are drawn again at random from a
-    bounded reservoir, so each epoch reads the shard once and the worker holds at most a
-    shuffle buffer and the reservoir.
+    bounded reservoir. So each epoch reads the shard once and the worker holds at most the
+    window, one record batch and the reservoir.
     """
 
     def __init__(self, shard, size: int, seed: int, reservoir: int = 64) -> None:
         self.size = size
         self.rng = np.random.default_rng(seed)
+        self.buffer = max(SHUFFLE_BUFFER_BAGS, size)
         self.capacity = max(reservoir, 2 * size)
         self.reservoir: list[np.ndarray] = []
         self.seen = 0
-        self.pending: list[np.ndarray] = []
+        self.window: list[np.ndarray] = []
         self.batches: Iterator | None = iter(
-            shard.iter_batches(
-                batch_size=size,
-                batch_format="pyarrow",
-                local_shuffle_buffer_size=max(SHUFFLE_BUFFER_BAGS, size),
-                local_shuffle_seed=seed,
-            )
+            shard.iter_batches(batch_size=max(size, 64), batch_format="pyarrow", prefetch_batches=2)
         )
 
     def _keep(self, bag: np.ndarray) -> None:
@@ -268,21 +266,31 @@ class BagStream:
             if slot < self.capacity:
                 self.reservoir[slot] = bag
 
-    def take(self) -> np.ndarray:
-        """(size, 32, D) float32 bags."""
-        while len(self.pending) < self.size and self.batches is not None:
+    def _fill(self) -> None:
+        while len(self.window) < self.buffer and self.batches is not None:
             try:
                 batch = next(self.batches)
             except StopIteration:
                 self.batches = None
                 break
-            for bag in feature_store.features_from_arrow(batch.column("features")):
-                self._keep(bag)
-                self.pending.append(bag)
-        if len(self.pending) < self.size:
+            if batch.num_rows:
+                self.window.extend(feature_store.features_from_arrow(batch.column("features")))
+
+    def take(self) -> np.ndarray:
+        """(size, 32, D) float32 bags."""
+        out: list[np.ndarray] = []
+        while len(out) < self.size:
+            self._fill()
+            if not self.window:
+                break
+            i = int(self.rng.integers(len(self.window)))
+            self.window[i], self.window[-1] = self.window[-1], self.window[i]
+            bag = self.window.pop()
+            self._keep(bag)
+            out.append(bag)
+        if len(out) < self.size:
             if not self.reservoir:
                 raise RuntimeError("this worker's shard of training bags is empty")
-            extra = self.rng.integers(len(self.reservoir), size=self.size - len(self.pending))
-            self.pending.extend(self.reservoir[i] for i in extra)
-        out, self.pending = self.pending[: self.size], self.pending[self.size :]
+            extra = self.rng.integers(len(self.reservoir), size=self.size - len(out))
+            out.extend(self.reservoir[i] for i in extra)
         return np.stack(out).astype(np.float32, copy=False)
