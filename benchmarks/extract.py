@@ -209,7 +209,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0)
-    parser.add_argument("--concurrency", type=int, default=2, help="the larger actor count of (4)")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="the larger actor count of (4) (needs a free CPU for decoding)"
+    )
+    parser.add_argument("--skip-pipeline", action="store_true", help="leave out (4)")
     parser.add_argument("--window-seconds", type=float, default=15.0, help="window length for (5)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--quick", action="store_true", help="small videos and crops: a few minutes on 2 cores")
@@ -275,7 +278,7 @@ def main() -> None:
         make_video(uri, num_frames=int(args.seconds * 25), height=height, width=width, seed=i)
         todo[f"v{i}"] = uri
     model = model_rate(settings)
-    for actors in sorted({1, args.concurrency}):
+    for actors in [] if args.skip_pipeline else sorted({1, args.concurrency}):
         run = replace(settings, concurrency=(actors, actors))
         clips, wall_old, cpu_old = old_pipeline(todo, run)
         clips_new, wall_new, cpu_new = new_pipeline(todo, run, uris.join(root, f"store-{actors}"))
