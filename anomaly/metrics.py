@@ -1,8 +1,9 @@
-"""Frame-level metrics by the official UCF-Crime protocol, computed with scikit-learn.
+"""Frame-level metrics of UCF-Crime, computed with scikit-learn.
 
-Every frame of a test video takes the score of the segment that contains it
-(32 equal segments over the frame count); a frame's label is 1 inside an
-annotated interval; one ROC AUC over the frames of all videos concatenated.
+Every evaluated frame of a test video takes a segment's score by the chosen
+protocol (:mod:`anomaly.protocols`; default ``clips``: frame -> clip -> the
+segment the clip was pooled into); a frame's label is 1 inside an annotated
+interval; one ROC AUC over the frames of all videos concatenated.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from anomaly.protocols import DEFAULT_PROTOCOL, SNIPPET, frame_scores_and_labels
 from anomaly.scoring.alarms import DEFAULT_THRESHOLD
-from anomaly.segments import frame_labels, frame_scores
 
 FALSE_ALARM_THRESHOLD = DEFAULT_THRESHOLD  # the one alarm threshold (anomaly.scoring.alarms)
 
@@ -29,16 +30,24 @@ class FrameLevel:
 
 
 def frame_level(
-    segment_scores: np.ndarray, num_frames: Sequence[int], intervals: Sequence[Sequence[tuple[int, int]]]
+    segment_scores: np.ndarray,
+    num_frames: Sequence[int],
+    intervals: Sequence[Sequence[tuple[int, int]]],
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    clip_len: int = SNIPPET,
 ) -> FrameLevel:
     scores, labels, owner = [], [], []
     for i, (seg, frames, ivs) in enumerate(zip(segment_scores, num_frames, intervals, strict=True)):
         frames = int(frames)
         if frames <= 0:
             raise ValueError(f"video {i} has no frame count; frame-level metrics need num_frames")
-        scores.append(frame_scores(seg, frames))
-        labels.append(frame_labels(frames, ivs))
-        owner.append(np.full(frames, i, dtype=np.int64))
+        video_scores, video_labels = frame_scores_and_labels(
+            seg, frames, ivs, protocol=protocol, clip_len=clip_len
+        )
+        scores.append(video_scores)
+        labels.append(video_labels)
+        owner.append(np.full(video_scores.size, i, dtype=np.int64))
     return FrameLevel(np.concatenate(scores), np.concatenate(labels), np.concatenate(owner))
 
 
@@ -62,13 +71,15 @@ def evaluate_frames(
     classes: Sequence[str],
     *,
     threshold: float = FALSE_ALARM_THRESHOLD,
+    protocol: str = DEFAULT_PROTOCOL,
+    clip_len: int = SNIPPET,
 ) -> dict:
     """``frame_auc``, ``frame_ap``, ``false_alarm_rate`` and ``per_class_auc``.
 
     - false-alarm rate: share of the frames of normal videos scored above ``threshold``;
     - per-class AUC: frame AUC over the videos of one class plus all normal videos.
     """
-    frames = frame_level(segment_scores, num_frames, intervals)
+    frames = frame_level(segment_scores, num_frames, intervals, protocol=protocol, clip_len=clip_len)
     labels = np.asarray(labels)
     normal_frames = labels[frames.video_index] == 0
     classes_arr = np.asarray(classes)

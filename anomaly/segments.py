@@ -1,7 +1,13 @@
-"""Sultani's 32-segment rule and its inverse (frame -> segment), at once or streamed.
+"""Sultani's 32-segment rule and its inverse (frame -> clip -> segment).
 
-Both directions use the same boundaries, ``round(linspace(0, n, 33))``, so a
-frame's score always comes from the segment its clips were pooled into.
+Pooling cuts a video's *clips* into 32 runs with ``round(linspace(0, n_clips, 33))``;
+the inverse therefore maps a frame to its clip first (``frame // clip_len``) and
+the clip to the segment it was pooled into (:func:`clip_frame_segments`), so a
+frame's score always comes from the segment its clip's features went into.
+Cutting the *frames* into 32 runs instead (:func:`frame_segments`, the older
+rule kept as the ``frames32`` protocol) gives 4 % of the frames of 16-frame
+clips a neighbouring segment's score. The evaluation protocols built on these
+mappings are in :mod:`anomaly.protocols`.
 :class:`SegmentAccumulator` gives :func:`pool_segments`' result from clips
 arriving in any order, in pieces, with repeats, keeping only ``(32, D)`` sums.
 """
@@ -25,11 +31,15 @@ def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarra
     return (x / np.maximum(norm, eps)).astype(np.float32)
 
 
-def pool_segments(clip_features: np.ndarray, num_segments: int = NUM_SEGMENTS) -> np.ndarray:
+def pool_segments(
+    clip_features: np.ndarray, num_segments: int = NUM_SEGMENTS, *, l2: bool = True
+) -> np.ndarray:
     """Average the clip features of one video into ``num_segments`` segments, then L2-normalise.
 
     Segment i averages clips ``bounds[i]:bounds[i+1]``; an empty run (fewer clips
     than segments) repeats the clip at its start, as Sultani's MATLAB code does.
+    ``l2=False`` keeps the averages as they are (the importer: published rows keep
+    their scale whatever their count; normalisation is the model's job).
     """
     feats = np.asarray(clip_features, dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] == 0:
@@ -42,7 +52,7 @@ def pool_segments(clip_features: np.ndarray, num_segments: int = NUM_SEGMENTS) -
             pooled[i] = feats[min(start, feats.shape[0] - 1)]
         else:
             pooled[i] = feats[start:end].mean(axis=0)
-    return l2_normalize(pooled)
+    return l2_normalize(pooled) if l2 else pooled
 
 
 def frame_segments(num_frames: int, num_segments: int = NUM_SEGMENTS) -> np.ndarray:
@@ -55,9 +65,16 @@ def frame_segments(num_frames: int, num_segments: int = NUM_SEGMENTS) -> np.ndar
     return np.searchsorted(bounds, np.arange(num_frames), side="right") - 1
 
 
-def frame_scores(segment_scores: np.ndarray, num_frames: int) -> np.ndarray:
-    """Spread 32 segment scores over ``num_frames`` frames."""
+def frame_scores(segment_scores: np.ndarray, num_frames: int, clip_len: int | None = None) -> np.ndarray:
+    """Spread 32 segment scores over ``num_frames`` frames.
+
+    With ``clip_len`` (frames per clip of the store) frames go through their clip
+    (:func:`clip_frame_segments`, what evaluation uses); without it the frames
+    are cut into 32 equal runs (the ``frames32`` rule).
+    """
     scores = np.asarray(segment_scores, dtype=np.float32)
+    if clip_len:
+        return scores[clip_frame_segments(num_frames, clip_len, scores.shape[0])]
     return scores[frame_segments(num_frames, scores.shape[0])]
 
 
@@ -120,3 +137,21 @@ class SegmentAccumulator:
         if self.rows is not None:
             return pool_segments(self.rows)
         return l2_normalize((self.sums / self.sizes[:, None]).astype(np.float32))
+
+
+def num_clips(num_frames: int, clip_len: int) -> int:
+    """Clips of ``clip_len`` frames a video of ``num_frames`` frames yields (non-overlapping, at least 1)."""
+    return max(1, int(num_frames) // max(1, int(clip_len)))
+
+
+def clip_frame_segments(num_frames: int, clip_len: int, num_segments: int = NUM_SEGMENTS) -> np.ndarray:
+    """Segment index of every frame through its clip: frame -> ``frame // clip_len`` -> pooled segment.
+
+    Frames after the last whole clip belong to the last clip; clips map to
+    segments by the pooling boundaries (:func:`segment_bounds` over the clips).
+    """
+    clips = num_clips(num_frames, clip_len)
+    clip_of_frame = np.minimum(np.arange(int(num_frames)) // max(1, int(clip_len)), clips - 1)
+    bounds = segment_bounds(clips, num_segments)
+    segment_of_clip = np.searchsorted(bounds, np.arange(clips), side="right") - 1
+    return segment_of_clip[clip_of_frame]
