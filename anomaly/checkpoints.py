@@ -23,7 +23,7 @@ import torch
 from anomaly import uris
 from anomaly.config import TrainConfig
 from anomaly.errors import AnomalyError, first_line
-from anomaly.model import MILScorer
+from anomaly.heads import Head, build_head
 from anomaly.store import StoreMetadata
 
 CHECKPOINT_FILE = "checkpoint.pt"  # one epoch's state inside a Ray Train checkpoint folder
@@ -37,11 +37,18 @@ def checkpoint_payload(model: torch.nn.Module, config: TrainConfig, **extra: Any
         "model": inner.state_dict(),
         "feature_dim": inner.feature_dim,
         "config": config.to_dict(),
+        # What a loader needs to rebuild the head without the trainer (anomaly.heads.build_head).
+        "head": {
+            "model": config.model,
+            "feature_norm": config.feature_norm,
+            "dropout": config.dropout,
+            "context": getattr(inner, "context", "segment"),
+        },
         **extra,
     }
 
 
-def load_scorer(uri: str) -> tuple[MILScorer, dict]:
+def load_scorer(uri: str) -> tuple[Head, dict]:
     """Load a trained scorer from a run directory (``RUN_DIR/model.pt``) or a ``.pt`` file/URI."""
     target = uri if uri.endswith(".pt") else uris.join(uri, MODEL_FILE)
     if not uris.exists(target):
@@ -49,8 +56,8 @@ def load_scorer(uri: str) -> tuple[MILScorer, dict]:
     try:
         payload = torch.load(io.BytesIO(uris.read_bytes(target)), map_location="cpu", weights_only=True)
         config = TrainConfig.from_dict(payload["config"], where=target)
-        model = MILScorer(
-            int(payload["feature_dim"]), dropout=config.dropout, feature_norm=config.feature_norm
+        model = build_head(
+            config.model, int(payload["feature_dim"]), dropout=config.dropout, feature_norm=config.feature_norm
         )
         model.load_state_dict(payload["model"])
     except AnomalyError:
@@ -66,7 +73,7 @@ def stored_metadata(payload: dict, where: str = "checkpoint") -> StoreMetadata |
     return StoreMetadata.from_dict(data, where=where) if data else None
 
 
-def score_bags(model: MILScorer, features: np.ndarray, batch: int = 512) -> np.ndarray:
+def score_bags(model: Head, features: np.ndarray, batch: int = 512) -> np.ndarray:
     """(N, 32, D) features -> (N, 32) scores, in eval mode, without gradients."""
     model.eval()
     out = []

@@ -11,41 +11,51 @@ import yaml
 from anomaly import uris
 from anomaly.errors import AnomalyError
 
-LOSSES = ("sultani", "topk", "false_alarm")
+# The names each choice accepts (the modules implementing them import these, so the lists are one).
+HEADS = ("mlp", "rtfm", "transformer")  # anomaly.heads
+LOSSES = ("sultani", "topk", "topk_bce", "rtfm", "false_alarm")  # anomaly.losses
+NORMS = ("robust", "standardize", "l2", "none")  # anomaly.normalization
+SELECTIONS = ("ema", "last", "best_val")  # anomaly.selection
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Defaults are the principled choices explained in the README (and ``tune_configs/default.yaml``)."""
 
-    # Loss: "sultani" (max), "topk" (mean of the k highest scores), "false_alarm" (sultani + normal-max term).
-    loss: str = "sultani"
+    # Head (anomaly.heads): "mlp" (Sultani's reference), "rtfm" (multi-scale temporal network), "transformer".
+    model: str = "mlp"
+    # Loss (anomaly.losses): sultani | topk | topk_bce | rtfm | false_alarm.
+    loss: str = "topk_bce"
     topk: int = 3
     lambda_smooth: float = 8e-5  # Sultani's λ1
     lambda_sparse: float = 8e-5  # Sultani's λ2
-    lambda_false_alarm: float = 0.1
+    lambda_false_alarm: float = 0.1  # weight of the all-normal-segments term (loss false_alarm)
+    lambda_magnitude: float = 1e-4  # RTFM's α on the feature-magnitude loss (loss rtfm)
     # Optimisation.
     optimizer: str = "adam"  # "adam" | "adagrad" (Sultani used Adagrad)
     lr: float = 1e-3
     weight_decay: float = 1e-3  # Sultani's L2 of 0.001 on the weights
     batch_size: int = 30  # bags of EACH label per step (Sultani: 30 + 30)
     max_epochs: int = 100
-    patience: int = 10  # epochs without validation improvement before stopping early
+    patience: int = 10  # epochs without validation improvement before stopping early (best_val only)
+    # Which weights the run exports (anomaly.selection): "ema" (exponential average of the weights over
+    # the fixed budget), "last", or "best_val" (best validation epoch, with early stopping).
+    selection: str = "ema"
+    ema_decay: float = 0.99
     # Model and data.
     dropout: float = 0.6
-    feature_norm: str = "standardize"  # "standardize" (train mean/std) | "l2" | "none"
+    feature_norm: str = "robust"  # robust | standardize | l2 | none (anomaly.normalization)
     val_fraction: float = 0.15  # carved from train, stratified by label
     seed: int = 0
 
     def __post_init__(self) -> None:
         checks = [
             (self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}"),
+            (self.model in HEADS, "model", f"must be one of {', '.join(HEADS)}"),
             (self.optimizer in ("adam", "adagrad"), "optimizer", "must be adam or adagrad"),
-            (
-                self.feature_norm in ("standardize", "l2", "none"),
-                "feature_norm",
-                "must be standardize, l2 or none",
-            ),
+            (self.feature_norm in NORMS, "feature_norm", f"must be one of {', '.join(NORMS)}"),
+            (self.selection in SELECTIONS, "selection", f"must be one of {', '.join(SELECTIONS)}"),
+            (0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)"),
             (1 <= int(self.topk) <= 32, "topk", "must be between 1 and 32"),
             (self.lr > 0, "lr", "must be positive"),
             (0 <= self.dropout < 1, "dropout", "must be in [0, 1)"),
@@ -54,7 +64,14 @@ class TrainConfig:
             (self.patience >= 1, "patience", "must be at least 1"),
             (0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)"),
             (
-                min(self.lambda_smooth, self.lambda_sparse, self.lambda_false_alarm, self.weight_decay) >= 0,
+                min(
+                    self.lambda_smooth,
+                    self.lambda_sparse,
+                    self.lambda_false_alarm,
+                    self.lambda_magnitude,
+                    self.weight_decay,
+                )
+                >= 0,
                 "lambda_*/weight_decay",
                 "must not be negative",
             ),

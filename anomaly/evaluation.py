@@ -13,8 +13,10 @@ from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.checkpoints import load_scorer, score_bags, stored_metadata
 from anomaly.errors import AnomalyError
+from anomaly.ground_truth import GroundTruth
 from anomaly.metrics import evaluate_frames, frame_level, roc_points
 from anomaly.plots import roc_plot, timeline_plot
+from anomaly.protocols import DEFAULT_PROTOCOL, check_protocol, describe, store_clip_len
 from anomaly.regions import localization_metrics
 from anomaly.segments import frame_scores
 
@@ -60,12 +62,73 @@ def score_streamed(
     return scores
 
 
+def coverage(bags: feature_store.Bags, truth: GroundTruth | None, split: str) -> dict:
+    """What the figures cover: the split's videos with features against those the ground truth lists.
+
+    A store that misses a whole label or class of the split is logged as a loud
+    warning: the AUC then measures something else than the benchmark's.
+    """
+    present = set(bags.video_ids)
+    listed = []
+    if truth is not None and split == "test":
+        listed = [vid for vid in truth.temporal if truth.describe(vid)["split"] == "test"]
+    out: dict = {"videos": len(bags.video_ids)}
+    if not listed:
+        out["summary"] = f"{split} videos {len(present)} (no ground-truth list to compare with)"
+        return out
+    if not present & set(listed):
+        out["summary"] = f"{split} videos {len(present)}; none of them is in the ground-truth list (another data set)"
+        return out
+    missing = [vid for vid in listed if vid not in present]
+    out.update(listed=len(listed), without_features=len(missing), missing_examples=missing[:5])
+    out["summary"] = f"{split} videos {len(present & set(listed))} of {len(listed)} listed; {len(missing)} without features"
+    groups: dict[str, list[str]] = {}
+    for vid in listed:
+        facts = truth.describe(vid)
+        groups.setdefault("normal" if facts["label"] == 0 else "anomalous", []).append(vid)
+        if facts["label"]:
+            groups.setdefault(f"class {facts['anomaly_class']}", []).append(vid)
+    out["by_group"] = {}
+    empty = []
+    for name, vids in sorted(groups.items()):
+        have = sum(vid in present for vid in vids)
+        out["by_group"][name] = f"{have} of {len(vids)}"
+        if have == 0:
+            empty.append(f"{name} (all {len(vids)})")
+    out["groups_without_any_video"] = empty
+    if empty:
+        logger.warning(
+            "PARTIAL %s SPLIT: the store has no video at all of %s; the figures do not measure the "
+            "benchmark's %s split",
+            split.upper(),
+            ", ".join(empty),
+            split,
+        )
+    if missing:
+        logger.warning("evaluating %s", out["summary"])
+    return out
+
+
 def evaluate(
-    store: str, checkpoint: str, out_dir: str, *, split: str = "test", timelines: bool = True
+    store: str,
+    checkpoint: str,
+    out_dir: str,
+    *,
+    split: str = "test",
+    timelines: bool = True,
+    protocol: str = DEFAULT_PROTOCOL,
+    truth: GroundTruth | None = None,
 ) -> dict:
-    """Score every ``split`` video, compute the official frame-level metrics and write the plots."""
+    """Score every ``split`` video, compute the frame-level metrics by ``protocol`` and write the plots.
+
+    ``truth`` (the official lists) lets ``metrics.json`` say what the figures cover.
+    """
+    check_protocol(protocol)
     model, payload = load_scorer(checkpoint)
     bags = feature_store.load_bags(store, split=split, features=False)  # the features stream below
+    clip_len = store_clip_len(
+        meta.to_dict() if (meta := feature_store.read_metadata(store)) else payload.get("store_metadata")
+    )
     missing = [vid for vid, frames in zip(bags.video_ids, bags.num_frames, strict=True) if frames <= 0]
     if missing:
         raise AnomalyError(
@@ -88,8 +151,13 @@ def evaluate(
     scores = score_streamed(
         store, model, bags, split, model_dim=int(payload["feature_dim"]), checkpoint=checkpoint
     )
-    metrics = evaluate_frames(scores, bags.labels, bags.num_frames, bags.intervals, bags.classes)
+    metrics = evaluate_frames(
+        scores, bags.labels, bags.num_frames, bags.intervals, bags.classes, protocol=protocol, clip_len=clip_len
+    )
     metrics.update(
+        evaluation_protocol=describe(protocol, clip_len),
+        coverage=coverage(bags, truth, split),
+        model=payload.get("config", {}).get("model", "mlp"),
         split=split,
         checkpoint=checkpoint,
         store=store,
@@ -97,7 +165,7 @@ def evaluate(
     )
     # Optional store columns: per-data-set AUC, region-level scores and heat maps (anomaly.regions).
     metrics.update(localization_metrics(store, model, bags, scores, out_dir, split=split, heatmaps=timelines))
-    frames = frame_level(scores, bags.num_frames, bags.intervals)
+    frames = frame_level(scores, bags.num_frames, bags.intervals, protocol=protocol, clip_len=clip_len)
     if not math.isnan(metrics["frame_auc"]):
         fpr, tpr = roc_points(frames)
         roc_plot(fpr, tpr, metrics["frame_auc"], uris.join(out_dir, "roc.png"))
@@ -108,7 +176,7 @@ def evaluate(
     if timelines:
         for i in np.flatnonzero(bags.labels == 1):
             timeline_plot(
-                frame_scores(scores[i], int(bags.num_frames[i])),
+                frame_scores(scores[i], int(bags.num_frames[i]), clip_len),
                 bags.intervals[i],
                 uris.join(out_dir, "timelines", f"{uris.safe_file_name(bags.video_ids[i])}.png"),
                 title=f"{bags.video_ids[i]} ({bags.classes[i]})",

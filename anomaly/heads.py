@@ -21,11 +21,9 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from anomaly.config import HEADS  # noqa: F401 - re-exported
 from anomaly.normalization import FeatureNorm
-
-HEADS = ("mlp", "rtfm", "transformer")
 
 
 class Head(nn.Module):

@@ -8,12 +8,16 @@ Rules (also in the README):
 - several files with one video id are crops of that video (the ten-crop
   releases' ``__0`` … ``__9`` files): their features are averaged;
 - ``.txt``: one row per segment (or clip), whitespace-separated numbers;
-  ``.npy``: a 2-D array (rows, D), or 3-D (rows, crops, D) whose crops are averaged;
-- a file with exactly 32 rows is kept as it is; any other row count (the
-  published releases' 31- and 33-row quirks, or clip-level features) is treated
-  as consecutive clips and re-pooled to 32 segments with Sultani's rule
-  (:func:`anomaly.segments.pool_segments`): 33 rows -> one segment averages two
-  neighbouring rows, 31 rows -> one row is repeated;
+  ``.npy``: a 2-D array (rows, D), or 3-D with a crop axis whose crops are averaged:
+  (rows, crops, D) or (crops, rows, D), told apart by size (the crop axis is the
+  one of at most 10 when the other is longer; an ambiguous shape is refused);
+- one rule for every file, whatever its row count: the rows are consecutive clips
+  or segments and are averaged into 32 segments by Sultani's boundaries
+  (:func:`anomaly.segments.pool_segments` without L2 normalisation), so a
+  32-row file is kept as it is, 33 rows -> one segment averages two neighbouring
+  rows, 31 rows -> one row is repeated, and every row keeps the scale it was
+  published with (normalisation is the model's job, :mod:`anomaly.normalization`);
+  the store records each video's source row count (``source_rows``);
 - an empty or unparsable file is skipped with a one-line reason, never silently.
 """
 
@@ -62,7 +66,7 @@ def parse_feature_file(uri: str, data: bytes) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - numpy raises many types for a bad file
             raise ValueError(f"not a readable .npy array: {exc}") from exc
         if array.ndim == 3:
-            array = array.mean(axis=1)
+            array = array.mean(axis=crop_axis(array.shape))
         if array.ndim != 2:
             raise ValueError(f"expected a 2-D (rows, dim) array, got shape {array.shape}")
     else:
@@ -93,37 +97,57 @@ def feature_video_id(uri: str) -> str:
     return stem[: cut + len("_x264")] if cut >= 0 else stem
 
 
+MAX_CROPS = 10  # ten-crop releases are the most crops a published feature file has
+
+
+def crop_axis(shape: tuple[int, ...]) -> int:
+    """The crop axis (0 or 1) of a (rows, crops, D) or (crops, rows, D) array; ValueError if unclear."""
+    rows_first = shape[1] <= MAX_CROPS < shape[0]
+    crops_first = shape[0] <= MAX_CROPS < shape[1]
+    if rows_first == crops_first:
+        raise ValueError(
+            f"cannot tell the crop axis of a {shape} array (expected (rows, crops<={MAX_CROPS}, dim) "
+            f"or (crops<={MAX_CROPS}, rows, dim) with more rows than crops); save it as 2-D (rows, dim)"
+        )
+    return 1 if rows_first else 0
+
+
 def to_segments(rows: np.ndarray) -> np.ndarray:
-    return rows if rows.shape[0] == NUM_SEGMENTS else pool_segments(rows)
+    """Any number of rows -> (32, D) by one rule (see the module docstring)."""
+    return pool_segments(rows, NUM_SEGMENTS, l2=False)
 
 
-def read_video_features(files: list[str]) -> np.ndarray:
-    """(32, D) segments of one video from its file, or the average of its crop files."""
+def read_video_features(files: list[str]) -> tuple[np.ndarray, int]:
+    """(32, D) segments of one video from its file, or the average of its crop files, and the row count."""
     arrays = [parse_feature_file(uri, uris.read_bytes(uri)) for uri in files]
     if len({a.shape for a in arrays}) > 1:
         shapes = ", ".join(str(a.shape) for a in arrays)
         raise ValueError(f"crop files of one video have different shapes ({shapes})")
-    return to_segments(np.mean(arrays, axis=0) if len(arrays) > 1 else arrays[0])
+    rows = np.mean(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+    return to_segments(rows), int(rows.shape[0])
 
 
 def _parse_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data stage: read and parse a batch of videos' files in a worker; errors become rows."""
-    features, errors, dims = [], [], []
+    features, errors, dims, source_rows = [], [], [], []
     for files in batch["files"]:
         try:
-            segments = read_video_features(list(files))
+            segments, rows = read_video_features(list(files))
             features.append(segments.tobytes())
             dims.append(segments.shape[1])
+            source_rows.append(rows)
             errors.append("")
         except (ValueError, AnomalyError) as exc:
             features.append(b"")
             dims.append(0)
+            source_rows.append(0)
             errors.append(str(exc.what if isinstance(exc, AnomalyError) else exc))
     return {
         "video_id": batch["video_id"],
         "uri": batch["uri"],
         "segments": np.array(features, dtype=object),
         "dim": np.array(dims, dtype=np.int64),
+        "source_rows": np.array(source_rows, dtype=np.int64),
         "error": np.array(errors, dtype=object),
     }
 
@@ -192,6 +216,7 @@ def import_features(
                 "features": np.frombuffer(row["segments"], dtype=np.float32).reshape(NUM_SEGMENTS, dim),
                 "fps": None,
                 "source_uri": uri,
+                "source_rows": int(row["source_rows"]),
             }
         )
         report.imported[(facts["split"], facts["label"])] += 1

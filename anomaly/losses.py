@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-LOSSES = ("sultani", "topk", "topk_bce", "rtfm", "false_alarm")
+from anomaly.config import LOSSES  # noqa: F401 - re-exported
+
 RTFM_MARGIN = 100.0
 EPS = 1e-6
 
@@ -63,7 +64,7 @@ def bag_bce(abnormal_bag: torch.Tensor, normal_bag: torch.Tensor) -> torch.Tenso
 
 def false_alarm_term(normal: torch.Tensor) -> torch.Tensor:
     """mean over every normal segment of -log(1 - s): BCE of each normal segment against 0."""
-    return -torch.log1p(-normal.clamp(0, 1 - EPS)).mean()
+    return -torch.log1p(-normal.clamp(max=1 - EPS)).mean()
 
 
 def magnitude_topk(features: torch.Tensor, k: int) -> torch.Tensor:

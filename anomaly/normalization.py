@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-NORMS = ("robust", "standardize", "l2", "none")
+from anomaly.config import NORMS
+
 CLIP = 10.0  # |z| bound of the robust rule
 MIN_STD = 1e-6
 
@@ -30,15 +31,23 @@ def _l2_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def fit_statistics(features: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) over every segment row of ``features`` (…, D) for normalisation ``kind``."""
-    rows = np.asarray(features, dtype=np.float64).reshape(-1, np.shape(features)[-1])
-    if kind == "robust":
-        rows = _l2_rows(rows)
-    mean, std = rows.mean(axis=0), rows.std(axis=0)
+def normalization_space(rows: np.ndarray, kind: str) -> np.ndarray:
+    """The rows whose mean and std ``kind`` standardises with (L2-normalised rows for ``robust``)."""
+    return _l2_rows(rows) if kind == "robust" else rows
+
+
+def floor_std(mean: np.ndarray, std: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (mean, std) to store: ``robust`` floors each std at the RMS of all of them."""
+    std = np.asarray(std, dtype=np.float64)
     if kind == "robust":
         std = np.maximum(std, np.sqrt(np.mean(std**2)))
-    return mean.astype(np.float32), np.maximum(std, MIN_STD).astype(np.float32)
+    return np.asarray(mean, dtype=np.float32), np.maximum(std, MIN_STD).astype(np.float32)
+
+
+def fit_statistics(features: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) over every segment row of ``features`` (…, D) for normalisation ``kind``."""
+    rows = normalization_space(np.asarray(features, dtype=np.float64).reshape(-1, np.shape(features)[-1]), kind)
+    return floor_std(rows.mean(axis=0), rows.std(axis=0), kind)
 
 
 class FeatureNorm(nn.Module):

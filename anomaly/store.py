@@ -62,6 +62,7 @@ SCHEMA = pa.schema(
         pa.field("dataset", pa.string()),  # e.g. "ucsd_ped2", "avenue", "shanghaitech"
         pa.field("mask_uri", pa.string()),  # pixel masks of the video (anomaly.masks.iter_masks)
         pa.field("features_grid", pa.list_(pa.list_(pa.list_(pa.float32())))),  # cells x 32 x D
+        pa.field("source_rows", pa.int64()),  # rows of the imported file before pooling to 32 (importer)
     ]
 )
 

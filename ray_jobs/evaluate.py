@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from anomaly import cli
+from anomaly.protocols import PROTOCOLS
 from anomaly.reports import format_metrics
 
 
@@ -20,16 +21,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="where metrics.json, roc.png and timelines/ go")
     parser.add_argument("--split", default="test", choices=["test", "train"], help="split to evaluate")
     parser.add_argument("--no-timelines", action="store_true", help="skip the per-video timeline PNGs")
+    parser.add_argument(
+        "--protocol",
+        default="clips",
+        choices=sorted(PROTOCOLS),
+        help="frame-level protocol (recorded in metrics.json): clips = frame -> clip -> segment (default); "
+        "sultani_matlab = Sultani et al.'s Evaluate_Anomaly_Detector.m; snippet16 = RTFM-era 16-frame "
+        "snippets; frames32 = frames cut into 32 equal runs",
+    )
+    cli.add_ground_truth_arguments(parser, frame_counts_note=" (only the lists are used here)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     from anomaly.evaluation import evaluate
+    from anomaly.ground_truth import GroundTruth
 
+    truth = GroundTruth.load(args.annotations, args.frame_counts)
     metrics = evaluate(
-        args.features, args.checkpoint, args.out, split=args.split, timelines=not args.no_timelines
+        args.features,
+        args.checkpoint,
+        args.out,
+        split=args.split,
+        timelines=not args.no_timelines,
+        protocol=args.protocol,
+        truth=truth,
     )
-    print(f"{metrics['num_videos']} {args.split} videos, {metrics['num_frames']} frames")
+    print(f"{metrics['coverage']['summary']}; {metrics['num_frames']} frames, protocol {args.protocol}")
     print(format_metrics(metrics))
     heatmaps = ", heatmaps/" if metrics.get("heatmaps") else ""
     print(f"wrote {args.out}/metrics.json, roc.png, timelines/{heatmaps}")

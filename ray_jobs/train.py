@@ -47,9 +47,11 @@ def main(args: argparse.Namespace) -> int:
     )
     best = result.best_metrics
     frame = best.get("val_frame_auc", math.nan)
+    chosen = {"ema": "EMA weights of epoch", "last": "last epoch", "best_val": "best epoch"}[config.selection]
     print(
-        f"trained {len(result.history)} epochs; best epoch {result.best_epoch}: "
-        f"val AUC {best['val_auc']:.4f} (frame {frame:.4f}, video {best['val_video_auc']:.4f})"
+        f"trained {len(result.history)} epochs ({config.model} head, loss {config.loss}); exported "
+        f"{chosen} {result.best_epoch}: val AUC {best['val_auc']:.4f} (frame {frame:.4f}, "
+        f"video {best['val_video_auc']:.4f})"
     )
     print(f"model: {result.model_uri}")
     return 0

@@ -5,13 +5,15 @@ from anomaly.metrics import evaluate_frames, frame_level, video_auc
 
 
 def test_hand_built_case_known_auc():
-    # Two videos of 32 frames: one frame per segment, so scores map 1:1 to frames.
+    # Two videos of 32 frames cut into 32 runs (protocol frames32): scores map 1:1 to frames.
     abnormal = np.full(32, 0.2)
     abnormal[8:16] = 0.9  # frames 8..15 annotated -> perfectly ranked
     normal = np.full(32, 0.1)
     normal[0] = 0.95  # one normal frame above every anomalous frame
     scores = np.stack([abnormal, normal])
-    metrics = evaluate_frames(scores, np.array([1, 0]), [32, 32], [[(8, 16)], []], ["Explosion", "Normal"])
+    metrics = evaluate_frames(
+        scores, np.array([1, 0]), [32, 32], [[(8, 16)], []], ["Explosion", "Normal"], protocol="frames32"
+    )
     # positives: 8 frames at 0.9; negatives: 24 at 0.2, 31 at 0.1, 1 at 0.95 -> AUC = 55/56
     assert metrics["frame_auc"] == pytest.approx(55 / 56)
     assert metrics["false_alarm_rate"] == pytest.approx(1 / 32)
@@ -22,15 +24,26 @@ def test_hand_built_case_known_auc():
 
 def test_frame_level_spreads_segments_over_frames():
     scores = np.linspace(0, 1, 32)[None]
-    frames = frame_level(scores, [64], [[(0, 2)]])
+    frames = frame_level(scores, [64], [[(0, 2)]], protocol="frames32")
     assert frames.scores.shape == (64,) and frames.labels[:2].tolist() == [1, 1]
     assert frames.scores[1] == 0.0 and frames.scores[63] == 1.0
+    # 64 frames are 4 clips of 16; pooling 4 clips into 32 segments (bounds round(linspace(0, 4, 33)))
+    # puts clip c alone in segment 4, 11, 20, 27 (the other segments repeat a clip): each clip's 16
+    # frames take that segment's score.
+    by_clip = frame_level(scores, [64], [[(0, 2)]], protocol="clips", clip_len=16)
+    expected = np.repeat(np.linspace(0, 1, 32)[[4, 11, 20, 27]], 16)
+    np.testing.assert_allclose(by_clip.scores, expected, rtol=1e-6)
 
 
 def test_per_class_uses_class_plus_normals():
     scores = np.array([np.full(32, 0.9), np.full(32, 0.1), np.full(32, 0.5)])
     metrics = evaluate_frames(
-        scores, np.array([1, 1, 0]), [32, 32, 32], [[(0, 32)], [(0, 32)], []], ["Arson", "Abuse", "Normal"]
+        scores,
+        np.array([1, 1, 0]),
+        [32, 32, 32],
+        [[(0, 32)], [(0, 32)], []],
+        ["Arson", "Abuse", "Normal"],
+        protocol="frames32",
     )
     assert metrics["per_class_auc"]["Arson"] == pytest.approx(1.0)
     assert metrics["per_class_auc"]["Abuse"] == pytest.approx(0.0)

@@ -53,6 +53,7 @@ def export_model(checkpoint: Checkpoint, run_dir: str) -> tuple[dict, str]:
     """
     payload = load_checkpoint_payload(checkpoint)
     payload.pop("optimizer", None)
+    payload.pop("train_model", None)  # the raw weights behind an EMA, needed only to resume
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     model_uri = uris.join(run_dir, MODEL_FILE)

@@ -31,6 +31,7 @@ from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.config import TrainConfig
 from anomaly.errors import AnomalyError
+from anomaly.normalization import floor_std, normalization_space
 from anomaly.segments import NUM_SEGMENTS
 
 logger = logging.getLogger(__name__)
@@ -138,10 +139,11 @@ def _fits_object_store(num_bags: int, feature_dim: int) -> bool:
     return num_bags * NUM_SEGMENTS * feature_dim * 4 <= CACHE_FRACTION * store_bytes
 
 
-def _moments(batch: pa.Table) -> dict[str, np.ndarray]:
-    """Count, mean and sum of squared deviations of one batch's segment features (float64)."""
+def _moments(batch: pa.Table, kind: str = "standardize") -> dict[str, np.ndarray]:
+    """Count, mean and sum of squared deviations of one batch's segment features (float64),
+    in the space normalisation ``kind`` standardises (L2-normalised rows for ``robust``)."""
     segments = feature_store.features_from_arrow(batch.column("features")).astype(np.float64)
-    segments = segments.reshape(-1, segments.shape[-1])
+    segments = normalization_space(segments.reshape(-1, segments.shape[-1]), kind)
     mean = segments.mean(axis=0)
     return {
         "count": np.array([len(segments)]),
@@ -150,14 +152,16 @@ def _moments(batch: pa.Table) -> dict[str, np.ndarray]:
     }
 
 
-def feature_statistics(dataset: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def feature_statistics(dataset: ray.data.Dataset, kind: str = "standardize") -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std of every segment, in one distributed pass.
 
     Each block's moments are computed where it is read; the driver merges them as they stream
     in (Chan et al.'s pairwise update), holding two D-vectors at a time.
     """
     count, mean, m2 = 0, None, None
-    moments = dataset.map_batches(_moments, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
+    moments = dataset.map_batches(
+        _moments, fn_kwargs={"kind": kind}, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS
+    )
     for batch in moments.iter_batches(batch_size=None, batch_format="numpy"):
         for n_b, mean_b, m2_b in zip(batch["count"], batch["mean"], batch["m2"], strict=True):
             n_b = int(n_b)
@@ -173,7 +177,7 @@ def feature_statistics(dataset: ray.data.Dataset) -> tuple[np.ndarray, np.ndarra
             count = total
     if mean is None:
         raise ValueError("no training segments")
-    return mean.astype(np.float32), np.sqrt(m2 / count).astype(np.float32)
+    return floor_std(mean, np.sqrt(m2 / count), kind)
 
 
 def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None) -> TrainingInputs:
@@ -209,7 +213,7 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         seed=config.seed,
     )
     try:
-        mean, std = feature_statistics(read_rows(inputs, ["features"], _train_rows(inputs)))
+        mean, std = feature_statistics(read_rows(inputs, ["features"], _train_rows(inputs)), config.feature_norm)
     except ValueError as exc:  # rows of different shapes
         raise AnomalyError(store, f"features: {exc}") from exc
     cached = None

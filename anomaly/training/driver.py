@@ -14,6 +14,7 @@ from ray.train.torch import TorchTrainer
 from anomaly import uris
 from anomaly.config import TrainConfig, read_yaml, write_yaml
 from anomaly.errors import AnomalyError
+from anomaly.selection import selects_by_validation
 from anomaly.training.checkpoints import (
     export_model,
     latest_stored_checkpoint,
@@ -36,7 +37,12 @@ class TrainResult:
 
 
 def run_config(
-    run_dir: str, *, name: str, max_failures: int, callbacks: list | None = None
+    run_dir: str,
+    *,
+    name: str,
+    max_failures: int,
+    callbacks: list | None = None,
+    score_attribute: str = "val_auc",
 ) -> ray.train.RunConfig:
     storage = uris.join(run_dir, "ray_results")
     filesystem = None
@@ -48,7 +54,7 @@ def run_config(
         storage_filesystem=filesystem,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=2, checkpoint_score_attribute="val_auc", checkpoint_score_order="max"
+            num_to_keep=2, checkpoint_score_attribute=score_attribute, checkpoint_score_order="max"
         ),
         callbacks=callbacks,
     )
@@ -83,7 +89,10 @@ def fit(
     register: tuple | None = None,
     name: str = "train",
 ) -> TrainResult:
-    """Train with Ray Train and write ``RUN_DIR/model.pt`` (the best validation epoch), config and curves.
+    """Train with Ray Train and write ``RUN_DIR/model.pt``, config and curves.
+
+    ``model.pt`` holds the weights ``config.selection`` chooses (:mod:`anomaly.selection`): the
+    final EMA or last weights of the fixed budget, or the best validation epoch.
 
     The store streams to the workers through Ray Data; ``inputs`` (the split and statistics,
     :func:`prepare_inputs`) is computed here unless given (Tune computes it once for all trials).
@@ -110,7 +119,13 @@ def fit(
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=run_config(run_dir, name=name, max_failures=max_failures, callbacks=callbacks),
+        run_config=run_config(
+            run_dir,
+            name=name,
+            max_failures=max_failures,
+            callbacks=callbacks,
+            score_attribute="val_auc" if selects_by_validation(config.selection) else "epoch",
+        ),
         datasets=train_datasets(inputs),
         dataset_config=ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS)),
     )
@@ -118,7 +133,7 @@ def fit(
     result = trainer.fit()
     if result.error:
         raise result.error
-    return _write_outputs(run_dir, result, resume_from)
+    return _write_outputs(run_dir, result, resume_from, by_validation=selects_by_validation(config.selection))
 
 
 def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
@@ -130,14 +145,16 @@ def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
             )
 
 
-def _write_outputs(run_dir: str, result, resume_from: Checkpoint | None = None) -> TrainResult:
+def _write_outputs(
+    run_dir: str, result, resume_from: Checkpoint | None = None, *, by_validation: bool = True
+) -> TrainResult:
     # resume_from is the latest when it was a finished run's last checkpoint that Ray had not recorded.
     latest = max(
         (c for c in (result.checkpoint, resume_from) if c is not None),
         key=lambda c: int(load_checkpoint_payload(c)["epoch"]),
         default=None,
     )
-    best = result.get_best_checkpoint(metric="val_auc", mode="max") or latest
+    best = (result.get_best_checkpoint(metric="val_auc", mode="max") if by_validation else None) or latest
     if best is None:
         raise AnomalyError(run_dir, "training produced no checkpoint")
     history = load_checkpoint_payload(latest).get("history", []) if latest else []

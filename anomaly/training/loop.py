@@ -22,9 +22,10 @@ from ray.train import Checkpoint
 
 from anomaly.checkpoints import CHECKPOINT_FILE, checkpoint_payload, score_bags
 from anomaly.config import TrainConfig
+from anomaly.heads import Head, build_head
 from anomaly.losses import mil_loss
 from anomaly.metrics import evaluate_frames, video_auc
-from anomaly.model import MILScorer
+from anomaly.selection import WeightAverage, selects_by_validation
 from anomaly.store import features_from_arrow
 from anomaly.training.checkpoints import load_checkpoint_payload
 from anomaly.training.data import BagStream, TrainingInputs, rank_batch
@@ -32,11 +33,10 @@ from anomaly.training.data import BagStream, TrainingInputs, rank_batch
 VAL_BATCH_BAGS = 256
 
 
-def build_model(feature_dim: int, config: TrainConfig, mean: np.ndarray, std: np.ndarray) -> MILScorer:
-    model = MILScorer(feature_dim, dropout=config.dropout, feature_norm=config.feature_norm)
-    model.set_normalization(
-        torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
-    )
+def build_model(feature_dim: int, config: TrainConfig, mean: np.ndarray, std: np.ndarray) -> Head:
+    """The head ``config.model`` names, with the train split's normalisation statistics."""
+    model = build_head(config.model, feature_dim, dropout=config.dropout, feature_norm=config.feature_norm)
+    model.set_normalization(mean, std)
     return model
 
 
@@ -55,7 +55,7 @@ def _shuffle_seed(config: TrainConfig, epoch: int, rank: int, label: int) -> int
     return int(np.random.SeedSequence([config.seed, epoch, rank, label]).generate_state(1)[0])
 
 
-def train_epoch(model, optimizer, inputs: TrainingInputs, config: TrainConfig, epoch: int, device):
+def train_epoch(model, optimizer, inputs: TrainingInputs, config: TrainConfig, epoch: int, device, average=None):
     """One epoch: ``steps_per_epoch`` steps of ``batch_size`` abnormal + ``batch_size`` normal bags
     in all (this worker's share of each). Returns (mean loss, optimizer steps)."""
     rank, world = _world()
@@ -72,7 +72,7 @@ def train_epoch(model, optimizer, inputs: TrainingInputs, config: TrainConfig, e
     total = 0.0
     for _ in range(steps):
         abn, nor = (torch.from_numpy(stream.take()).to(device) for stream in streams)
-        scores = model(torch.cat([abn, nor]))
+        scores, features = model(torch.cat([abn, nor]), return_features=True)
         loss = mil_loss(
             scores[: len(abn)],
             scores[len(abn) :],
@@ -81,10 +81,15 @@ def train_epoch(model, optimizer, inputs: TrainingInputs, config: TrainConfig, e
             lambda_smooth=config.lambda_smooth,
             lambda_sparse=config.lambda_sparse,
             lambda_false_alarm=config.lambda_false_alarm,
+            lambda_magnitude=config.lambda_magnitude,
+            abnormal_features=features[: len(abn)],
+            normal_features=features[len(abn) :],
         )
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         optimizer.step()
+        if average is not None:
+            average.update(model.module if hasattr(model, "module") else model)
         total += float(loss.detach())
     return total / steps, steps
 
@@ -98,7 +103,7 @@ def _gather(value) -> list:
     return [value]
 
 
-def score_validation(model: MILScorer, shard) -> dict:
+def score_validation(model: Head, shard) -> dict:
     """Score this worker's part of the validation videos, streamed in record batches."""
     inner = model.module if hasattr(model, "module") else model
     part = {"video_ids": [], "scores": [], "labels": [], "num_frames": [], "intervals": [], "classes": []}
@@ -155,6 +160,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = build_model(inputs.feature_dim, config, inputs.mean, inputs.std)
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, config)
+    average = WeightAverage(model, config.ema_decay) if config.selection == "ema" else None
+    early_stopping = selects_by_validation(config.selection)  # else: the fixed budget of max_epochs
     start_epoch, best, stale, history = 0, -math.inf, 0, []
     # Resume after a crash or on a re-run with the same --out: Ray's latest checkpoint, or a newer one
     # the driver found on storage that Ray had not yet recorded when the last run was killed.
@@ -163,19 +170,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ]
     state = max(states, key=lambda s: int(s["epoch"]), default=None)
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))
+        if average is not None:
+            average.load_state_dict(state["model"])
+            average.updates = int(state.get("ema_updates", 0))
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
         history = list(state.get("history", []))
     model = ray.train.torch.prepare_model(model)
     val_shard = loop_config["val"][rank]
     for epoch in range(start_epoch, config.max_epochs):
-        if stale >= config.patience:
+        if early_stopping and stale >= config.patience:
             break
         started = time.perf_counter()
-        loss, steps = train_epoch(model, optimizer, inputs, config, epoch, device)
+        loss, steps = train_epoch(model, optimizer, inputs, config, epoch, device, average)
         epoch_seconds = time.perf_counter() - started
-        metrics = validation_metrics(_gather(score_validation(model, val_shard)))
+        scored = average.model if average is not None else model  # the weights the run exports
+        metrics = validation_metrics(_gather(score_validation(scored, val_shard)))
         score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -loss
         if score > best:
             best, stale = score, 0
@@ -195,9 +206,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
+                extra = {}
+                if average is not None:  # the raw weights and the EMA's count, to resume exactly
+                    inner = model.module if hasattr(model, "module") else model
+                    extra = {"train_model": inner.state_dict(), "ema_updates": average.updates}
                 payload = checkpoint_payload(
-                    model,
+                    scored,
                     config,
+                    **extra,
                     optimizer=optimizer.state_dict(),
                     epoch=epoch,
                     best_val_auc=best,
