@@ -164,7 +164,10 @@ def evaluate(
         backbone=meta.backbone if (meta := stored_metadata(payload, checkpoint)) else None,
     )
     # Optional store columns: per-data-set AUC, region-level scores and heat maps (anomaly.regions).
-    metrics.update(localization_metrics(store, model, bags, scores, out_dir, split=split, heatmaps=timelines))
+    metrics.update(localization_metrics(
+            store, model, bags, scores, out_dir, split=split, heatmaps=timelines, protocol=protocol, clip_len=clip_len
+        )
+    )
     frames = frame_level(scores, bags.num_frames, bags.intervals, protocol=protocol, clip_len=clip_len)
     if not math.isnan(metrics["frame_auc"]):
         fpr, tpr = roc_points(frames)

@@ -34,6 +34,7 @@ from anomaly.grid import cell_bounds, grid_of
 from anomaly.masks import iter_masks, mask_at
 from anomaly.metrics import evaluate_frames
 from anomaly.plots import heatmap_plot
+from anomaly.protocols import DEFAULT_PROTOCOL, SNIPPET
 from anomaly.scoring.alarms import DEFAULT_THRESHOLD
 from anomaly.segments import frame_segments, segment_bounds
 from anomaly.video import open_video
@@ -141,14 +142,23 @@ def per_dataset_metrics(
     num_frames: np.ndarray,
     intervals: Sequence,
     classes: Sequence[str],
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    clip_len: int = SNIPPET,
 ) -> dict:
-    """Frame-level metrics of each named data set's videos on their own (official protocol per set)."""
+    """Frame-level metrics of each named data set's videos on their own, by the evaluation's protocol."""
     out = {}
     names = np.asarray([d or "" for d in datasets], dtype=object)
     for name in sorted({d for d in names if d}):
         idx = np.flatnonzero(names == name)
         result = evaluate_frames(
-            scores[idx], labels[idx], num_frames[idx], [intervals[i] for i in idx], [classes[i] for i in idx]
+            scores[idx],
+            labels[idx],
+            num_frames[idx],
+            [intervals[i] for i in idx],
+            [classes[i] for i in idx],
+            protocol=protocol,
+            clip_len=clip_len,
         )
         out[name] = {key: result[key] for key in ("frame_auc", "frame_ap", "num_videos", "num_frames")}
     return out
@@ -164,6 +174,8 @@ def localization_metrics(
     split: str = "test",
     heatmaps: bool = True,
     threshold: float = THRESHOLD,
+    protocol: str = DEFAULT_PROTOCOL,
+    clip_len: int = SNIPPET,
 ) -> dict:
     """What :func:`anomaly.evaluation.evaluate` adds for stores with the optional columns.
 
@@ -183,7 +195,14 @@ def localization_metrics(
     out: dict = {}
     if any(datasets):
         out["per_dataset"] = per_dataset_metrics(
-            datasets, scores, bags.labels, bags.num_frames, bags.intervals, bags.classes
+            datasets,
+            scores,
+            bags.labels,
+            bags.num_frames,
+            bags.intervals,
+            bags.classes,
+            protocol=protocol,
+            clip_len=clip_len,
         )
     # Cell scores, streamed: the grid features (cells x 32 x D per video) are never all in memory.
     position = {vid: k for k, vid in enumerate(bags.video_ids)}

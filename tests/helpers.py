@@ -117,14 +117,18 @@ def frame_auc_again(eval_dir: Path | str, store: str, *, split: str = "test", vi
     """The frame AUC recomputed from an evaluation's ``scores.parquet`` and the store's truth.
 
     What a range check cannot say: that the figure in ``metrics.json`` is the AUC of the scores
-    the evaluation wrote, over the frames of the annotated intervals (``video_ids``: only those).
+    the evaluation wrote, over the frames of the annotated intervals (``video_ids``: only those),
+    under the protocol ``metrics.json`` says it used.
     """
+    import json
+
     import pyarrow.parquet as pq
     from sklearn.metrics import roc_auc_score
 
     from anomaly import store as feature_store
-    from anomaly.segments import frame_labels, frame_scores
+    from anomaly.protocols import frame_scores_and_labels
 
+    protocol = json.loads((Path(eval_dir) / "metrics.json").read_text())["evaluation_protocol"]
     bags = feature_store.load_bags(store, split=split)
     truth = dict(zip(bags.video_ids, bags.intervals, strict=True))
     rows = pq.read_table(Path(eval_dir) / "scores.parquet").to_pylist()
@@ -132,7 +136,13 @@ def frame_auc_again(eval_dir: Path | str, store: str, *, split: str = "test", vi
     labels, scores = [], []
     for row in rows:
         if row["video_id"] in wanted:
-            frames = int(row["num_frames"])
-            scores.append(frame_scores(np.asarray(row["segment_scores"]), frames))
-            labels.append(frame_labels(frames, truth[row["video_id"]]))
+            frame_score, frame_label = frame_scores_and_labels(
+                np.asarray(row["segment_scores"]),
+                int(row["num_frames"]),
+                truth[row["video_id"]],
+                protocol=protocol["name"],
+                clip_len=protocol["clip_len"],
+            )
+            scores.append(frame_score)
+            labels.append(frame_label)
     return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))

@@ -233,7 +233,8 @@ def test_an_alarm_starts_within_seconds_of_a_short_event_in_a_three_minute_recor
     assert hits, f"no alarm overlaps the event {start}-{end} s: {alarms}"
     assert abs(hits[0]["start_s"] - start) <= 4.0, hits
     assert sum(a["duration_s"] for a in alarms) < 0.25 * video.num_frames / fps  # not alarmed throughout
-    assert (out / "timelines" / "Explosion050_x264.png").exists()
+    assert hits[0]["video_id"] == "gate/Explosion050_x264"  # ids are relative paths under the listed root
+    assert (out / "timelines" / "gate" / "Explosion050_x264.png").exists()
 
 
 # ---------------------------------------------------- S3, a corrupt file, a killed job resumed

@@ -189,6 +189,8 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
     table = feature_store.read_table(store, columns=["label"], split="train")
     labels = table.column("label").to_numpy().astype(np.int64)
     ids = table.column("video_id").to_pylist()
+    if table.num_rows == 0:
+        raise AnomalyError(store, "feature store has no 'train' videos")
     counts = np.bincount(labels, minlength=2)
     if counts[0] < 2 or counts[1] < 2:
         raise AnomalyError(
