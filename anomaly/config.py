@@ -36,7 +36,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-3  # Sultani's L2 of 0.001 on the weights
     batch_size: int = 30  # bags of EACH label per step (Sultani: 30 + 30)
-    max_epochs: int = 100
+    max_epochs: int = 30
     patience: int = 10  # epochs without validation improvement before stopping early (best_val only)
     # Which weights the run exports (anomaly.selection): "ema" (exponential average of the weights over
     # the fixed budget), "last", or "best_val" (best validation epoch, with early stopping).

@@ -6,12 +6,13 @@ import logging
 import numpy as np
 import pytest
 import torch
+from helpers import frame_auc_again
 
 from anomaly import store
 from anomaly.checkpoints import load_scorer
 from anomaly.evaluation import coverage
 from anomaly.ground_truth import GroundTruth
-from anomaly.heads import MILScorer, RTFMHead, TransformerHead
+from anomaly.heads import RTFMHead, TransformerHead
 from anomaly.importers import crop_axis, import_features, parse_feature_file
 from anomaly.normalization import CLIP, FeatureNorm, fit_statistics
 from anomaly.protocols import frame_scores_and_labels
@@ -111,11 +112,12 @@ def test_coverage_says_what_is_evaluated_and_warns_on_partial_split(r3d34_store,
     assert "PARTIAL TEST SPLIT" in caplog.text
 
 
-@pytest.mark.parametrize(("head", "loss", "kind"), [("mlp", "topk_bce", MILScorer), ("rtfm", "rtfm", RTFMHead), ("transformer", "topk_bce", TransformerHead)])
+# Sultani's MLP goes through the same commands in test_training.py and test_demo.py.
+@pytest.mark.parametrize(("head", "loss", "kind"), [("rtfm", "rtfm", RTFMHead), ("transformer", "topk_bce", TransformerHead)])
 def test_each_head_trains_on_real_features_and_evaluates(r3d34_store, tmp_path, head, loss, kind):
     out, _, _ = r3d34_store
     config = tmp_path / "c.yaml"
-    config.write_text(f"model: {head}\nloss: {loss}\nmax_epochs: 3\nbatch_size: 4\nval_fraction: 0.3\n")
+    config.write_text(f"model: {head}\nloss: {loss}\nmax_epochs: 2\nbatch_size: 4\nval_fraction: 0.3\n")
     run = tmp_path / "run"
     args = train_job.get_args_parser().parse_args(
         ["--features", str(out), "--out", str(run), "--config", str(config), "--max-failures", "0"]
@@ -123,7 +125,7 @@ def test_each_head_trains_on_real_features_and_evaluates(r3d34_store, tmp_path, 
     assert train_job.main(args) == 0
     model, payload = load_scorer(str(run))
     assert isinstance(model, kind) and payload["head"]["model"] == head
-    assert payload["epoch"] == 2  # selection ema: the fixed budget's end, not the best validation epoch
+    assert payload["epoch"] == 1  # selection ema: the fixed budget's end, not the best validation epoch
     assert "train_model" not in payload and "optimizer" not in payload
     features = torch.from_numpy(store.load_bags(str(out), split="test").features[:2])
     with torch.no_grad():
@@ -137,4 +139,4 @@ def test_each_head_trains_on_real_features_and_evaluates(r3d34_store, tmp_path, 
     metrics = json.loads((evaluated / "metrics.json").read_text())
     assert metrics["evaluation_protocol"]["name"] == "sultani_matlab" and metrics["model"] == head
     assert "of 290 listed" in metrics["coverage"]["summary"]
-    assert 0 <= metrics["frame_auc"] <= 1
+    assert metrics["frame_auc"] == pytest.approx(frame_auc_again(evaluated, str(out)), abs=1e-6)
