@@ -116,6 +116,9 @@ def score_videos_task(out: str, videos: Sequence[dict], model, rules: ScoreRules
     for video in videos:
         video_id, uri = video["video_id"], video["uri"]
         features, seen = gathered[video_id]
+        if seen.size == 0:
+            failed.append((video_id, uri, "no clips: the video has no decodable frames"))
+            continue
         if not seen.all():
             failed.append(
                 (video_id, uri, f"incomplete: {int(seen.sum())} of {seen.size} clips in the clip table")
