@@ -1,8 +1,9 @@
 """Distributed scoring against extraction alone: clips/s on the same videos, side by side in one run.
 
 1. ``anomaly.extraction.extract``: the Ray Data extraction pipeline into a fresh feature store;
-2. ``anomaly.scoring.pipeline.score_videos``: the same listing, decode and model actors, plus the
-   driver's fold, the clip-window head, alarms, and the Parquet/CSV/PNG outputs, into a fresh OUT;
+2. ``anomaly.scoring.pipeline.score_videos``: the same listing, decode, model actors and clip-table
+   writers, plus the scoring tasks (clip table read back, the clip-window head, alarms, the
+   Parquet/PNG outputs) and the driver's alarms.parquet/.csv from part footers, into a fresh OUT;
 3. the head alone: ``score_clips`` on as many clip features as (2) scored (the work scoring adds).
 
 Both runs share one local Ray (started before either), run in alternating order (``--repeats``)
@@ -97,7 +98,7 @@ def main() -> int:
     print("| pipeline | clips/s (best of runs) | runs |\n| --- | ---: | --- |")
     print(f"| extraction alone (`anomaly.extraction.extract`) | {ext:.2f} | {', '.join(f'{r:.2f}' for r in rates['extract'])} |")
     print(f"| distributed scoring (`ray_jobs.score` pipeline) | {sco:.2f} | {', '.join(f'{r:.2f}' for r in rates['score'])} |")
-    print(f"| the head alone (clip windows + MIL scorer, driver) | {head:.0f} | 1 |")
+    print(f"| the head alone (clip windows + MIL scorer, one process) | {head:.0f} | 1 |")
     print(f"\nratio scoring / extraction = {sco / ext:.2f} (target: close to 1)")
     return 0
 

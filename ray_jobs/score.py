@@ -45,11 +45,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights", default=None, help="backbone weights path/URI, or 'none' for random weights"
     )
-    parser.add_argument("--clip-len", type=int, default=None, help="frames per clip (default: as in training)")
+    parser.add_argument(
+        "--clip-len", type=int, default=None, help="frames per clip (default: as in training)"
+    )
     parser.add_argument(
         "--stride", type=int, default=None, help="frames between clip starts (default: as in training)"
     )
-    parser.add_argument("--crop", type=cli.int_pair, default=None, help="model input H,W (default: as in training)")
+    parser.add_argument(
+        "--crop", type=cli.int_pair, default=None, help="model input H,W (default: as in training)"
+    )
     parser.add_argument(
         "--threshold", type=float, default=DEFAULT_THRESHOLD, help="clip score above which an alarm starts"
     )
@@ -72,7 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="seconds of clips averaged to score each clip: about one training segment (default 2.5 s, "
         "a median UCF-Crime training segment; use the length of yours)",
     )
-    parser.add_argument("--window-clips", type=int, default=None, help="the window in clips (overrides --window)")
+    parser.add_argument(
+        "--window-clips", type=int, default=None, help="the window in clips (overrides --window)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="clips per model call")
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per model actor")
     parser.add_argument("--num-cpus-per-actor", type=float, default=1.0, help="CPUs per model actor")
@@ -168,14 +174,14 @@ def main(args: argparse.Namespace) -> int:
     report = score_videos(args.videos, args.out, job, prepared=prepared)
     for failure in report.failed:
         print(f"failed: {failure['uri']}: {failure['reason']}")
-    table = outputs.read_scores(args.out)
-    alarms = outputs.alarms_of(table, job.alarms)
+    alarms = report.alarms  # small records: no score is read back for these lines
     for alarm, _ in alarms[:20]:
         print(f"{alarm.video_id}:{format_alarm(alarm)}")
     if len(alarms) > 20:
         print(f"… {len(alarms) - 20} more in {report.written['alarms_csv']}")
     if _is_one_video(args.videos) and report.scored + report.skipped:
-        scores = video_scores(table, (report.scored + report.skipped)[0])
+        video_id = (report.scored + report.skipped)[0]
+        scores = video_scores(outputs.read_scores(args.out, [video_id]), video_id)
         report.written.update(write_outputs(scores, args.out, threshold=job.alarms.threshold))
         if args.annotated_video:
             report.written["video"] = write_annotated_video(
@@ -185,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
     elif args.annotated_video:
         for video_id in sorted({alarm.video_id for alarm, _ in alarms}):
             report.written[f"video {video_id}"] = write_annotated_video(
-                video_scores(table, video_id),
+                video_scores(outputs.read_scores(args.out, [video_id]), video_id),
                 uris.join(args.out, "annotated", f"{video_id}.mp4"),
                 threshold=job.alarms.threshold,
             )

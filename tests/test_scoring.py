@@ -308,3 +308,51 @@ def test_wall_clock_times_come_from_the_containers_creation_time(tmp_path):
     ]
     no_clock = outputs.video_rows("v", plain.uri, times, np.array([0.2, 0.8]), fps=8.0, num_frames=16, created=None)
     assert no_clock.column("start_time").null_count == 2
+
+
+# ----------------------------------------------------------- what the driver sees: small rows only
+
+
+@pytest.mark.slow
+def test_the_driver_receives_summary_rows_never_clip_features_and_resumes_from_part_footers(
+    ray_cluster, tmp_path, run_dir, monkeypatch
+):
+    from anomaly.extraction.commit import VideoTracker
+    from anomaly.scoring import pipeline
+
+    received: list[tuple[list[str], int]] = []
+
+    class RecordingTracker(VideoTracker):  # what the driver iterates: the pipeline's output batches
+        def consume(self, batch):
+            received.append((sorted(batch), sum(np.asarray(column).nbytes for column in batch.values())))
+            return super().consume(batch)
+
+    monkeypatch.setattr(pipeline, "VideoTracker", RecordingTracker)
+    for i in range(3):
+        make_video(str(tmp_path / "cams" / f"Cam{i}_x264.mp4"), num_frames=96, fps=8.0, seed=i)
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "cams"), "--checkpoint", str(run_dir), "--out", str(out), "--min-duration", "0"]
+    assert score_job.main(score_job.get_args_parser().parse_args([*argv, "--threshold", "0.0"])) == 0
+    clips = outputs.read_scores(str(out)).num_rows
+    assert clips == 3 * 12
+    assert received and all("features" not in columns and "clip" not in columns for columns, _ in received)
+    dim = STORE_META["feature_dim"]
+    assert sum(size for _, size in received) < clips * dim * 4 / 2  # under half a feature's bytes per clip
+    assert not (out / feature_store.CLIPS_DIR).exists()  # the clip table lived until its videos were scored
+    first = outputs.read_alarms(str(out))
+    assert first.num_rows == 3  # threshold 0: one alarm per video
+
+    def no_scores(*_args, **_kwargs):
+        raise AssertionError("a resumed run read scores back")
+
+    monkeypatch.setattr(outputs, "read_scores", no_scores)
+    monkeypatch.setattr(outputs, "read_scores_part", no_scores)
+    received.clear()
+    assert score_job.main(score_job.get_args_parser().parse_args([*argv, "--threshold", "0.0"])) == 0
+    assert received == []  # every video skipped: ids and alarms came from the part footers
+    assert outputs.read_alarms(str(out)).to_pylist() == first.to_pylist()
+
+    monkeypatch.undo()
+    assert score_job.main(score_job.get_args_parser().parse_args([*argv, "--threshold", "0.9999"])) == 0
+    expected = outputs.alarms_of(outputs.read_scores(str(out)), AlarmSettings(0.9999, 0.0))
+    assert outputs.read_alarms(str(out)).num_rows == len(expected) < 3  # re-alarmed from the scores

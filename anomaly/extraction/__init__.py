@@ -36,7 +36,6 @@ _LAZY = {
     "write_clip_rows": "commit",
     "build_pipeline": "pipeline",
     "model_stage": "pipeline",
-    "build_dataset": "feature_rows",
     "weights_tag": "settings",
     "_weights_tag": "settings",
     "extract": "pipeline",
@@ -54,5 +53,5 @@ def __getattr__(name: str):
         return SegmentAccumulator
     if name in _LAZY:
         module = importlib.import_module(f"anomaly.extraction.{_LAZY[name]}")
-        return getattr(module, {"build_dataset": "build_feature_rows", "_weights_tag": "weights_tag"}.get(name, name))
+        return getattr(module, {"_weights_tag": "weights_tag"}.get(name, name))
     raise AttributeError(f"module 'anomaly.extraction' has no attribute {name!r}")

@@ -1,9 +1,11 @@
-"""Feature rows to the driver, for consumers that fold clips in the driver (scoring, until it moves).
+"""The old design's feature-row stream, kept as the baseline that ``benchmarks/extract.py`` measures.
 
 The stream of the design before the clip table: one row per clip with
 ``num_clips`` on every row (from a probe, i.e. a second decode), features
-from the model actors, folded by the caller. Extraction itself no longer uses
-it (see :mod:`anomaly.extraction.pipeline`); new pipelines should build on
+from the model actors, folded by the caller in the driver. No pipeline uses
+it any more: extraction and scoring both write the clip table and keep only
+summary rows in the driver (see :mod:`anomaly.extraction.pipeline` and
+:mod:`anomaly.scoring.pipeline`); new pipelines should build on
 :func:`anomaly.extraction.decode.decode_window` and its end rows instead.
 """
 

@@ -3,7 +3,8 @@
 - :mod:`anomaly.scoring.windows`: how a scorer trained on 32-segment bags scores one clip;
 - :mod:`anomaly.scoring.alarms`: threshold, merge gap, minimum duration (the one alarm threshold,
   :data:`~anomaly.scoring.alarms.DEFAULT_THRESHOLD`; numpy only, cheap to import from anywhere);
-- :mod:`anomaly.scoring.pipeline`: many videos on Ray Data, reusing extraction's stages;
+- :mod:`anomaly.scoring.pipeline`: many videos on Ray Data, reusing extraction's stages and tracker;
+- :mod:`anomaly.scoring.workers`: the scoring task (clip table -> head -> scores part, alarms, timelines);
 - :mod:`anomaly.scoring.outputs`: ``OUT/scores``, ``alarms.parquet``/``.csv``, timelines;
 - :mod:`anomaly.scoring.single`: one video in-process (library use, the demo), its CSV/PNG/MP4.
 

@@ -1,30 +1,44 @@
-"""Score many recordings on Ray Data: extraction's listing, ids, decode and model actors, then clip scores.
+"""Score many recordings on Ray Data exactly like extraction, with the trained head applied on the workers.
 
-Pipeline::
+Pipeline (the stages are extraction's own, :mod:`anomaly.extraction.pipeline`)::
 
-    anomaly.extraction.build_dataset(todo, settings, spec)   decode tasks -> backbone actors (features per clip)
-      -> iter_batches() in the driver                         fold each video's clip features, in any order
-      -> a video complete: anomaly.scoring.windows.score_clips (the trained head), its alarms
-      -> every ``flush_every`` videos: one atomic OUT/scores part file
+    driver: list, ids (relative paths), skip ids already in OUT/scores (part footers), plan windows
+    from_items(one block per window)
+      -> flat_map(decode_window)         CPU tasks, torch-free: clip rows + an end row per window
+      -> map_batches(ClipFeatureExtractor, ActorPoolStrategy, num_gpus)   clips -> D features
+      -> map_batches(write_clip_rows)    CPU tasks: features -> OUT/_clips (atomic files);
+                                         out: a few summary rows per batch (runs of clip indices)
+    driver: VideoTracker folds summaries; each flush_every complete videos -> score_videos_task
+            (a Ray task, anomaly.scoring.workers: clip table -> clip-window head -> alarms ->
+            timelines -> one atomic OUT/scores part whose footer keeps the batch's alarms)
+    driver: alarms.parquet / alarms.csv from the part footers' alarm records (small rows)
 
-Everything that makes extraction reliable is extraction's own code here: the
-listing and ids (:func:`anomaly.extraction.list_videos`, :func:`~anomaly.extraction.sanity_check`),
-the decode stage that never raises and holds back a video's last clip until
-it decoded cleanly, the actor pool, and the failures table format. A video is
-scored only when all of its clips are in; one whose decoding fails, or that
-ends short, is recorded in ``OUT/_failures.parquet`` with its reason and the
-rest go on. A re-run skips videos already in ``OUT/scores`` (resume) and
-rebuilds ``alarms.*`` and the timelines from all scores, so a killed and
-resumed job writes the same outputs as an uninterrupted one.
+Why this shape: a clip's score needs the features of its neighbours (a
+window about one training segment long, more for context heads), and those
+arrive in other batches from other actors, so the head cannot run inside the
+model actors. The design before this one gathered every clip feature in the
+driver and ran the head there, and rebuilt alarms by reading every score back
+into the driver: the driver's CPU and memory grew with the clip count and D,
+the same cap that extraction removed (issue 12). Here features never leave
+the workers: the writer tasks put them in the clip table, and the scoring
+task reads a complete video's clips back from storage, so a video's clips are
+together where the head runs, and the driver sees per batch a handful of
+integers (runs of clip indices) and per video its clip count and alarms. The
+head is cheap next to the backbone (``benchmarks/score.py``), so a zero-CPU
+task beside the decode tasks and actors is enough; the model goes to the
+tasks once, as an object ref.
 
-Why the head runs in the driver, next to the fold, and not in the actors:
-a clip's score needs the features of its neighbours (a window about one
-training segment long, more for context heads), and those arrive in other
-batches from other actors. The driver already gathers each video's clips (as
-extraction's fold does); the head is a few hundred thousand multiply-adds per
-clip against billions for the backbone on the workers (measured in
-``benchmarks/score.py``). Memory: one ``(clips, D)`` float32 array per video
-in flight (an hour at 25 fps, 16-frame clips, 512-d: 12 MB).
+Guarantees, as extraction's: a video is scored only when every clip of every
+window is in the clip table, and committed whole (one atomic part file per
+batch, named after its video ids, so a retried task overwrites its own file;
+a clip written twice counts once); one whose decode fails, or that ends
+short, is recorded in ``OUT/_failures.parquet`` with a one-line reason and the
+rest go on. A re-run skips videos already in ``OUT/scores`` and rebuilds
+``alarms.*`` from every part's footer (a part written with other alarm
+settings, or by an older version, is re-alarmed from its own scores by a
+task), so a killed and resumed job writes the same outputs as an
+uninterrupted one. A run that finishes removes ``OUT/_clips``, the clip
+features it needed only until its videos were scored.
 """
 
 from __future__ import annotations
@@ -32,29 +46,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import asdict, dataclass, field
 
 from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.checkpoints import MODEL_FILE, load_scorer, stored_metadata
 from anomaly.errors import AnomalyError
-from anomaly.extraction import ExtractionSettings, _weights_tag, build_dataset, list_videos, sanity_check
+from anomaly.extraction import ExtractionSettings, weights_tag
+from anomaly.extraction.commit import TrackedVideo, VideoTracker
+from anomaly.extraction.pipeline import build_pipeline, check_gpus, plan, resolve_ids, sampling_of
 from anomaly.scoring import outputs
-from anomaly.scoring.alarms import AlarmSettings, find_alarms
+from anomaly.scoring.alarms import Alarm, AlarmSettings
 from anomaly.scoring.single import check_feature_dim, check_weights
-from anomaly.scoring.windows import (
-    DEFAULT_WINDOW_SECONDS,
-    clip_times,
-    context_segments,
-    score_clips,
-    window_clips,
-)
+from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS, context_segments
+from anomaly.scoring.workers import ScoreRules, creation_time, realarm_part, score_videos_task
 from anomaly.store import StoreMetadata
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ScoringJob", "ScoringReport", "creation_time", "extraction_settings", "prepare", "score_videos"]
+
+# Scoring tasks in flight at once: as extraction's pooling tasks, short, and more would compete with decoding.
+MAX_TASKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class ScoringReport:
     failed: list[dict] = field(default_factory=list)
     num_clips: int = 0
     num_alarms: int = 0  # over all videos in OUT, this run's and earlier runs'
+    alarms: list[tuple[Alarm, dict]] = field(default_factory=list)  # those alarms, highest peak first
     seconds: float = 0.0
     written: dict[str, str] = field(default_factory=dict)
 
@@ -101,7 +115,9 @@ def extraction_settings(payload: dict, **overrides) -> ExtractionSettings:
     meta = stored_metadata(payload) or StoreMetadata(backbone="")
     backbone = overrides.pop("backbone", None) or meta.backbone
     if not backbone or backbone in ("synthetic", "imported"):
-        raise AnomalyError("--backbone", "the checkpoint does not record an extractor backbone; pass --backbone")
+        raise AnomalyError(
+            "--backbone", "the checkpoint does not record an extractor backbone; pass --backbone"
+        )
     values = {
         "clip_len": meta.clip_len,
         "stride": meta.stride,
@@ -116,167 +132,9 @@ def extraction_settings(payload: dict, **overrides) -> ExtractionSettings:
     return ExtractionSettings(backbone=backbone, **values)
 
 
-def creation_time(uri: str) -> str:
-    """The container's ``creation_time`` tag (ISO 8601), '' when absent or unreadable (then no wall clock)."""
-    import av
-
-    try:
-        fs, path = uris.filesystem(uri)
-        if fs.isdir(path):
-            return ""
-        with fs.open(path, "rb", block_size=256 * 1024) as handle, av.open(handle, mode="r") as container:
-            tags = dict(container.metadata or {})
-            if not tags.get("creation_time") and container.streams.video:
-                tags = dict(container.streams.video[0].metadata or {})
-            return str(tags.get("creation_time") or "")
-    except Exception:  # noqa: BLE001 - a missing tag must never fail a video; decode reports real problems
-        return ""
-
-
-def _video_ids(videos: str | Sequence[str]) -> tuple[dict[str, str], list[dict]]:
-    """Ids by extraction's rule: relative paths under a listed folder once extraction provides
-    ``resolve_ids`` (issue 12: cameras with the same file names), file stems before that."""
-    try:
-        from anomaly.extraction import resolve_ids
-    except ImportError:
-        return sanity_check(list_videos(videos))
-    return resolve_ids(videos)
-
-
-def _creation_times(todo: dict[str, str]) -> dict[str, str]:
-    """Header reads of every video, a few at a time (object stores: latency-bound, not bandwidth)."""
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(zip(todo, pool.map(creation_time, todo.values()), strict=True))
-
-
-@dataclass
-class _Video:
-    uri: str
-    num_clips: int
-    num_frames: int
-    fps: float
-    features: np.ndarray
-    seen: np.ndarray
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.seen.all())
-
-
-class ClipScorer:
-    """Driver side: gather each video's clip features, score it when complete, flush whole videos."""
-
-    def __init__(self, out, job, model, payload, spec, stride, todo, created, report, started) -> None:
-        self.out, self.job, self.model, self.payload = out, job, model, payload
-        self.spec, self.stride, self.todo, self.created = spec, stride, todo, created
-        self.report, self.started = report, started
-        self.context = context_segments(payload, model)
-        self.in_flight: dict[str, _Video] = {}
-        self.finished: set[str] = set()
-        self.buffer: list = []
-        self.buffered_uris: list[str] = []
-        self.new_failures: list[dict] = []
-        self.alarms_so_far = 0
-
-    def window(self, fps: float) -> int:
-        if self.job.window_clips:
-            return int(self.job.window_clips)
-        return window_clips(self.job.window_seconds, fps, self.stride)
-
-    def consume(self, batch: dict[str, np.ndarray]) -> None:
-        ids = np.asarray(batch["video_id"])
-        errors = np.asarray(batch["error"])
-        for video_id in np.unique(ids):
-            video_id = str(video_id)
-            if video_id in self.finished:
-                continue
-            rows = np.flatnonzero(ids == video_id)
-            failed = [str(e) for e in errors[rows] if e]
-            if failed:
-                self.fail(video_id, failed[0], "decode")
-                continue
-            first = rows[0]
-            video = self.in_flight.get(video_id)
-            if video is None:
-                num_clips = int(batch["num_clips"][first])
-                video = self.in_flight[video_id] = _Video(
-                    uri=str(batch["uri"][first]),
-                    num_clips=num_clips,
-                    num_frames=int(batch["num_frames"][first]),
-                    fps=float(batch["fps"][first]),
-                    features=np.zeros((num_clips, self.spec.feature_dim), dtype=np.float32),
-                    seen=np.zeros(num_clips, dtype=bool),
-                )
-            index = np.asarray(batch["clip_index"])[rows]
-            if index.min() < 0 or index.max() >= video.num_clips:
-                self.fail(video_id, f"clip index out of range 0..{video.num_clips - 1}", "group")
-                continue
-            video.features[index] = np.asarray(batch["features"])[rows]
-            video.seen[index] = True  # a retried task's duplicate clip overwrites with the same features
-            if video.complete:
-                self.commit(video_id, self.in_flight.pop(video_id))
-
-    def commit(self, video_id: str, video: _Video) -> None:
-        fps = video.fps if np.isfinite(video.fps) and video.fps > 0 else (self.job.extraction.fps or 0.0)
-        scores = score_clips(self.model, video.features, self.window(fps), context=self.context)
-        times = clip_times(video.num_clips, video.num_frames, self.spec.clip_len, self.stride, fps)
-        alarms = find_alarms(video_id, times["start_s"], times["end_s"], scores, self.job.alarms)
-        table = outputs.video_rows(
-            video_id,
-            video.uri,
-            times,
-            scores,
-            fps=fps,
-            num_frames=video.num_frames,
-            created=outputs.parse_creation_time(self.created.get(video_id)),
-        )
-        self.buffer.append(table)
-        self.buffered_uris.append(video.uri)
-        self.finished.add(video_id)
-        self.report.scored.append(video_id)
-        self.report.num_clips += video.num_clips
-        self.alarms_so_far += len(alarms)
-        elapsed = time.monotonic() - self.started
-        logger.info(
-            "[%d/%d] %s: %d clips, %d alarms; %.1f clips/s, %d alarms so far",
-            len(self.finished),
-            len(self.todo),
-            video_id,
-            video.num_clips,
-            len(alarms),
-            self.report.num_clips / max(elapsed, 1e-9),
-            self.alarms_so_far,
-        )
-        if len(self.buffer) >= self.job.extraction.flush_every:
-            self.flush()
-
-    def fail(self, video_id: str, reason: str, stage: str) -> None:
-        self.in_flight.pop(video_id, None)
-        self.finished.add(video_id)
-        failure = {"uri": self.todo.get(video_id, ""), "video_id": video_id, "reason": reason, "stage": stage}
-        self.new_failures.append(failure)
-        self.report.failed.append(failure)
-        logger.warning("[%d/%d] %s failed (%s): %s", len(self.finished), len(self.todo), failure["uri"], stage, reason)
-
-    def finish(self) -> None:
-        for video_id, video in list(self.in_flight.items()):
-            self.fail(video_id, f"incomplete: {int(video.seen.sum())} of {video.num_clips} clips", "group")
-        for video_id in self.todo:
-            if video_id not in self.finished:
-                self.fail(video_id, "no output from the decode stage", "group")
-
-    def flush(self) -> None:
-        if self.buffer:
-            part = outputs.write_scores_part(self.out, self.buffer)
-            feature_store.clear_failures(self.out, self.buffered_uris)
-            logger.info("committed %d videos to %s", len(self.buffer), part)
-            self.buffer, self.buffered_uris = [], []
-        if self.new_failures:
-            feature_store.record_failures(self.out, self.new_failures)
-            self.new_failures = []
-
-
-def scoring_settings_record(checkpoint_sha: str, settings: ExtractionSettings, spec, job: ScoringJob, weights: str) -> dict:
+def scoring_settings_record(
+    checkpoint_sha: str, settings: ExtractionSettings, spec, job: ScoringJob, weights: str
+) -> dict:
     """What ``OUT/_scoring.json`` pins: scores of one OUT are comparable (same model, features, window)."""
     return {
         "checkpoint_sha256": checkpoint_sha,
@@ -311,44 +169,198 @@ def prepare(job: ScoringJob):
         raise AnomalyError("--window-clips", f"must be >= 1, got {job.window_clips}")
     if not job.window_seconds > 0:
         raise AnomalyError("--window", f"must be > 0 seconds, got {job.window_seconds}")
-    weights = _weights_tag(settings)
+    weights = weights_tag(settings)
     meta = stored_metadata(payload)
     check_weights(settings.weights or "--weights", weights, meta.weights_sha256 if meta else None)
     return model, payload, spec, weights
 
 
+class _Scorer:
+    """Driver side: complete videos from the tracker -> scoring tasks -> the report (small rows only)."""
+
+    def __init__(
+        self, out: str, rules: ScoreRules, model, todo: dict[str, str], report, started, flush_every
+    ) -> None:
+        import ray
+
+        self.ray = ray
+        self.out, self.rules, self.todo, self.report = out, rules, todo, report
+        self.started, self.flush_every = started, flush_every
+        self.model = ray.put(model)  # once, not once per task
+        self.task = ray.remote(score_videos_task).options(num_cpus=0, max_retries=3)
+        self.pending: list[dict] = []
+        self.in_flight: list = []
+        self.new_failures: list[dict] = []
+        self.alarms_so_far = 0
+        self.counted_before = len(report.scored) + len(report.failed)
+
+    @property
+    def done(self) -> int:
+        return len(self.report.scored) + len(self.report.failed) - self.counted_before
+
+    def complete(self, video_id: str, video: TrackedVideo, num_clips: int) -> None:
+        self.pending.append(
+            {
+                "video_id": video_id,
+                "uri": video.uri,
+                "num_clips": num_clips,
+                "num_frames": int(video.num_frames),
+                "fps": float(video.fps),
+                "files": sorted(video.files),
+            }
+        )
+        if len(self.pending) >= self.flush_every:
+            self.submit()
+
+    def submit(self) -> None:
+        if self.pending:
+            while len(self.in_flight) >= MAX_TASKS_IN_FLIGHT:
+                self.collect(wait=True)
+            self.in_flight.append(self.task.remote(self.out, self.pending, self.model, self.rules))
+            self.pending = []
+
+    def collect(self, *, wait: bool = False) -> None:
+        if not self.in_flight:
+            return
+        ready, self.in_flight = self.ray.wait(
+            self.in_flight, num_returns=1 if wait else len(self.in_flight), timeout=None if wait else 0
+        )
+        for ref in ready:
+            result = self.ray.get(ref)
+            for video_id, uri, reason in result["failed"]:
+                self.fail(video_id, uri, reason, "group")
+            if result["part"]:
+                feature_store.clear_failures(self.out, [video["source_uri"] for video in result["videos"]])
+                logger.info("committed %d videos to %s", len(result["videos"]), result["part"])
+            for uri in result["timelines"]:
+                self.report.written[f"timeline {uri.rsplit('/', 1)[-1]}"] = uri
+            for video in result["videos"]:
+                self.report.scored.append(video["video_id"])
+                self.report.num_clips += video["num_clips"]
+                self.alarms_so_far += len(video["alarms"])
+                elapsed = time.monotonic() - self.started
+                logger.info(
+                    "[%d/%d] %s: %d clips, %d alarms; %.1f clips/s, %d alarms so far",
+                    self.done,
+                    len(self.todo),
+                    video["video_id"],
+                    video["num_clips"],
+                    len(video["alarms"]),
+                    self.report.num_clips / max(elapsed, 1e-9),
+                    self.alarms_so_far,
+                )
+        self.flush_failures()
+
+    def fail(self, video_id: str, uri: str, reason: str, stage: str) -> None:
+        failure = {
+            "uri": uri or self.todo.get(video_id, ""),
+            "video_id": video_id,
+            "reason": reason,
+            "stage": stage,
+        }
+        self.new_failures.append(failure)
+        self.report.failed.append(failure)
+        logger.warning("[%d/%d] %s failed (%s): %s", self.done, len(self.todo), failure["uri"], stage, reason)
+
+    def flush_failures(self) -> None:
+        if self.new_failures:
+            feature_store.record_failures(self.out, self.new_failures)
+            self.new_failures = []
+
+    def drain(self) -> None:
+        self.submit()
+        while self.in_flight:
+            self.collect(wait=True)
+        self.flush_failures()
+
+
+def rebuild_alarms(out: str, settings: AlarmSettings) -> list[tuple[Alarm, dict]]:
+    """Every alarm in ``OUT``, highest peak first, from the scores parts' footers (small records).
+
+    A part whose alarms were found with other settings (or that has no index) is re-alarmed
+    from its own scores by a Ray task, which also redraws its videos' timelines.
+    """
+    import ray
+
+    records, stale = [], []
+    for part, index in outputs.read_index(out):
+        if index is not None and index["alarm_settings"] == asdict(settings):
+            records.extend(alarm for video in index["videos"] for alarm in video["alarms"])
+        else:
+            stale.append(part)
+    if stale:
+        logger.info("%d scores parts were alarmed with other settings: re-alarming them", len(stale))
+        task = ray.remote(realarm_part).options(num_cpus=0.25)
+        for found in ray.get([task.remote(out, part, settings) for part in stale]):
+            records.extend(found)
+    return outputs.from_records(records)
+
+
+def _remove_clip_table(out: str) -> None:
+    fs, path = uris.filesystem(uris.join(out, feature_store.CLIPS_DIR))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prepared=None) -> ScoringReport:
-    """Score every video not yet in ``OUT/scores``, then (re)write alarms and timelines of all of them."""
+    """Score every video not yet in ``OUT/scores``, then rebuild ``alarms.*`` of all of them (small rows)."""
     started = time.monotonic()
+    started_wall = time.time()
     model, payload, spec, weights = prepared or prepare(job)
     settings = job.extraction
-    ids, list_failures = _video_ids(videos)
-    outputs.ensure_settings(out, scoring_settings_record(_checkpoint_sha(job.checkpoint), settings, spec, job, weights))
-    for path in uris.remove_stale_temp_files(uris.join(out, outputs.SCORES_DIR), older_than=time.time()):
-        logger.info("removed %s, left by an interrupted write", path)
+    ids, list_failures = resolve_ids(videos)
+    check_gpus(settings)
+    outputs.ensure_settings(
+        out, scoring_settings_record(_checkpoint_sha(job.checkpoint), settings, spec, job, weights)
+    )
+    for folder in (outputs.SCORES_DIR, feature_store.CLIPS_DIR):
+        for path in uris.remove_stale_temp_files(uris.join(out, folder), older_than=started_wall):
+            logger.info("removed %s, left by an interrupted write", path)
 
     report = ScoringReport(out=out)
     done = outputs.scored_video_ids(out)
     report.skipped = sorted(vid for vid in ids if vid in done)
     todo = {vid: uri for vid, uri in sorted(ids.items()) if vid not in done}
     report.failed.extend(list_failures)
-    logger.info("%d videos: %d already scored in %s, %d to score", len(ids), len(report.skipped), out, len(todo))
-    scorer = ClipScorer(
-        out, job, model, payload, spec, settings.effective_stride(spec), todo, _creation_times(todo), report, started
+    logger.info(
+        "%d videos: %d already scored in %s, %d to score", len(ids), len(report.skipped), out, len(todo)
     )
+    sampling = sampling_of(settings, spec)
+    rules = ScoreRules(
+        clip_len=spec.clip_len,
+        stride=sampling.stride,
+        dim=spec.feature_dim,
+        window_seconds=job.window_seconds,
+        window_clips=job.window_clips,
+        context=context_segments(payload, model),
+        fps_default=settings.fps,
+        alarms=job.alarms,
+    )
+    scorer = _Scorer(out, rules, model, todo, report, started, settings.flush_every)
     scorer.new_failures.extend(list_failures)
+    tracker = VideoTracker(clip_len=spec.clip_len, stride=sampling.stride, cells=0)
+    finished = False
     try:
         if todo:
-            for batch in build_dataset(todo, settings, spec).iter_batches(batch_size=None, batch_format="numpy"):
-                scorer.consume(batch)
-            scorer.finish()
+            windows = plan(todo, sampling)
+            for batch in build_pipeline(windows, settings, spec, out).iter_batches(
+                batch_size=None, batch_format="numpy"
+            ):
+                complete, failed = tracker.consume(batch)
+                for video_id, uri, reason in failed:
+                    scorer.fail(video_id, uri, reason, "decode")
+                for video_id, video in complete:
+                    scorer.complete(video_id, video, tracker.num_clips(video))
+                scorer.collect()
+            for video_id, uri, reason in tracker.finish(todo):
+                scorer.fail(video_id, uri, reason, "group")
+        finished = True
     finally:
-        scorer.flush()
+        scorer.drain()  # complete videos are whole: scoring them on the way out keeps finished work
+    if finished:
+        _remove_clip_table(out)
     report.seconds = time.monotonic() - started
-    table = outputs.read_scores(out)
-    alarms = outputs.alarms_of(table, job.alarms)
-    report.num_alarms = len(alarms)
-    report.written.update(outputs.write_alarms(out, alarms))
-    for uri in outputs.write_timelines(out, table, alarms, job.alarms.threshold):
-        report.written[f"timeline {uri.rsplit('/', 1)[-1]}"] = uri
+    report.alarms = rebuild_alarms(out, job.alarms)
+    report.num_alarms = len(report.alarms)
+    report.written.update(outputs.write_alarms(out, report.alarms))
     return report
