@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from anomaly.config import HEADS  # noqa: F401 - re-exported
+from anomaly.config import HEADS
 from anomaly.normalization import FeatureNorm
 
 
