@@ -490,13 +490,3 @@ def write_annotations(videos, annotation_uri: str, *, frame_counts_uri: str | No
         counts.append(" ".join(columns) + "\n")
     uris.write_bytes_atomic(frame_counts_uri, "".join(counts).encode("utf-8"))
 
-
-__all__ = [
-    "EVENTS",
-    "EVENT_CLASSES",
-    "NORMAL_CLASS",
-    "SyntheticVideo",
-    "make_video",
-    "make_video_set",
-    "write_annotations",
-]
