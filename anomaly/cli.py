@@ -107,6 +107,15 @@ def training_resources(*, num_workers: int = 1, failures_help: str = "a run reco
     return parser
 
 
+# The destinations of training_resources, named as fit's and run_search's keywords.
+TRAINING_FLAGS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")
+
+
+def training_fields(args: argparse.Namespace) -> dict:
+    """:func:`training_resources` as the keywords of ``fit`` and ``run_search``."""
+    return {dest: getattr(args, dest) for dest in TRAINING_FLAGS}
+
+
 def clip_flags(*, clip_len: str, stride: str, crop: str) -> ArgumentParser:
     """``--clip-len``, ``--stride``, ``--crop`` of ``extract`` and ``score`` (``parents=[...]``).
 

@@ -40,11 +40,11 @@ def test_a_range_is_checked_by_the_flags_type(capsys, tmp_path):
 
 def test_train_and_tune_share_one_default_per_flag(tmp_path):
     base = ["--features", "s", "--out", "o"]
-    train = vars(train_job.get_args_parser().parse_args(base))
-    tune = vars(tune_job.get_args_parser().parse_args(base))
-    shared = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")
-    assert {k: train[k] for k in shared} == {k: tune[k] for k in shared}
-    assert train["max_failures"] == cli.MAX_FAILURES
+    train = train_job.get_args_parser().parse_args(base)
+    tune = tune_job.get_args_parser().parse_args(base)
+    assert cli.training_fields(train) == cli.training_fields(tune)
+    assert set(cli.TRAINING_FLAGS) == {"num_workers", "use_gpu", "cpus_per_worker", "max_failures"}
+    assert train.max_failures == cli.MAX_FAILURES
 
 
 def test_extract_and_score_share_one_default_per_flag(capsys):
