@@ -1,4 +1,4 @@
-"""Helpers several test files share: a real H.264 writer, free ports, a /proc process walker, job subprocesses.
+"""Helpers several test files share: a real H.264 writer, test frames, free ports, a /proc process walker, job subprocesses.
 
 Imported as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``, the folder has
 no ``__init__.py``). The project's own video generator is :mod:`anomaly.synthetic.videos`; this
@@ -63,6 +63,19 @@ def write_h264(
         for packet in stream.encode():
             container.mux(packet)
     return Path(path)
+
+
+def moving_square(num_frames: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """RGB frames that differ from each other everywhere: a moving square on a shifting gradient."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        frames[t, ..., 0] = (xx * 3 + t * 5) % 256
+        frames[t, ..., 1] = (yy * 4 + t * 3) % 256
+        frames[t, ..., 2] = 60
+        top, left = (t * 2) % (height - 8), (t * 3) % (width - 8)
+        frames[t, top : top + 8, left : left + 8] = 255
+    return frames
 
 
 def free_ports(count: int = 1) -> list[int]:
