@@ -127,7 +127,9 @@ class RTFMHead(Head):
         self.project = nn.Sequential(nn.Conv1d(feature_dim, quarter, 1, bias=False), nn.ReLU())
         self.non_local = NonLocal1d(quarter, max(1, quarter // 2))
         self.fuse = nn.Sequential(
-            nn.Conv1d(4 * quarter, feature_dim, 3, padding=1, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU()
+            nn.Conv1d(4 * quarter, feature_dim, 3, padding=1, bias=False),
+            nn.BatchNorm1d(feature_dim),
+            nn.ReLU(),
         )
         self.classifier = _mlp([feature_dim, 512, 128, 1], dropout)
 
