@@ -107,6 +107,83 @@ def training_resources(*, num_workers: int = 1, failures_help: str = "a run reco
     return parser
 
 
+# The destinations of training_resources, named as fit's and run_search's keywords.
+TRAINING_FLAGS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")
+
+
+def training_fields(args: argparse.Namespace) -> dict:
+    """:func:`training_resources` as the keywords of ``fit`` and ``run_search``."""
+    return {dest: getattr(args, dest) for dest in TRAINING_FLAGS}
+
+
+def clip_flags(*, clip_len: str, stride: str, crop: str) -> ArgumentParser:
+    """``--clip-len``, ``--stride``, ``--crop`` of ``extract`` and ``score`` (``parents=[...]``).
+
+    Each defaults to None (the library fills it in); the texts say what an unset one takes.
+    """
+    parser = ArgumentParser(add_help=False)
+    parser.add_argument("--clip-len", type=int, default=None, help=f"frames per clip (default: {clip_len})")
+    parser.add_argument(
+        "--stride", type=int, default=None, help=f"frames between clip starts (default: {stride})"
+    )
+    parser.add_argument("--crop", type=int_pair, default=None, help=f"model input H,W (default: {crop})")
+    return parser
+
+
+def model_actor_flags() -> ArgumentParser:
+    """The Ray Data flags of ``extract`` and ``score``: model actors, decode tasks, part files."""
+    parser = ArgumentParser(add_help=False)
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per model call")
+    parser.add_argument(
+        "--num-gpus-per-actor", type=float, default=0.0, help="GPUs per model actor (0: run on CPU)"
+    )
+    parser.add_argument(
+        "--num-cpus-per-actor", type=float, default=1.0, help="CPUs per model actor (torch threads)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=concurrency,
+        default=(1, 1),
+        help="model actors: N, or MIN,MAX for an autoscaling pool (e.g. 1,8 on 8 GPUs)",
+    )
+    parser.add_argument(
+        "--decode-cpus", type=float, default=1.0, help="CPUs reserved per decoding task (one video each)"
+    )
+    parser.add_argument("--device", default="auto", help="model device: auto, cpu or cuda")
+    parser.add_argument(
+        "--flush-every",
+        type=int,
+        default=16,
+        help="finished videos per part file (a kill loses at most these)",
+    )
+    return parser
+
+
+# The destinations of clip_flags and model_actor_flags.
+EXTRACTION_FLAGS = (
+    "clip_len",
+    "stride",
+    "crop",
+    "batch_size",
+    "num_gpus_per_actor",
+    "num_cpus_per_actor",
+    "concurrency",
+    "decode_cpus",
+    "device",
+    "flush_every",
+)
+
+
+def extraction_fields(args: argparse.Namespace) -> dict:
+    """:func:`clip_flags` and :func:`model_actor_flags` as ``ExtractionSettings`` keywords.
+
+    The flags keep the settings' names but one: ``--decode-cpus`` sets ``decode_num_cpus``.
+    """
+    fields = {dest: getattr(args, dest) for dest in EXTRACTION_FLAGS}
+    fields["decode_num_cpus"] = fields.pop("decode_cpus")
+    return fields
+
+
 # --- argparse types: a range check is the flag's type, so a bad value is refused at parse time ---
 
 
@@ -144,6 +221,17 @@ def int_pair(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected H,W (two integers), got {text!r}") from None
     return h, w
+
+
+def concurrency(text: str) -> tuple[int, int]:
+    """``"N"`` -> (N, N); ``"MIN,MAX"`` -> (MIN, MAX), for argparse ``type=`` (the library checks the range)."""
+    try:
+        numbers = [int(p) for p in text.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or MIN,MAX, got {text!r}")
+    return numbers[0], numbers[-1]
 
 
 def add_ground_truth_arguments(parser: argparse.ArgumentParser, *, frame_counts_note: str = "") -> None:

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from anomaly.config import HEADS  # noqa: F401 - re-exported
+from anomaly.config import HEADS
 from anomaly.normalization import FeatureNorm
 
 
@@ -51,6 +51,17 @@ class Head(nn.Module):
         return (scores, features) if return_features else scores
 
 
+def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    """Linear layers through ``sizes`` with ReLU and dropout between them: both papers' classifier.
+
+    The layer indices (0, 3, 6 for three layers) are the state-dict keys of saved models.
+    """
+    layers: list[nn.Module] = [nn.Linear(sizes[0], sizes[1])]
+    for width_in, width_out in zip(sizes[1:-1], sizes[2:], strict=True):
+        layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(width_in, width_out)]
+    return nn.Sequential(*layers)
+
+
 class MILScorer(Head):
     """Sultani et al.'s scorer: D -> 512 -> 32 -> 1, ReLU, dropout 0.6, Glorot-normal init."""
 
@@ -58,15 +69,7 @@ class MILScorer(Head):
 
     def __init__(self, feature_dim: int, *, dropout: float = 0.6, feature_norm: str = "robust") -> None:
         super().__init__(feature_dim, feature_norm)
-        self.net = nn.Sequential(
-            nn.Linear(feature_dim, 512),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(512, 32),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(32, 1),
-        )
+        self.net = _mlp([feature_dim, 512, 32, 1], dropout)
         for layer in self.net:
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_normal_(layer.weight)  # Sultani's Keras model used Glorot normal
@@ -124,17 +127,11 @@ class RTFMHead(Head):
         self.project = nn.Sequential(nn.Conv1d(feature_dim, quarter, 1, bias=False), nn.ReLU())
         self.non_local = NonLocal1d(quarter, max(1, quarter // 2))
         self.fuse = nn.Sequential(
-            nn.Conv1d(4 * quarter, feature_dim, 3, padding=1, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU()
-        )
-        self.classifier = nn.Sequential(
-            nn.Linear(feature_dim, 512),
+            nn.Conv1d(4 * quarter, feature_dim, 3, padding=1, bias=False),
+            nn.BatchNorm1d(feature_dim),
             nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(512, 128),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(128, 1),
         )
+        self.classifier = _mlp([feature_dim, 512, 128, 1], dropout)
 
     def logits(self, x):
         bags, single = _as_bags(x)

@@ -63,7 +63,7 @@ def parse_feature_file(uri: str, data: bytes) -> np.ndarray:
     if uri.lower().endswith(".npy"):
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - numpy raises many types for a bad file
+        except Exception as exc:  # numpy raises many types for a bad file
             raise ValueError(f"not a readable .npy array: {exc}") from exc
         if array.ndim == 3:
             array = array.mean(axis=crop_axis(array.shape))

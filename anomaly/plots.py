@@ -9,13 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
 
-from anomaly import uris  # noqa: E402
-from anomaly.grid import cell_bounds, grid_of  # noqa: E402
-from anomaly.scoring.alarms import DEFAULT_THRESHOLD  # noqa: E402
+from anomaly import uris
+from anomaly.grid import cell_bounds, grid_of
+from anomaly.scoring.alarms import DEFAULT_THRESHOLD
 
 
 def _save(fig, uri: str) -> str:

@@ -1,11 +1,16 @@
-"""What the commands print about results: the metrics table of ``evaluate``, also shown by the demo.
+"""What the commands print about results: ``evaluate``'s metrics table and one video's alarm lines.
 
 Formatting lives here, in the library, so a command never imports another command for it.
 """
 
 from __future__ import annotations
 
-from anomaly.scoring.alarms import DEFAULT_THRESHOLD
+from anomaly.scoring.alarms import DEFAULT_THRESHOLD, AlarmSettings, format_alarm
+
+
+def format_alarms(scores, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """Alarm lines of one in-process :class:`~anomaly.scoring.single.VideoScores` (the demo prints these)."""
+    return [format_alarm(alarm) for alarm in scores.alarms(AlarmSettings(threshold=threshold))]
 
 
 def format_metrics(metrics: dict) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute  # pa.compute
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 

@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -88,6 +89,36 @@ def exists(uri: str) -> bool:
         raise AnomalyError(uri, f"access denied: {_first_line(exc)}") from exc
 
 
+@contextlib.contextmanager
+def _write_errors(uri: str) -> Iterator[None]:
+    """Storage that refuses a write (no such bucket, access denied, a file in the way) as an error naming ``uri``."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise AnomalyError(uri, f"cannot write: access denied ({_first_line(exc)})") from exc
+    except OSError as exc:  # no such bucket, a file where a folder should be, a full disk, ...
+        raise AnomalyError(uri, f"cannot write: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _temporary_copy(path: str, data: bytes) -> Iterator[str]:
+    """``data`` written and synced to a temporary name next to local ``path``, removed on leaving.
+
+    The caller renames or links it into place; a dot-prefixed name (:data:`TEMP_FILE`) that
+    pyarrow and Ray readers skip if a kill leaves it behind.
+    """
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):  # gone already once renamed into place
+            os.unlink(tmp)
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write an object so readers see all of it or none of it.
 
@@ -99,27 +130,13 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     the way) is an :class:`AnomalyError` naming ``uri``.
     """
     fs, path = filesystem(uri)
-    try:
+    with _write_errors(uri):
         if is_local(uri):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            # A dot-prefixed temporary name: pyarrow and Ray readers skip it if a crash leaves it behind.
-            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            with _temporary_copy(path, data) as tmp:
                 os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
         else:
             fs.pipe_file(path, data)
-    except PermissionError as exc:
-        raise AnomalyError(uri, f"cannot write: access denied ({_first_line(exc)})") from exc
-    except OSError as exc:  # no such bucket, a file where a folder should be, a full disk, ...
-        raise AnomalyError(uri, f"cannot write: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def create_bytes(uri: str, data: bytes) -> bool:
@@ -131,21 +148,14 @@ def create_bytes(uri: str, data: bytes) -> bool:
     ``mode="create"``).
     """
     fs, path = filesystem(uri)
-    try:
+    with _write_errors(uri):
         if is_local(uri):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
             try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.link(tmp, path)
+                with _temporary_copy(path, data) as tmp:
+                    os.link(tmp, path)
             except FileExistsError:
                 return False
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
             return True
         try:
             fs.pipe_file(path, data, mode="create")
@@ -156,10 +166,6 @@ def create_bytes(uri: str, data: bytes) -> bool:
                 return False
             raise
         return True
-    except PermissionError as exc:
-        raise AnomalyError(uri, f"cannot write: access denied ({_first_line(exc)})") from exc
-    except OSError as exc:
-        raise AnomalyError(uri, f"cannot write: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 # The temporary name write_bytes_atomic gives a local file until its rename: ".NAME.tmp-HEX32".

@@ -29,14 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomaly.losses import mil_loss  # noqa: E402
-from anomaly.metrics import _auc  # noqa: E402
-from anomaly.model import MILScorer  # noqa: E402
-from anomaly.scoring.alarms import AlarmSettings, find_alarms  # noqa: E402
-from anomaly.scoring.single import ScoringSettings, clip_features  # noqa: E402
-from anomaly.scoring.windows import clip_frame_scores, clip_times, score_clips  # noqa: E402
-from anomaly.segments import frame_labels, frame_scores, pool_segments, segment_bounds  # noqa: E402
-from anomaly.synthetic import EVENTS, make_video, make_video_set  # noqa: E402
+from anomaly.losses import mil_loss
+from anomaly.metrics import _auc
+from anomaly.model import MILScorer
+from anomaly.scoring.alarms import AlarmSettings, find_alarms
+from anomaly.scoring.single import ScoringSettings, clip_features
+from anomaly.scoring.windows import clip_frame_scores, clip_times, score_clips
+from anomaly.segments import frame_labels, frame_scores, pool_segments, segment_bounds
+from anomaly.synthetic import EVENTS, make_video, make_video_set
 
 
 def train(bags: list[np.ndarray], labels: list[int], seed: int = 0, steps: int = 300) -> MILScorer:

@@ -88,11 +88,10 @@ def main(args: argparse.Namespace) -> int:
     from anomaly.evaluation import evaluate
     from anomaly.extraction import ExtractionSettings, extract
     from anomaly.ground_truth import GroundTruth
-    from anomaly.reports import format_metrics
+    from anomaly.reports import format_alarms, format_metrics
     from anomaly.scoring import DEFAULT_THRESHOLD, score_video, write_outputs
     from anomaly.synthetic import make_video, make_video_set, write_annotations
     from anomaly.training import fit
-    from ray_jobs.score import format_alarms
 
     out = os.path.abspath(args.out)
     data_root = f"s3://{DEMO_BUCKET}" if args.s3 else out
@@ -172,16 +171,15 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"  tuning:  {tune_dir}/trials.csv, {tune_dir}/sweep.png; tensorboard --logdir {tune_dir}/ray_results"
         )
-    print("Each step by hand:")
-    weights = "--weights none"
-    print(
-        f"  python -m ray_jobs.extract {videos_uri} --out {store} --backbone {args.backbone} {weights} "
-        f"--clip-len {args.clip_len} --crop {args.crop},{args.crop} --annotations {annotations}"
-    )
-    print(f"  python -m ray_jobs.train --features {store} --out {run_dir} --num-workers {args.num_workers}")
-    print(f"  python -m ray_jobs.tune --features {store} --config tune_configs/smoke.yaml --out {tune_dir}")
-    print(f"  python -m ray_jobs.evaluate --features {store} --checkpoint {checkpoint} --out {eval_dir}")
-    print(f"  python -m ray_jobs.score {holdout.uri} --checkpoint {checkpoint} --out {score_dir}")
+    by_hand = [
+        f"extract {videos_uri} --out {store} --backbone {args.backbone} --weights none "
+        f"--clip-len {args.clip_len} --crop {args.crop},{args.crop} --annotations {annotations}",
+        f"train --features {store} --out {run_dir} --num-workers {args.num_workers}",
+        f"tune --features {store} --config tune_configs/smoke.yaml --out {tune_dir}",
+        f"evaluate --features {store} --checkpoint {checkpoint} --out {eval_dir}",
+        f"score {holdout.uri} --checkpoint {checkpoint} --out {score_dir}",
+    ]
+    print("Each step by hand:\n" + "\n".join(f"  python -m ray_jobs.{command}" for command in by_hand))
     return 0
 
 

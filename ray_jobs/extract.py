@@ -26,22 +26,13 @@ from anomaly.ground_truth import DATASET_KINDS, DatasetTruth, GroundTruth, load_
 from anomaly.listing import VIDEO_EXTENSIONS
 
 
-def _concurrency(text: str) -> tuple[int, int]:
-    """``"N"`` -> (N, N); ``"MIN,MAX"`` -> (MIN, MAX)."""
-    parts = text.split(",")
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or MIN,MAX, got {text!r}") from None
-    if len(numbers) == 1:
-        return numbers[0], numbers[0]
-    if len(numbers) == 2:
-        return numbers[0], numbers[1]
-    raise argparse.ArgumentTypeError(f"expected N or MIN,MAX, got {text!r}")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(__doc__)
+    clips = cli.clip_flags(
+        clip_len="the backbone's, 16 for c3d",
+        stride="--clip-len",
+        crop="the backbone's, 112,112 for c3d; smaller sizes for fast CPU runs",
+    )
+    parser = cli.ArgumentParser(__doc__, parents=[clips, cli.model_actor_flags()])
     parser.add_argument(
         "videos",
         help=f"folder or URI prefix searched recursively for {' '.join(VIDEO_EXTENSIONS)} files, "
@@ -60,42 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     cli.add_ground_truth_arguments(
         parser, frame_counts_note=", only cross-checked: the store keeps the decoded count"
     )
-    parser.add_argument(
-        "--clip-len", type=int, default=None, help="frames per clip (default: the backbone's, 16 for c3d)"
-    )
-    parser.add_argument(
-        "--stride", type=int, default=None, help="frames between clip starts (default: --clip-len)"
-    )
-    parser.add_argument(
-        "--crop",
-        type=cli.int_pair,
-        default=None,
-        help="model input H,W (default: the backbone's, 112,112 for c3d); smaller sizes for fast CPU runs",
-    )
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per model call")
-    parser.add_argument(
-        "--num-gpus-per-actor", type=float, default=0.0, help="GPUs per model actor (0: run on CPU)"
-    )
-    parser.add_argument(
-        "--num-cpus-per-actor", type=float, default=1.0, help="CPUs per model actor (torch threads)"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=_concurrency,
-        default=(1, 1),
-        help="model actors: N, or MIN,MAX for an autoscaling pool (e.g. 1,8 on 8 GPUs)",
-    )
-    parser.add_argument(
-        "--decode-cpus", type=float, default=1.0, help="CPUs reserved per decoding task (one video each)"
-    )
-    parser.add_argument("--device", default="auto", help="model device: auto, cpu or cuda")
     parser.add_argument("--no-amp", action="store_true", help="run the model in float32 on GPU too")
-    parser.add_argument(
-        "--flush-every",
-        type=int,
-        default=16,
-        help="finished videos per part file (a kill loses at most these)",
-    )
     parser.add_argument(
         "--fps-default",
         "--fps",
@@ -149,17 +105,8 @@ def settings_from_args(args: argparse.Namespace) -> ExtractionSettings:
     return ExtractionSettings(
         backbone=args.backbone,
         weights=args.weights,
-        clip_len=args.clip_len,
-        stride=args.stride,
-        crop=args.crop,
-        batch_size=args.batch_size,
-        num_gpus_per_actor=args.num_gpus_per_actor,
-        num_cpus_per_actor=args.num_cpus_per_actor,
-        concurrency=args.concurrency,
-        decode_num_cpus=args.decode_cpus,
-        device=args.device,
+        **cli.extraction_fields(args),
         amp=not args.no_amp,
-        flush_every=args.flush_every,
         fps=args.fps_default,
         grid=parse_grid(args.grid),
         window_seconds=args.window_seconds,

@@ -27,13 +27,11 @@ from anomaly.scoring.alarms import (
     format_alarm,
 )
 from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS
-from ray_jobs.extract import _concurrency
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    clips = cli.clip_flags(clip_len="as in training", stride="as in training", crop="as in training")
+    parser = cli.ArgumentParser(__doc__, parents=[clips, cli.model_actor_flags()])
     parser.add_argument("videos", help="video, folder or URI prefix (s3://…), or a .txt list file")
     parser.add_argument(
         "--checkpoint", required=True, help="run directory of ray_jobs.train / tune (or its model.pt)"
@@ -44,15 +42,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--weights", default=None, help="backbone weights path/URI, or 'none' for random weights"
-    )
-    parser.add_argument(
-        "--clip-len", type=int, default=None, help="frames per clip (default: as in training)"
-    )
-    parser.add_argument(
-        "--stride", type=int, default=None, help="frames between clip starts (default: as in training)"
-    )
-    parser.add_argument(
-        "--crop", type=cli.int_pair, default=None, help="model input H,W (default: as in training)"
     )
     parser.add_argument(
         "--threshold", type=float, default=DEFAULT_THRESHOLD, help="clip score above which an alarm starts"
@@ -76,18 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="seconds of clips averaged to score each clip: about one training segment (default 2.5 s, "
         "a median UCF-Crime training segment; use the length of yours)",
     )
-    parser.add_argument(
-        "--window-clips", type=int, default=None, help="the window in clips (overrides --window)"
-    )
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per model call")
-    parser.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per model actor")
-    parser.add_argument("--num-cpus-per-actor", type=float, default=1.0, help="CPUs per model actor")
-    parser.add_argument(
-        "--concurrency", type=_concurrency, default=(1, 1), help="model actors: N, or MIN,MAX"
-    )
-    parser.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decoding task")
-    parser.add_argument("--device", default="auto", help="model device: auto, cpu or cuda")
-    parser.add_argument("--flush-every", type=int, default=16, help="finished videos per scores part file")
+    parser.add_argument("--window-clips", type=int, default=None, help="the window in clips (overrides --window)")
     parser.add_argument(
         "--fps-default", type=float, default=None, help="frame rate of inputs that state none (frame folders)"
     )

@@ -40,10 +40,7 @@ def main(args: argparse.Namespace) -> int:
         args.features,
         args.out,
         config,
-        num_workers=args.num_workers,
-        use_gpu=args.use_gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        max_failures=args.max_failures,
+        **cli.training_fields(args),
     )
     best = result.best_metrics
     frame = best.get("val_frame_auc", math.nan)

@@ -1,4 +1,4 @@
-"""Helpers several test files share: a real H.264 writer, free ports, and a /proc process walker.
+"""Helpers several test files share: a real H.264 writer, test frames, free ports, a /proc process walker, job subprocesses.
 
 Imported as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``, the folder has
 no ``__init__.py``). The project's own video generator is :mod:`anomaly.synthetic.videos`; this
@@ -8,7 +8,11 @@ writer is for tests that need exact pixels, odd pixel formats, rotation or a var
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +21,7 @@ import av
 import numpy as np
 
 FAST_X264 = {"preset": "ultrafast", "threads": "1"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_h264(
@@ -58,6 +63,19 @@ def write_h264(
         for packet in stream.encode():
             container.mux(packet)
     return Path(path)
+
+
+def moving_square(num_frames: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """RGB frames that differ from each other everywhere: a moving square on a shifting gradient."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        frames[t, ..., 0] = (xx * 3 + t * 5) % 256
+        frames[t, ..., 1] = (yy * 4 + t * 3) % 256
+        frames[t, ..., 2] = 60
+        top, left = (t * 2) % (height - 8), (t * 3) % (width - 8)
+        frames[t, top : top + 8, left : left + 8] = 255
+    return frames
 
 
 def free_ports(count: int = 1) -> list[int]:
@@ -111,6 +129,40 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def tiny_settings(**changes):
+    """The tests' extraction settings: a random-weight r3d_18 on 32x32 crops on the CPU, plus ``changes``."""
+    from anomaly.extraction import ExtractionSettings
+
+    return ExtractionSettings(
+        **{"backbone": "r3d_18", "weights": None, "crop": (32, 32), "device": "cpu", **changes}
+    )
+
+
+def job_env(ray_cluster) -> dict:
+    """The environment of a ``ray_jobs`` subprocess that joins the session's Ray (``ray_cluster``)."""
+    return dict(
+        os.environ,
+        RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address,
+        ANOMALY_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),
+    )
+
+
+def job_command(job: str, *argv) -> list[str]:
+    """``python -m ray_jobs.JOB ARGV...`` with this interpreter."""
+    return [sys.executable, "-m", f"ray_jobs.{job}", *map(str, argv)]
+
+
+def run_and_kill(command: list[str], env: dict, log: Path, ready, *, poll_s: float = 0.01) -> int:
+    """Start ``command``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None and not ready():
+            time.sleep(poll_s)
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait()
 
 
 def frame_auc_again(eval_dir: Path | str, store: str, *, split: str = "test", video_ids=None) -> float:

@@ -8,7 +8,9 @@ import pytest
 
 from anomaly import cli
 from anomaly.errors import AnomalyError, SettingError
+from anomaly.extraction import ExtractionSettings
 from ray_jobs import extract as extract_job
+from ray_jobs import score as score_job
 from ray_jobs import train as train_job
 from ray_jobs import tune as tune_job
 
@@ -38,11 +40,26 @@ def test_a_range_is_checked_by_the_flags_type(capsys, tmp_path):
 
 def test_train_and_tune_share_one_default_per_flag(tmp_path):
     base = ["--features", "s", "--out", "o"]
-    train = vars(train_job.get_args_parser().parse_args(base))
-    tune = vars(tune_job.get_args_parser().parse_args(base))
-    shared = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")
-    assert {k: train[k] for k in shared} == {k: tune[k] for k in shared}
-    assert train["max_failures"] == cli.MAX_FAILURES
+    train = train_job.get_args_parser().parse_args(base)
+    tune = tune_job.get_args_parser().parse_args(base)
+    assert cli.training_fields(train) == cli.training_fields(tune)
+    assert set(cli.TRAINING_FLAGS) == {"num_workers", "use_gpu", "cpus_per_worker", "max_failures"}
+    assert train.max_failures == cli.MAX_FAILURES
+
+
+def test_extract_and_score_share_one_default_per_flag(capsys):
+    extract = extract_job.get_args_parser().parse_args(
+        ["v", "--out", "s", "--backbone", "r3d_18", "--weights", "none"]
+    )
+    score = score_job.get_args_parser().parse_args(["v", "--checkpoint", "run"])
+    assert cli.extraction_fields(extract) == cli.extraction_fields(score)
+    # the flags' defaults are the library's: an unset flag changes nothing
+    settings = ExtractionSettings(backbone="r3d_18", weights=None, **cli.extraction_fields(extract))
+    assert settings == ExtractionSettings(backbone="r3d_18", weights=None)
+    argv = ["v", "--checkpoint", "run", "--concurrency", "1,2,3"]
+    err = _fails([].append, score_job.get_args_parser(), argv, capsys)
+    assert err == "error: --concurrency: expected N or MIN,MAX, got '1,2,3' (see --help)"
+    assert cli.concurrency("4") == (4, 4) and cli.concurrency("1,8") == (1, 8)
 
 
 def test_a_library_setting_error_is_shown_as_the_flag_that_set_it(capsys):
@@ -71,7 +88,17 @@ def test_a_library_setting_error_is_shown_as_the_flag_that_set_it(capsys):
 
 def test_the_extract_command_names_the_flag_of_a_bad_grid(tmp_path, capsys):
     parser = extract_job.get_args_parser()
-    argv = [str(tmp_path), "--out", str(tmp_path / "s"), "--backbone", "r3d_18", "--weights", "none", "--grid", "2x3"]
+    argv = [
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "s"),
+        "--backbone",
+        "r3d_18",
+        "--weights",
+        "none",
+        "--grid",
+        "2x3",
+    ]
     err = _fails(extract_job.main, parser, argv, capsys)
     assert err == "error: --grid=2x3: expected GxG with equal sides (e.g. 2x2, 3x3)"
     assert not (tmp_path / "s").exists()

@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import job_command, job_env, run_and_kill, tiny_settings
 
 from anomaly import cli, uris
 from anomaly import store as feature_store
 from anomaly.errors import AnomalyError
 from anomaly.extraction import (
-    ExtractionSettings,
     VideoTracker,
     decode_video,
     extract,
@@ -34,10 +31,7 @@ from anomaly.segments import SegmentAccumulator, pool_segments
 from anomaly.synthetic import make_video_set, write_annotations
 from ray_jobs import extract as extract_job
 
-REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ExtractionSettings(
-    backbone="r3d_18", weights=None, clip_len=8, crop=(32, 32), batch_size=8, flush_every=2, device="cpu"
-)
+SETTINGS = tiny_settings(clip_len=8, batch_size=8, flush_every=2)
 CLI_SETTINGS = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "8", "--crop", "32,32"]
 DIM = 512
 NUM_FRAMES = 80  # 10 clips of 8 frames
@@ -160,37 +154,14 @@ def test_killed_run_resumes_to_the_same_store(local_videos, local_run, tmp_path,
     folder, annotations, videos = local_videos
     reference, _ = local_run
     store = str(tmp_path / "store")
-    env = dict(
-        os.environ,
-        RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address,  # join the session's Ray
-        ANOMALY_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "ray_jobs.extract",
-        folder,
-        "--out",
-        store,
-        *CLI_SETTINGS,
-        "--batch-size",
-        "4",
-        "--flush-every",
-        "1",
-        "--annotations",
-        annotations,
-        "--frame-counts",
-    ]
+    resumable = ["--batch-size", 4, "--flush-every", 1, "--annotations", annotations, "--frame-counts"]
+    command = job_command("extract", folder, "--out", store, *CLI_SETTINGS, *resumable)
     log = tmp_path / "extract.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        while proc.poll() is None and not (os.path.isdir(store) and part_files(store)):
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    status = run_and_kill(
+        command, job_env(ray_cluster), log, lambda: os.path.isdir(store) and part_files(store), poll_s=0.02
+    )
     killed_ids = feature_store.video_ids(store)
-    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert status == -signal.SIGKILL, log.read_text()[-3000:]
     assert 1 <= len(killed_ids) < len(videos), "the kill should land after the first video, before the last"
     # A write cut short is at most a dot-prefixed temporary file (readers skip it); every part file is whole.
     for part in part_files(store):
@@ -278,7 +249,10 @@ def test_segment_accumulator_matches_pool_segments(num_clips):
 
 def _summary(video_id, kind, *, window=0, num_windows=1, runs=(), cell=-1, error="", eof=False, frames=-1):
     """Summary rows as the clip-table writer returns them: runs of clip indices, or a window's end row."""
-    rows = [dict(kind="clips", lo=lo, hi=hi, cell=cell, file=f"/s/_clips/{video_id}-{lo}.parquet") for lo, hi in runs]
+    rows = [
+        dict(kind="clips", lo=lo, hi=hi, cell=cell, file=f"/s/_clips/{video_id}-{lo}.parquet")
+        for lo, hi in runs
+    ]
     if kind == "end":
         rows = [dict(kind="end", lo=-1, hi=-1, cell=-1, file="")]
     n = len(rows)
@@ -321,7 +295,15 @@ def test_tracker_completes_only_whole_videos_and_fails_broken_ones():
     assert done == ["Long"]
     # "Broken": clips, then a window's error: failed, and later rows are ignored.
     feed(_summary("Broken", "clips", runs=[(0, 1)], num_windows=2))
-    feed(_summary("Broken", "end", window=1, num_windows=2, error="truncated or corrupt: decoding failed after 20 frames"))
+    feed(
+        _summary(
+            "Broken",
+            "end",
+            window=1,
+            num_windows=2,
+            error="truncated or corrupt: decoding failed after 20 frames",
+        )
+    )
     feed(_summary("Broken", "end", window=0, num_windows=2))
     # "Short": all windows ended, clips missing at the end of the stream.
     feed(_summary("Short", "clips", runs=[(0, 1)]))
@@ -342,7 +324,9 @@ def test_decode_stage_never_raises(local_videos, tmp_path):
     clips, [end] = rows[:-1], rows[-1:]
     assert [r["clip_index"] for r in clips] == list(range(NUM_FRAMES // 8))
     assert all(r["kind"] == "clip" and r["error"] == "" and r["clip"].shape == (8, 32, 32, 3) for r in clips)
-    assert end["kind"] == "end" and end["eof"] and end["num_frames"] == NUM_FRAMES and end["window_clips"] == 10
+    assert (
+        end["kind"] == "end" and end["eof"] and end["num_frames"] == NUM_FRAMES and end["window_clips"] == 10
+    )
     for name in ("Empty001_x264.mp4", "Text001_x264.mp4", "Missing001.mp4"):
         [row] = decode_video({"uri": f"{folder}/{name}", "video_id": name[:-4]}, sampling=sampling)
         assert row["error"] and row["kind"] == "end" and row["clip"].shape == (8, 32, 32, 3)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import tiny_settings
 
 from anomaly import store as feature_store
 from anomaly import uris
@@ -25,16 +26,7 @@ from anomaly.segments import pool_segments
 from anomaly.synthetic import make_video
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ExtractionSettings(
-    backbone="r3d_18",
-    weights=None,
-    clip_len=8,
-    crop=(32, 32),
-    batch_size=8,
-    flush_every=2,
-    device="cpu",
-    window_seconds=2.0,
-)
+SETTINGS = tiny_settings(clip_len=8, batch_size=8, flush_every=2, window_seconds=2.0)
 
 
 def direct_features(uri: str, settings: ExtractionSettings) -> tuple[np.ndarray, int]:
@@ -70,8 +62,12 @@ def test_windows_give_the_clips_of_one_pass(tmp_path):
     """A long video split into windows (separate decodes, seeking) gives exactly the clips of one pass."""
     video = make_video(str(tmp_path / "long.mp4"), num_frames=230, fps=25.0, height=32, width=48, seed=4)
     sampling = sampling_of(SETTINGS, SETTINGS.spec())
-    whole = list(decode_video({"uri": video.uri, "video_id": "v"}, sampling=replace(sampling, window_seconds=0)))
-    split = list(decode_video({"uri": video.uri, "video_id": "v"}, sampling=replace(sampling, window_seconds=2)))
+    whole = list(
+        decode_video({"uri": video.uri, "video_id": "v"}, sampling=replace(sampling, window_seconds=0))
+    )
+    split = list(
+        decode_video({"uri": video.uri, "video_id": "v"}, sampling=replace(sampling, window_seconds=2))
+    )
     ends = [r for r in split if r["kind"] == "end"]
     assert len(ends) == 5 and [e["window"] for e in ends] == list(range(5))  # 230 frames / 50 a window
     assert [e["eof"] for e in ends] == [False] * 4 + [True] and ends[-1]["num_frames"] == 230
@@ -83,7 +79,13 @@ def test_windows_give_the_clips_of_one_pass(tmp_path):
 
 
 def test_ids_are_relative_paths_and_duplicates_stop_the_run(tmp_path):
-    for name in ("cam01/2026-11-20/0900.mp4", "cam02/2026-11-20/0900.mp4", "Abuse028_x264.mp4", "x/a.mp4", "x/a.avi"):
+    for name in (
+        "cam01/2026-11-20/0900.mp4",
+        "cam02/2026-11-20/0900.mp4",
+        "Abuse028_x264.mp4",
+        "x/a.mp4",
+        "x/a.avi",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     found, root = list_inputs(str(tmp_path))
@@ -119,7 +121,9 @@ def test_pooling_counts_a_clip_written_twice_once(tmp_path):
     ]
     paths = [uris.filesystem(f)[1] for f in files]
     row = {"video_id": "cam/v", "split": "train", "label": 0, "anomaly_class": "Normal", "backbone": "r3d_18"}
-    result = commit_videos(store, [{"row": {**row, "source_uri": "/v.mp4"}, "num_clips": 40, "cells": 0, "files": paths}], 16)
+    result = commit_videos(
+        store, [{"row": {**row, "source_uri": "/v.mp4"}, "num_clips": 40, "cells": 0, "files": paths}], 16
+    )
     assert result["committed"] == ["cam/v"] and result["failed"] == []
     [stored] = feature_store.features_from_arrow(feature_store.read_table(store).column("features"))
     np.testing.assert_allclose(stored, pool_segments(feats), rtol=1e-5, atol=1e-6)
@@ -135,7 +139,9 @@ def test_two_runs_with_other_settings_at_once_one_is_refused(tmp_path, s3_bucket
         def run(clip_len, store=store, barrier=barrier, outcomes=outcomes):
             barrier.wait()
             try:
-                feature_store.ensure_metadata(store, feature_store.StoreMetadata(backbone="r3d_18", clip_len=clip_len))
+                feature_store.ensure_metadata(
+                    store, feature_store.StoreMetadata(backbone="r3d_18", clip_len=clip_len)
+                )
                 outcomes.append("ok")
             except AnomalyError as exc:
                 outcomes.append(str(exc))
@@ -155,7 +161,10 @@ def test_two_runs_with_other_settings_at_once_one_is_refused(tmp_path, s3_bucket
         writers = [
             threading.Thread(
                 target=feature_store.record_failures,
-                args=(store, [{"uri": f"/v/{k}.mp4", "video_id": k, "reason": "not a video: x", "stage": "decode"}]),
+                args=(
+                    store,
+                    [{"uri": f"/v/{k}.mp4", "video_id": k, "reason": "not a video: x", "stage": "decode"}],
+                ),
             )
             for k in ("a", "b")
         ]
@@ -186,11 +195,19 @@ def test_camera_bucket_from_s3_to_s3(s3_bucket, ray_cluster, tmp_path):
     twice its frames, a broken file; S3 in, S3 out; every video a row or a failure; resume is a no-op."""
     videos = f"{s3_bucket}/cctv"
     cams = {
-        "cam01/2026-11-20/0900": make_video(f"{videos}/cam01/2026-11-20/0900.mp4", num_frames=40, height=32, width=48, seed=1),
-        "cam02/2026-11-20/0900": make_video(f"{videos}/cam02/2026-11-20/0900.mp4", num_frames=48, height=32, width=48, seed=2),
-        "cam03/long": make_video(f"{videos}/cam03/long.mp4", num_frames=270, fps=25.0, height=32, width=48, seed=3),
+        "cam01/2026-11-20/0900": make_video(
+            f"{videos}/cam01/2026-11-20/0900.mp4", num_frames=40, height=32, width=48, seed=1
+        ),
+        "cam02/2026-11-20/0900": make_video(
+            f"{videos}/cam02/2026-11-20/0900.mp4", num_frames=48, height=32, width=48, seed=2
+        ),
+        "cam03/long": make_video(
+            f"{videos}/cam03/long.mp4", num_frames=270, fps=25.0, height=32, width=48, seed=3
+        ),
     }
-    make_video(f"{videos}/cam04/odd.avi", num_frames=40, height=32, width=48, container="avi", declared_frames=80)
+    make_video(
+        f"{videos}/cam04/odd.avi", num_frames=40, height=32, width=48, container="avi", declared_frames=80
+    )
     uris.write_bytes_atomic(f"{videos}/cam04/broken.mp4", b"not a video\n")
     store = f"{s3_bucket}/stores/cctv"
 
@@ -200,12 +217,17 @@ def test_camera_bucket_from_s3_to_s3(s3_bucket, ray_cluster, tmp_path):
     assert [(f["video_id"], f["stage"]) for f in report.failed] == [("cam04/broken", "decode")]
     rows = {r["video_id"]: r for r in feature_store.read_table(store).drop(["features"]).to_pylist()}
     assert {vid: rows[vid]["num_frames"] for vid in rows} == {
-        "cam01/2026-11-20/0900": 40, "cam02/2026-11-20/0900": 48, "cam03/long": 270, "cam04/odd": 40
+        "cam01/2026-11-20/0900": 40,
+        "cam02/2026-11-20/0900": 48,
+        "cam03/long": 270,
+        "cam04/odd": 40,
     }
     features = dict(
         zip(
             feature_store.read_table(store, columns=["features"]).column("video_id").to_pylist(),
-            feature_store.features_from_arrow(feature_store.read_table(store, columns=["features"]).column("features")),
+            feature_store.features_from_arrow(
+                feature_store.read_table(store, columns=["features"]).column("features")
+            ),
             strict=True,
         )
     )
@@ -226,6 +248,13 @@ def test_camera_bucket_from_s3_to_s3(s3_bucket, ray_cluster, tmp_path):
 def test_clip_table_layout(tmp_path):
     """The documented clip table columns, in order."""
     assert feature_store.CLIP_SCHEMA.names == [
-        "video_id", "window", "clip_index", "cell", "first_frame", "last_frame", "time", "features"
+        "video_id",
+        "window",
+        "clip_index",
+        "cell",
+        "first_frame",
+        "last_frame",
+        "time",
+        "features",
     ]
     assert feature_store.CLIP_SCHEMA.field("features").type == pa.list_(pa.float32())

@@ -6,25 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import moving_square
 from PIL import Image
 
 from anomaly import uris
 from anomaly.errors import AnomalyError
 from anomaly.frame_folder import DEFAULT_FPS, FrameFolderVideo, natural_key
 from anomaly.video import iter_clips, open_video, probe_video
-
-
-def pattern(num_frames: int, height: int = 32, width: int = 48) -> np.ndarray:
-    """RGB frames that differ everywhere from each other (a moving square on a shifting gradient)."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    frames = np.empty((num_frames, height, width, 3), np.uint8)
-    for t in range(num_frames):
-        frames[t, ..., 0] = (xx * 5 + t * 7) % 256
-        frames[t, ..., 1] = (yy * 6 + t * 3) % 256
-        frames[t, ..., 2] = (t * 11) % 256
-        top, left = (t * 2) % (height - 6), (t * 3) % (width - 6)
-        frames[t, top : top + 6, left : left + 6] = 255
-    return frames
 
 
 def write_folder(
@@ -40,7 +28,7 @@ def write_folder(
 
 @pytest.fixture(scope="module")
 def frames24() -> np.ndarray:
-    return pattern(24)
+    return moving_square(24, 32, 48)
 
 
 # --------------------------------------------------------------------------------------- ordering
@@ -166,7 +154,7 @@ def test_zero_byte_frame(tmp_path, frames24):
 
 def test_frames_of_different_sizes_are_refused(tmp_path, frames24):
     folder = write_folder(tmp_path / "v", frames24[:20])
-    Image.fromarray(pattern(1, 16, 16)[0]).save(folder / "015.png")
+    Image.fromarray(moving_square(1, 16, 16)[0]).save(folder / "015.png")
     with pytest.raises(AnomalyError, match="frame 015.png: is 16x16 but the first frame is 48x32"):
         list(iter_clips(str(folder), clip_len=4, stride=4))
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import frame_auc_again
+from helpers import frame_auc_again, tiny_settings
 from PIL import Image
 
 from anomaly import store
 from anomaly.errors import AnomalyError
-from anomaly.extraction import ExtractionSettings, extract
+from anomaly.extraction import extract
 from anomaly.ground_truth import (
     intervals_from_labels,
     load_dataset,
@@ -375,9 +375,7 @@ def two_datasets(tmp_path) -> tuple[Path, Path]:
     return ped2, avenue
 
 
-SETTINGS = ExtractionSettings(
-    backbone="r3d_18", weights=None, clip_len=4, crop=(32, 32), batch_size=20, device="cpu", grid=2
-)
+SETTINGS = tiny_settings(clip_len=4, batch_size=20, grid=2)
 CLI_SETTINGS = [
     "--backbone",
     "r3d_18",

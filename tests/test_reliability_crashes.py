@@ -11,8 +11,6 @@ import collections
 import csv
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,18 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from helpers import cmdline, descendants, write_h264
+from helpers import cmdline, descendants, job_command, job_env, run_and_kill, tiny_settings, write_h264
 
 from anomaly import store as feature_store
-from anomaly.extraction import ExtractionSettings, decode_video, extract, sampling_of
+from anomaly.extraction import decode_video, extract, sampling_of
 from anomaly.extractors import ClipFeatureExtractor
 from anomaly.segments import pool_segments
 from anomaly.synthetic.features import make_feature_store
 
-REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ExtractionSettings(
-    backbone="r3d_18", weights=None, clip_len=4, crop=(32, 32), batch_size=4, flush_every=1, device="cpu"
-)
+SETTINGS = tiny_settings(clip_len=4, batch_size=4, flush_every=1)
 CLI_SETTINGS = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "4", "--crop", "32,32"]
 
 
@@ -123,25 +118,6 @@ def test_killed_extractor_actor_is_restarted_and_every_video_lands_once(ray_clus
 # ---------------------------------------------------------------------------- a job killed, twice
 
 
-def _job_env(ray_cluster) -> dict:
-    return dict(
-        os.environ,
-        RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address,  # join the session's Ray
-        ANOMALY_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-    )
-
-
-def _run_and_kill(command: list[str], env: dict, log: Path, ready) -> int:
-    """Start ``command``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        while proc.poll() is None and not ready():
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        return proc.wait()
-
-
 def test_job_killed_twice_then_resumed_equals_an_uninterrupted_run(ray_cluster, tmp_path):
     folder = tmp_path / "videos"
     videos = make_videos(folder, count=8, num_frames=40)
@@ -151,24 +127,14 @@ def test_job_killed_twice_then_resumed_equals_an_uninterrupted_run(ray_cluster, 
     assert len(uninterrupted.extracted) == len(videos) and len(uninterrupted.failed) == 1
 
     store = str(tmp_path / "store")
-    command = [
-        sys.executable,
-        "-m",
-        "ray_jobs.extract",
-        str(folder),
-        "--out",
-        store,
-        *CLI_SETTINGS,
-        "--batch-size",
-        "4",
-        "--flush-every",
-        "1",
-    ]
-    env = _job_env(ray_cluster)
+    command = job_command(
+        "extract", folder, "--out", store, *CLI_SETTINGS, "--batch-size", 4, "--flush-every", 1
+    )
+    env = job_env(ray_cluster)
     progress = []
     for kill_after in (1, 2):  # the 1st part file of the first run, the 2nd of the second run
         before = len(feature_store.part_files(store))
-        status = _run_and_kill(
+        status = run_and_kill(
             command,
             env,
             tmp_path / f"run{kill_after}.log",
@@ -229,8 +195,8 @@ def test_training_killed_after_its_second_checkpoint_resumes_at_the_next_epoch(r
         seen.update(_checkpoints(run_dir) if (run_dir / "ray_results").exists() else set())
         return len(seen) >= 2
 
-    command = [sys.executable, "-m", "ray_jobs.train", *argv]
-    status = _run_and_kill(command, _job_env(ray_cluster), tmp_path / "train1.log", two_checkpoints)
+    command = job_command("train", *argv)
+    status = run_and_kill(command, job_env(ray_cluster), tmp_path / "train1.log", two_checkpoints)
     assert status == -signal.SIGKILL, (tmp_path / "train1.log").read_text()[-3000:]
     assert not (run_dir / "model.pt").exists()  # killed before the end
     left = _checkpoints(run_dir)

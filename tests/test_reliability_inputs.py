@@ -39,17 +39,17 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import free_port, write_h264
+from helpers import free_port, tiny_settings, write_h264
 
 from anomaly import cli
 from anomaly import store as feature_store
-from anomaly.extraction import ExtractionSettings, store_settings
+from anomaly.extraction import store_settings
 from ray_jobs import extract as extract_job
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_LEN = 4
 CLI_SETTINGS = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", str(CLIP_LEN), "--crop", "32,32"]
-SETTINGS = ExtractionSettings(backbone="r3d_18", weights=None, clip_len=CLIP_LEN, crop=(32, 32), device="cpu")
+SETTINGS = tiny_settings(clip_len=CLIP_LEN)
 MAX_ATTEMPTS = 3  # botocore's standard retry mode: at most 3 attempts per request (AWS_MAX_ATTEMPTS)
 
 
@@ -562,8 +562,14 @@ def test_corpus_ids_never_escape_the_store(corpus_run):
     written = sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file())
     folders = {name.split("/")[0] for name in written if "/" in name}
     assert folders == {"_clips", "_failures"} and all(name.count("/") <= 1 for name in written), written
-    assert all(re.fullmatch(r"_clips/part-[0-9a-f]{32}\.parquet", n) for n in written if n.startswith("_clips/"))
-    assert all(re.fullmatch(r"_failures/\d{13}-[0-9a-f]{32}\.parquet", n) for n in written if n.startswith("_failures/"))
+    assert all(
+        re.fullmatch(r"_clips/part-[0-9a-f]{32}\.parquet", n) for n in written if n.startswith("_clips/")
+    )
+    assert all(
+        re.fullmatch(r"_failures/\d{13}-[0-9a-f]{32}\.parquet", n)
+        for n in written
+        if n.startswith("_failures/")
+    )
     top = {name for name in written if "/" not in name and not name.startswith("part-")}
     assert top == {"_store.json", "_failures.parquet"}
     assert not (store.parent / "nowhere").exists()

@@ -14,24 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from helpers import write_h264
+from helpers import tiny_settings, write_h264
 
 from anomaly import store as feature_store
-from anomaly.extraction import ExtractionSettings, extract
+from anomaly.extraction import extract
 
 NUM_VIDEOS = int(os.environ.get("ANOMALY_SOAK_VIDEOS", "48"))
 BAD_EVERY = 16
-SETTINGS = ExtractionSettings(
-    backbone="r3d_18",
-    weights=None,
+SETTINGS = tiny_settings(
     clip_len=4,
-    crop=(32, 32),
     batch_size=16,
     flush_every=16,
     concurrency=(2, 2),  # two model actors ...
     num_cpus_per_actor=0.5,  # ... on half a core each, so decoding keeps a core on 2-core machines
     decode_num_cpus=0.5,
-    device="cpu",
 )
 
 

@@ -180,14 +180,14 @@ def test_a_bad_search_file_ends_the_command_with_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "spec, domain_type, sampler_type",
     [
-        ({"uniform": [0.0, 0.7]}, sample.Float, sample.Float._Uniform),
-        ({"loguniform": [1e-4, 1e-2]}, sample.Float, sample.Float._LogUniform),
+        ({"uniform": [0.0, 0.7]}, sample.Float, sample.Float._Uniform),  # noqa: SLF001 - Tune's samplers have no public name
+        ({"loguniform": [1e-4, 1e-2]}, sample.Float, sample.Float._LogUniform),  # noqa: SLF001 - Tune's samplers have no public name
         ({"quniform": [0.0, 0.6, 0.1]}, sample.Float, sample.Quantized),
         ({"qloguniform": [1e-4, 1e-2, 1e-4]}, sample.Float, sample.Quantized),
-        ({"randint": [1, 9]}, sample.Integer, sample.Integer._Uniform),
+        ({"randint": [1, 9]}, sample.Integer, sample.Integer._Uniform),  # noqa: SLF001 - Tune's samplers have no public name
         ({"qrandint": [8, 64, 8]}, sample.Integer, sample.Quantized),
-        ({"lograndint": [8, 128]}, sample.Integer, sample.Integer._LogUniform),
-        ({"choice": ["sultani", "topk"]}, sample.Categorical, sample.Categorical._Uniform),
+        ({"lograndint": [8, 128]}, sample.Integer, sample.Integer._LogUniform),  # noqa: SLF001 - Tune's samplers have no public name
+        ({"choice": ["sultani", "topk"]}, sample.Categorical, sample.Categorical._Uniform),  # noqa: SLF001 - Tune's samplers have no public name
     ],
 )
 def test_each_spec_maps_to_its_ray_tune_domain(spec, domain_type, sampler_type):

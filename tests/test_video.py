@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import write_h264
+from helpers import moving_square, write_h264
 
 from anomaly import uris
 from anomaly.errors import AnomalyError
@@ -21,19 +21,6 @@ from anomaly.video import (
     probe_video,
     video_id_from_uri,
 )
-
-
-def _pattern(num_frames: int, height: int = 48, width: int = 64) -> np.ndarray:
-    """Frames that differ from each other everywhere: a moving square on a shifting gradient."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    frames = np.empty((num_frames, height, width, 3), np.uint8)
-    for t in range(num_frames):
-        frames[t, ..., 0] = (xx * 3 + t * 5) % 256
-        frames[t, ..., 1] = (yy * 4 + t * 3) % 256
-        frames[t, ..., 2] = 60
-        top, left = (t * 2) % (height - 8), (t * 3) % (width - 8)
-        frames[t, top : top + 8, left : left + 8] = 255
-    return frames
 
 
 def _write(
@@ -67,7 +54,7 @@ def _direct_decode(path: Path, **reformat) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def video70(tmp_path_factory) -> Path:
-    return _write(tmp_path_factory.mktemp("v") / "Abuse028_x264.mp4", _pattern(70))
+    return _write(tmp_path_factory.mktemp("v") / "Abuse028_x264.mp4", moving_square(70))
 
 
 # --------------------------------------------------------------------------- clips and the sampling rule
@@ -90,7 +77,7 @@ def test_clips_equal_direct_decode(video70, clip_len, stride):
 
 
 def test_short_video_gives_one_clip_padded_with_its_last_frame(tmp_path):
-    path = _write(tmp_path / "short.mp4", _pattern(10))
+    path = _write(tmp_path / "short.mp4", moving_square(10))
     reference = _direct_decode(path)
     assert len(reference) == 10
     (clip,) = list(iter_clips(str(path), clip_len=16, stride=16))
@@ -136,7 +123,7 @@ def test_variable_frame_rate_counts_decoded_frames(tmp_path):
     # 30 frames with irregular gaps (20-120 ms): no frame may be duplicated or dropped.
     gaps = np.random.default_rng(0).integers(20, 120, size=30)
     pts = [int(x) for x in np.concatenate([[0], np.cumsum(gaps)[:-1]])]
-    path = _write(tmp_path / "vfr.mp4", _pattern(30), pts=pts)
+    path = _write(tmp_path / "vfr.mp4", moving_square(30), pts=pts)
     info = probe_video(str(path))
     assert info.num_frames == 30
     assert 5 < info.fps < 50
@@ -148,7 +135,7 @@ def test_variable_frame_rate_counts_decoded_frames(tmp_path):
 
 def test_rotated_video_comes_out_upright(tmp_path):
     # What the camera saw, upright: portrait, with a white bar along the top edge.
-    upright = _pattern(20, height=64, width=48)
+    upright = moving_square(20, height=64, width=48)
     upright[:, :6] = 255
     # A phone stores the sensor's landscape image plus "turn it 90° counter-clockwise to display".
     stored = np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2)))
@@ -200,7 +187,7 @@ def _bad_inputs(tmp: Path, good: Path) -> dict[str, tuple[Path, str]]:
         path.write_bytes(payload)
         out[name] = (path, reason)
     # The usual MP4 layout (index at the end) cut in half: no moov atom at all.
-    plain = _write(tmp / "plain.mp4", _pattern(70), faststart=False).read_bytes()
+    plain = _write(tmp / "plain.mp4", moving_square(70), faststart=False).read_bytes()
     (tmp / "truncated-no-moov.mp4").write_bytes(plain[: len(plain) // 2])
     out["truncated-no-moov"] = (tmp / "truncated-no-moov.mp4", "no moov atom")
     out["missing"] = (tmp / "missing.mp4", "no such file or object")
@@ -239,7 +226,7 @@ def test_bad_inputs_raise_anomaly_error(tmp_path, video70, case):
 @pytest.mark.parametrize("container_format", ["matroska", "avi"])
 def test_stream_that_breaks_midway_raises_after_the_good_clips(tmp_path, container_format):
     # No full index at the start of these containers: frames decode until the cut.
-    path = _write(tmp_path / f"cut.{container_format}", _pattern(150), container_format=container_format)
+    path = _write(tmp_path / f"cut.{container_format}", moving_square(150), container_format=container_format)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.6)])
     clips = []
@@ -280,7 +267,7 @@ def test_a_folder_is_probed_as_frames_not_as_a_file(tmp_path):
 
     folder = tmp_path / "Cam_07"
     folder.mkdir()
-    for t, frame in enumerate(_pattern(3)):
+    for t, frame in enumerate(moving_square(3)):
         Image.fromarray(frame).save(folder / f"{t:03d}.png")
     info = probe_video(str(folder), fps=10.0)
     assert (info.video_id, info.num_frames, info.fps, info.width, info.height) == ("Cam_07", 3, 10.0, 64, 48)
@@ -327,7 +314,7 @@ def test_video_id_from_uri():
 def test_memory_stays_bounded_on_a_long_video(tmp_path_factory, clip_len, stride):
     path = tmp_path_factory.getbasetemp() / "long.mp4"
     if not path.exists():
-        _write(path, _pattern(600, height=32, width=32))
+        _write(path, moving_square(600, height=32, width=32))
     reader = open_video(str(path))
     clips = reader.iter_clips(clip_len=clip_len, stride=stride)
     first = next(clips)

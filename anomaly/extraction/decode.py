@@ -121,7 +121,7 @@ def plan_video(row: dict, *, sampling: ClipSampling) -> list[dict]:
         spans = plan_windows(header, stride=sampling.stride, window_seconds=sampling.window_seconds)
     except AnomalyError as exc:
         return [{**base, **_span_columns(FrameSpan()), "window": 0, "num_windows": 1, "error": exc.what}]
-    except Exception as exc:  # noqa: BLE001 - one bad video must not end a job over thousands
+    except Exception as exc:  # one bad video must not end a job over thousands
         logger.exception("%s: unexpected error while reading the header", row["uri"])
         reason = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
         return [{**base, **_span_columns(FrameSpan()), "window": 0, "num_windows": 1, "error": reason}]
@@ -228,7 +228,7 @@ def decode_window(row: dict, *, sampling: ClipSampling) -> Iterator[dict]:
         yield end(clips=clips, eof=reader.eof, frames=reader.num_frames or -1, fps=fps)
     except AnomalyError as exc:
         yield end(exc.what)
-    except Exception as exc:  # noqa: BLE001 - one bad video must not end a job over thousands
+    except Exception as exc:  # one bad video must not end a job over thousands
         logger.exception("%s: unexpected error while decoding", row["uri"])
         yield end(f"unexpected {type(exc).__name__}: {_first_line(exc)}")
 

@@ -125,7 +125,7 @@ def _loadmat(uri: str) -> dict:
         return loadmat(io.BytesIO(uris.read_bytes(uri)), squeeze_me=False)
     except AnomalyError:
         raise
-    except Exception as exc:  # noqa: BLE001 - scipy raises many types for foreign or v7.3 files
+    except Exception as exc:  # scipy raises many types for foreign or v7.3 files
         raise AnomalyError(uri, f"unreadable .mat file: {first_line(exc)}") from exc
 
 

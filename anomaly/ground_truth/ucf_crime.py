@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -68,19 +69,24 @@ def _intervals(numbers: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def _rows(uri: str) -> Iterator[tuple[str, list[str]]]:
+    """The fields of each non-blank line of a text file, with its ``URI:LINE`` for error messages."""
+    for number, line in enumerate(_read_text(uri).splitlines(), start=1):
+        parts = line.split()
+        if parts:
+            yield f"{uri}:{number}", parts
+
+
 def read_temporal_annotations(uri: str) -> dict[str, VideoAnnotation]:
     """``Temporal_Anomaly_Annotation.txt``: ``name class s1 e1 s2 e2`` per test video."""
     table: dict[str, VideoAnnotation] = {}
-    for number, line in enumerate(_read_text(uri).splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
+    for where, parts in _rows(uri):
         try:
             numbers = [int(p) for p in parts[2:]]
             if len(parts) < 4 or len(numbers) % 2:
                 raise ValueError("expected: name class start end [start end]")
         except ValueError as exc:
-            raise AnomalyError(f"{uri}:{number}", f"unparsable annotation line: {exc}") from exc
+            raise AnomalyError(where, f"unparsable annotation line: {exc}") from exc
         video_id = video_id_of(parts[0])
         table[video_id] = VideoAnnotation(video_id, parts[1], _intervals(numbers))
     return table
@@ -89,14 +95,11 @@ def read_temporal_annotations(uri: str) -> dict[str, VideoAnnotation]:
 def read_frame_counts(uri: str) -> dict[str, int]:
     """``*_with_frame_counts.txt``: ``Class/Name.mp4 FRAMES [class s1 e1 s2 e2]``."""
     counts: dict[str, int] = {}
-    for number, line in enumerate(_read_text(uri).splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
+    for where, parts in _rows(uri):
         try:
             counts[video_id_of(parts[0])] = int(parts[1])
         except (IndexError, ValueError) as exc:
-            raise AnomalyError(f"{uri}:{number}", "expected 'path frame_count ...'") from exc
+            raise AnomalyError(where, "expected 'path frame_count ...'") from exc
     return counts
 
 

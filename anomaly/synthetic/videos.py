@@ -337,7 +337,13 @@ def make_video(
     with tempfile.TemporaryDirectory(prefix="synthetic-video-") as tmp:
         local = os.path.join(tmp, "video")
         _encode(
-            local, scene.render, num_frames=num_frames, fps=fps, height=height, width=width, container_format=container
+            local,
+            scene.render,
+            num_frames=num_frames,
+            fps=fps,
+            height=height,
+            width=width,
+            container_format=container,
         )
         with open(local, "rb") as handle:
             data = handle.read()
@@ -360,7 +366,9 @@ def _patch_avi_frame_count(uri: str, data: bytes, frames: int) -> bytes:
     if data[:4] != b"RIFF" or data[8:12] != b"AVI ":
         raise AnomalyError(uri, "declared_frames needs container='avi'")
     out = bytearray(data)
-    avih = out.index(b"avih") + 8  # chunk data: dwMicroSecPerFrame, dwMaxBytesPerSec, dwPadding, dwFlags, dwTotalFrames
+    avih = (
+        out.index(b"avih") + 8
+    )  # chunk data: dwMicroSecPerFrame, dwMaxBytesPerSec, dwPadding, dwFlags, dwTotalFrames
     out[avih + 16 : avih + 20] = int(frames).to_bytes(4, "little")
     strh = out.index(b"strh") + 8  # fccType, fccHandler, dwFlags, wPriority+wLanguage, dwInitialFrames,
     out[strh + 32 : strh + 36] = int(frames).to_bytes(4, "little")  # dwScale, dwRate, dwStart, dwLength
@@ -489,14 +497,3 @@ def write_annotations(videos, annotation_uri: str, *, frame_counts_uri: str | No
             columns += [video.anomaly_class, *map(str, _official_numbers(video))]
         counts.append(" ".join(columns) + "\n")
     uris.write_bytes_atomic(frame_counts_uri, "".join(counts).encode("utf-8"))
-
-
-__all__ = [
-    "EVENTS",
-    "EVENT_CLASSES",
-    "NORMAL_CLASS",
-    "SyntheticVideo",
-    "make_video",
-    "make_video_set",
-    "write_annotations",
-]

@@ -52,8 +52,6 @@ def default_max_concurrent(
     return max(1, fits)
 
 
-
-
 def _comparable(spec: SearchSpec) -> dict:
     """What must not change between a search and its resumption (the trial count is fixed by then)."""
     values = spec.to_dict()
@@ -126,10 +124,12 @@ def run_search(
         out=out,
         data=data,
         registry=registry,
-        num_workers=num_workers,
-        use_gpu=use_gpu,
-        cpus_per_worker=cpus_per_worker,
-        max_failures=max_failures,
+        resources={
+            "num_workers": num_workers,
+            "use_gpu": use_gpu,
+            "cpus_per_worker": cpus_per_worker,
+            "max_failures": max_failures,
+        },
         train_env={k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")},
     )
     trainable = tune.with_resources(
@@ -193,5 +193,3 @@ def run_search(
     if unfinished:  # Tune returns after Ctrl+C (or SIGTERM) with its state saved
         raise SearchInterrupted(f"{unfinished} of {len(result_grid)} trials have not ended")
     return write_results(store, out, spec, result_grid, experiment, evaluate_best=evaluate_best)
-
-

@@ -116,10 +116,7 @@ class TrialInputs:
     store: str
     out: str
     data: Any
-    num_workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    max_failures: int
+    resources: dict  # fit's placement keywords: num_workers, use_gpu, cpus_per_worker, max_failures
     registry: Any = None  # a WorkerGroups actor
     # The driver's RAY_TRAIN_* settings: Train forwards them from its driver (here, the trial) to
     # its controller and workers, but a trial's process does not inherit the Tune driver's env.
@@ -141,13 +138,9 @@ def run_trial(config: dict, inputs: TrialInputs) -> None:
         inputs.store,
         uris.join(inputs.out, "trials", trial_id),
         train_config,
-        num_workers=inputs.num_workers,
-        use_gpu=inputs.use_gpu,
-        cpus_per_worker=inputs.cpus_per_worker,
-        max_failures=inputs.max_failures,
+        **inputs.resources,
         inputs=inputs.data,
         callbacks=[EpochReportCallback()],
         register=None if inputs.registry is None else (inputs.registry, trial_id),
         name="train",
     )
-

@@ -8,7 +8,7 @@ from anomaly import uris
 from anomaly.errors import AnomalyError
 from anomaly.video.frame_folder import FrameFolderVideo
 from anomaly.video.pyav import PyAVVideo, _read_error
-from anomaly.video.reader import Clip, FrameSpan, VideoInfo, VideoReader, video_id_from_uri
+from anomaly.video.reader import Clip, VideoInfo, VideoReader, video_id_from_uri
 
 
 def open_video(
@@ -49,14 +49,10 @@ def probe_video(uri: str, *, fps: float | None = None) -> VideoInfo:
     return open_video(uri, fps=fps).info
 
 
-def iter_clips(
-    uri: str,
-    *,
-    clip_len: int = 16,
-    stride: int = 16,
-    size: tuple[int, int] | None = None,
-    crop: tuple[int, int] | None = None,
-    span: FrameSpan | None = None,
-) -> Iterator[Clip]:
-    """Stream the clips of one video (see :func:`clip_starts` and :meth:`VideoReader.iter_clips`)."""
-    yield from open_video(uri).iter_clips(clip_len=clip_len, stride=stride, size=size, crop=crop, span=span)
+def iter_clips(uri: str, **options) -> Iterator[Clip]:
+    """Stream the clips of one video (see :func:`clip_starts`).
+
+    ``options`` are :meth:`VideoReader.iter_clips`'s (``clip_len``, ``stride``, ``size``, ``crop``,
+    ``span``), with its defaults.
+    """
+    yield from open_video(uri).iter_clips(**options)

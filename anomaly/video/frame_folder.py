@@ -240,7 +240,7 @@ class _FrameConverter:
         self.display = (first_size[1], first_size[0])
 
     def __call__(self, size: tuple[int, int] | None) -> np.ndarray:
-        return self.video._convert(self.path, size, self.first_size)
+        return self.video._convert(self.path, size, self.first_size)  # noqa: SLF001 - its own video's
 
 
 __all__ = [
