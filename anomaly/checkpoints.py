@@ -57,7 +57,10 @@ def load_scorer(uri: str) -> tuple[Head, dict]:
         payload = torch.load(io.BytesIO(uris.read_bytes(target)), map_location="cpu", weights_only=True)
         config = TrainConfig.from_dict(payload["config"], where=target)
         model = build_head(
-            config.model, int(payload["feature_dim"]), dropout=config.dropout, feature_norm=config.feature_norm
+            config.model,
+            int(payload["feature_dim"]),
+            dropout=config.dropout,
+            feature_norm=config.feature_norm,
         )
         model.load_state_dict(payload["model"])
     except AnomalyError:

@@ -77,11 +77,15 @@ def coverage(bags: feature_store.Bags, truth: GroundTruth | None, split: str) ->
         out["summary"] = f"{split} videos {len(present)} (no ground-truth list to compare with)"
         return out
     if not present & set(listed):
-        out["summary"] = f"{split} videos {len(present)}; none of them is in the ground-truth list (another data set)"
+        out["summary"] = (
+            f"{split} videos {len(present)}; none of them is in the ground-truth list (another data set)"
+        )
         return out
     missing = [vid for vid in listed if vid not in present]
     out.update(listed=len(listed), without_features=len(missing), missing_examples=missing[:5])
-    out["summary"] = f"{split} videos {len(present & set(listed))} of {len(listed)} listed; {len(missing)} without features"
+    out["summary"] = (
+        f"{split} videos {len(present & set(listed))} of {len(listed)} listed; {len(missing)} without features"
+    )
     groups: dict[str, list[str]] = {}
     for vid in listed:
         facts = truth.describe(vid)
@@ -152,7 +156,13 @@ def evaluate(
         store, model, bags, split, model_dim=int(payload["feature_dim"]), checkpoint=checkpoint
     )
     metrics = evaluate_frames(
-        scores, bags.labels, bags.num_frames, bags.intervals, bags.classes, protocol=protocol, clip_len=clip_len
+        scores,
+        bags.labels,
+        bags.num_frames,
+        bags.intervals,
+        bags.classes,
+        protocol=protocol,
+        clip_len=clip_len,
     )
     metrics.update(
         evaluation_protocol=describe(protocol, clip_len),
@@ -164,8 +174,17 @@ def evaluate(
         backbone=meta.backbone if (meta := stored_metadata(payload, checkpoint)) else None,
     )
     # Optional store columns: per-data-set AUC, region-level scores and heat maps (anomaly.regions).
-    metrics.update(localization_metrics(
-            store, model, bags, scores, out_dir, split=split, heatmaps=timelines, protocol=protocol, clip_len=clip_len
+    metrics.update(
+        localization_metrics(
+            store,
+            model,
+            bags,
+            scores,
+            out_dir,
+            split=split,
+            heatmaps=timelines,
+            protocol=protocol,
+            clip_len=clip_len,
         )
     )
     frames = frame_level(scores, bags.num_frames, bags.intervals, protocol=protocol, clip_len=clip_len)

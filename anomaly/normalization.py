@@ -46,7 +46,9 @@ def floor_std(mean: np.ndarray, std: np.ndarray, kind: str) -> tuple[np.ndarray,
 
 def fit_statistics(features: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) over every segment row of ``features`` (…, D) for normalisation ``kind``."""
-    rows = normalization_space(np.asarray(features, dtype=np.float64).reshape(-1, np.shape(features)[-1]), kind)
+    rows = normalization_space(
+        np.asarray(features, dtype=np.float64).reshape(-1, np.shape(features)[-1]), kind
+    )
     return floor_std(rows.mean(axis=0), rows.std(axis=0), kind)
 
 

@@ -46,7 +46,9 @@ def _matlab_round(x: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(x) + 0.5).astype(np.int64)
 
 
-def _sultani_matlab(scores: np.ndarray, num_frames: int, intervals, clip_len: int) -> tuple[np.ndarray, np.ndarray]:
+def _sultani_matlab(
+    scores: np.ndarray, num_frames: int, intervals, clip_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     clips = num_clips(num_frames, SNIPPET)
     shots = _matlab_round(np.linspace(1, clips, len(scores) + 1))
     detection = np.zeros(clips * SNIPPET, dtype=np.float32)
@@ -59,7 +61,9 @@ def _sultani_matlab(scores: np.ndarray, num_frames: int, intervals, clip_len: in
     return final, frame_labels(num_frames, intervals)
 
 
-def _snippet16(scores: np.ndarray, num_frames: int, intervals, clip_len: int) -> tuple[np.ndarray, np.ndarray]:
+def _snippet16(
+    scores: np.ndarray, num_frames: int, intervals, clip_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     snippets = num_clips(num_frames, SNIPPET)
     segment_of_frame = clip_frame_segments(snippets * SNIPPET, SNIPPET, len(scores))
     labels = frame_labels(max(num_frames, snippets * SNIPPET), intervals)[: snippets * SNIPPET]

@@ -481,7 +481,8 @@ def _append_log(store: str, rows: Sequence[dict]) -> None:
     """One new, uniquely named log file: concurrent writers never overwrite each other."""
     now = time.time()
     table = pa.Table.from_pylist(
-        [{**{key: row.get(key) for key in FAILURES_SCHEMA.names}, "time": now} for row in rows], schema=_LOG_SCHEMA
+        [{**{key: row.get(key) for key in FAILURES_SCHEMA.names}, "time": now} for row in rows],
+        schema=_LOG_SCHEMA,
     )
     name = f"{int(now * 1000):013d}-{uuid.uuid4().hex}.parquet"
     uris.write_bytes_atomic(uris.join(store, FAILURES_LOG, name), _table_bytes(table))
@@ -530,7 +531,9 @@ def clips_to_table(columns: dict[str, np.ndarray]) -> pa.Table:
     feats = np.ascontiguousarray(columns["features"], dtype=np.float32)
     n = feats.shape[0]
     dim = feats.shape[1] if feats.ndim == 2 else 0
-    features = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * dim), pa.array(feats.reshape(-1)))
+    features = pa.ListArray.from_arrays(
+        pa.array(np.arange(n + 1, dtype=np.int32) * dim), pa.array(feats.reshape(-1))
+    )
     out = {}
     for schema_field in CLIP_SCHEMA:
         if schema_field.name == "features":
@@ -568,17 +571,19 @@ def iter_clip_batches(
     dataset = pads.dataset(list(files), format="parquet", filesystem=filesystem, schema=CLIP_SCHEMA)
     wanted = pa.array(sorted(set(video_ids)), type=pa.string())
     yield from dataset.to_batches(
-        columns=list(columns) if columns else None, filter=pads.field("video_id").isin(wanted), batch_size=4096
+        columns=list(columns) if columns else None,
+        filter=pads.field("video_id").isin(wanted),
+        batch_size=4096,
     )
 
 
 def read_clips(store: str, ids: Iterable[str] | None = None, *, cell: int | None = -1) -> pa.Table:
     """The clip table of committed videos (or of ``video_ids``), one row per clip, sorted.
 
-    Rows a retried or killed run wrote twice count once; clips of videos that
-    were never committed (a run killed part-way) are left out. ``ids``: only
-these videos. ``cell``: -1 the
-    full-frame clips, a grid cell, or None for all.
+        Rows a retried or killed run wrote twice count once; clips of videos that
+        were never committed (a run killed part-way) are left out. ``ids``: only
+    these videos. ``cell``: -1 the
+        full-frame clips, a grid cell, or None for all.
     """
     files = clip_files(store)
     committed = video_ids(store)
@@ -592,4 +597,3 @@ these videos. ``cell``: -1 the
     keys = list(zip(*(table.column(k).to_pylist() for k in ("video_id", "cell", "clip_index")), strict=True))
     keep = [i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]]
     return table.take(keep) if len(keep) != table.num_rows else table
-

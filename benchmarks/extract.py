@@ -155,7 +155,9 @@ def old_pipeline(todo: dict[str, str], settings: ExtractionSettings) -> tuple[in
     for batch in build_feature_rows(todo, settings, spec).iter_batches(batch_size=None, batch_format="numpy"):
         for video_id in np.unique(batch["video_id"]):
             rows = np.flatnonzero(batch["video_id"] == video_id)
-            target = acc.setdefault(str(video_id), SegmentAccumulator(int(batch["num_clips"][rows[0]]), spec.feature_dim))
+            target = acc.setdefault(
+                str(video_id), SegmentAccumulator(int(batch["num_clips"][rows[0]]), spec.feature_dim)
+            )
             target.add(batch["clip_index"][rows], batch["features"][rows])
             clips += len(rows)
     assert all(a.complete for a in acc.values())
@@ -178,8 +180,12 @@ def model_rate(settings: ExtractionSettings, batches: int = 6) -> float:
     threads = torch.get_num_threads()
     if settings.device == "cpu":
         torch.set_num_threads(max(1, int(settings.num_cpus_per_actor)))  # what one actor gets
-    model = ClipFeatureExtractor(settings.backbone, None, crop=spec.crop, clip_len=spec.clip_len, device=settings.device)
-    clips = np.random.default_rng(0).integers(0, 256, (settings.batch_size, spec.clip_len, *spec.crop, 3), np.uint8)
+    model = ClipFeatureExtractor(
+        settings.backbone, None, crop=spec.crop, clip_len=spec.clip_len, device=settings.device
+    )
+    clips = np.random.default_rng(0).integers(
+        0, 256, (settings.batch_size, spec.clip_len, *spec.crop, 3), np.uint8
+    )
     model({"clip": clips})
     seconds = []
     for _ in range(batches):
@@ -198,11 +204,15 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=12.0, help="length of each pipeline video")
     parser.add_argument("--long-seconds", type=float, default=60.0, help="length of the long recording")
-    parser.add_argument("--size", type=_pair, default=(240, 320), help="H,W of the videos (UCF-Crime: 240,320)")
+    parser.add_argument(
+        "--size", type=_pair, default=(240, 320), help="H,W of the videos (UCF-Crime: 240,320)"
+    )
     parser.add_argument("--backbone", default="r3d_18")
     parser.add_argument("--crop", type=_pair, default=(112, 112))
     parser.add_argument("--clip-len", type=int, default=16)
@@ -210,12 +220,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0)
     parser.add_argument(
-        "--concurrency", type=int, default=2, help="the larger actor count of (4) (needs a free CPU for decoding)"
+        "--concurrency",
+        type=int,
+        default=2,
+        help="the larger actor count of (4) (needs a free CPU for decoding)",
     )
     parser.add_argument("--skip-pipeline", action="store_true", help="leave out (4)")
     parser.add_argument("--window-seconds", type=float, default=15.0, help="window length for (5)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    parser.add_argument("--quick", action="store_true", help="small videos and crops: a few minutes on 2 cores")
+    parser.add_argument(
+        "--quick", action="store_true", help="small videos and crops: a few minutes on 2 cores"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.quick:
@@ -252,14 +267,19 @@ def main() -> None:
 
     # (2) bytes read
     old_ratio, new_ratio = bytes_read(long_uri, settings)
-    print(f"(2) bytes read / file size ({os.path.getsize(long_uri) / 1e6:.1f} MB): old {old_ratio:.2f}  new {new_ratio:.2f}")
+    print(
+        f"(2) bytes read / file size ({os.path.getsize(long_uri) / 1e6:.1f} MB): old {old_ratio:.2f}  new {new_ratio:.2f}"
+    )
 
     # (3) decode-worker peak RSS
     rss = {}
     for design in ("old", "new"):
         out = subprocess.run(
             [sys.executable, "-c", RSS_SCRIPT, long_uri, design],
-            check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO},
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": REPO},
         )
         rss[design] = json.loads(out.stdout.strip().splitlines()[-1])
     print(

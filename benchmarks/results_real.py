@@ -46,7 +46,10 @@ RECIPES = {
     "default, loss false_alarm (hinge + normal BCE)": (DEFAULT, {"loss": "false_alarm"}),
     "default, selection best_val": (DEFAULT, {"selection": "best_val"}),
     "rtfm head + rtfm loss": (DEFAULT, {"model": "rtfm", "loss": "rtfm", "dropout": 0.7}),
-    "transformer head": (DEFAULT, {"model": "transformer", "dropout": 0.3, "lr": 3.0e-4, "weight_decay": 0.01}),
+    "transformer head": (
+        DEFAULT,
+        {"model": "transformer", "dropout": 0.3, "lr": 3.0e-4, "weight_decay": 0.01},
+    ),
 }
 SECTION = "## Results on real features"
 
@@ -60,7 +63,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     store = work / "store"
     if not store.exists():
         import_job.main(
-            import_job.get_args_parser().parse_args([args.features, "--out", str(store), "--backbone", "r3d34"])
+            import_job.get_args_parser().parse_args(
+                [args.features, "--out", str(store), "--backbone", "r3d34"]
+            )
         )
     rows = []
     for name, (base, overrides) in RECIPES.items():
@@ -74,20 +79,44 @@ def run(args: argparse.Namespace) -> list[dict]:
                 rows.append({"recipe": name, "seed": seed, **json.loads(done.read_text())})
                 continue
             config = work / f"{tag}.yaml"
-            write_yaml(str(config), {**read_yaml(str(REPO / base)), **overrides, "seed": seed, "max_epochs": args.epochs})
+            write_yaml(
+                str(config),
+                {**read_yaml(str(REPO / base)), **overrides, "seed": seed, "max_epochs": args.epochs},
+            )
             started = time.perf_counter()
             train_job.main(
                 train_job.get_args_parser().parse_args(
-                    ["--features", str(store), "--out", str(work / f"run_{tag}"), "--config", str(config), "--max-failures", "0"]
+                    [
+                        "--features",
+                        str(store),
+                        "--out",
+                        str(work / f"run_{tag}"),
+                        "--config",
+                        str(config),
+                        "--max-failures",
+                        "0",
+                    ]
                 )
             )
             evaluate_job.main(
                 evaluate_job.get_args_parser().parse_args(
-                    ["--features", str(store), "--checkpoint", str(work / f"run_{tag}"), "--out", str(work / f"eval_{tag}"), "--no-timelines"]
+                    [
+                        "--features",
+                        str(store),
+                        "--checkpoint",
+                        str(work / f"run_{tag}"),
+                        "--out",
+                        str(work / f"eval_{tag}"),
+                        "--no-timelines",
+                    ]
                 )
             )
             metrics = json.loads((work / f"eval_{tag}" / "metrics.json").read_text())
-            record = {"seconds": time.perf_counter() - started, **metrics, **normal_scores(work / f"eval_{tag}")}
+            record = {
+                "seconds": time.perf_counter() - started,
+                **metrics,
+                **normal_scores(work / f"eval_{tag}"),
+            }
             done.write_text(json.dumps(record, default=str))
             rows.append({"recipe": name, "seed": seed, **record})
             print(f"{name} seed {seed}: frame AUC {metrics['frame_auc']:.4f}", flush=True)
@@ -101,7 +130,9 @@ def normal_scores(eval_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
     table = pq.read_table(eval_dir / "scores.parquet", columns=["label", "segment_scores"]).to_pydict()
-    normal = [np.asarray(s) for s, label in zip(table["segment_scores"], table["label"], strict=True) if label == 0]
+    normal = [
+        np.asarray(s) for s, label in zip(table["segment_scores"], table["label"], strict=True) if label == 0
+    ]
     scores = np.concatenate(normal) if normal else np.zeros(1)
     return {"normal_score_mean": float(scores.mean()), "normal_score_p99": float(np.percentile(scores, 99))}
 
@@ -150,10 +181,18 @@ def write_results(text: str, command: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_dir = os.environ.get("ANOMALY_R3D34_DIR", str(REPO.parent / "shared" / "data" / "ucf_crime_r3d34"))
-    parser.add_argument("--features", default=default_dir, help="the real ResNet3D-34 dev set (ANOMALY_R3D34_DIR)")
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "results_real"), help="store and runs")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    default_dir = os.environ.get(
+        "ANOMALY_R3D34_DIR", str(REPO.parent / "shared" / "data" / "ucf_crime_r3d34")
+    )
+    parser.add_argument(
+        "--features", default=default_dir, help="the real ResNet3D-34 dev set (ANOMALY_R3D34_DIR)"
+    )
+    parser.add_argument(
+        "--work", default=os.path.join(tempfile.gettempdir(), "results_real"), help="store and runs"
+    )
     parser.add_argument("--epochs", type=int, default=20, help="epoch budget of every recipe")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipes", nargs="*", default=None, help="substrings of the recipe names to run")

@@ -27,18 +27,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomaly import cli  # noqa: E402
-from anomaly.checkpoints import checkpoint_payload  # noqa: E402
-from anomaly.config import TrainConfig  # noqa: E402
-from anomaly.extraction import ExtractionSettings, extract  # noqa: E402
-from anomaly.model import MILScorer  # noqa: E402
-from anomaly.scoring.pipeline import ScoringJob, score_videos  # noqa: E402
-from anomaly.scoring.windows import score_clips  # noqa: E402
-from anomaly.synthetic import make_video_set  # noqa: E402
+from anomaly import cli
+from anomaly.checkpoints import checkpoint_payload
+from anomaly.config import TrainConfig
+from anomaly.extraction import ExtractionSettings, extract
+from anomaly.model import MILScorer
+from anomaly.scoring.pipeline import ScoringJob, score_videos
+from anomaly.scoring.windows import score_clips
+from anomaly.synthetic import make_video_set
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--fps", type=float, default=25.0)
@@ -55,28 +57,45 @@ def main() -> int:
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="bench-score-")
     videos = make_video_set(
-        os.path.join(out, "videos"), num_normal=args.videos - args.videos // 2, num_abnormal=args.videos // 2,
-        num_frames=int(args.seconds * args.fps), fps=args.fps, seed=3,
+        os.path.join(out, "videos"),
+        num_normal=args.videos - args.videos // 2,
+        num_abnormal=args.videos // 2,
+        num_frames=int(args.seconds * args.fps),
+        fps=args.fps,
+        seed=3,
     )
     settings = ExtractionSettings(
-        backbone=args.backbone, weights=None, clip_len=args.clip_len, crop=tuple(args.crop),
-        batch_size=args.batch_size, device=args.device, num_gpus_per_actor=args.num_gpus_per_actor,
+        backbone=args.backbone,
+        weights=None,
+        clip_len=args.clip_len,
+        crop=tuple(args.crop),
+        batch_size=args.batch_size,
+        device=args.device,
+        num_gpus_per_actor=args.num_gpus_per_actor,
         concurrency=(args.concurrency, args.concurrency),
     )
     spec = settings.validate()
-    meta = {"backbone": args.backbone, "feature_dim": spec.feature_dim, "weights_sha256": "random",
-            "clip_len": spec.clip_len, "stride": spec.clip_len, "crop": list(spec.crop)}
+    meta = {
+        "backbone": args.backbone,
+        "feature_dim": spec.feature_dim,
+        "weights_sha256": "random",
+        "clip_len": spec.clip_len,
+        "stride": spec.clip_len,
+        "crop": list(spec.crop),
+    }
     torch.manual_seed(0)
     run = os.path.join(out, "run")
     os.makedirs(run, exist_ok=True)
-    torch.save(checkpoint_payload(MILScorer(spec.feature_dim), TrainConfig(), store_metadata=meta),
-               os.path.join(run, "model.pt"))
+    torch.save(
+        checkpoint_payload(MILScorer(spec.feature_dim), TrainConfig(), store_metadata=meta),
+        os.path.join(run, "model.pt"),
+    )
     cli.init_ray(args.num_cpus)
     folder = os.path.join(out, "videos")
     rates: dict[str, list[float]] = {"extract": [], "score": []}
     clips = 0
     for repeat in range(args.repeats):
-        for kind in (("extract", "score") if repeat % 2 == 0 else ("score", "extract")):
+        for kind in ("extract", "score") if repeat % 2 == 0 else ("score", "extract"):
             target = os.path.join(out, f"{kind}-{repeat}")
             started = time.monotonic()
             if kind == "extract":
@@ -93,11 +112,17 @@ def main() -> int:
     score_clips(model, feats, window=4)
     head = clips / (time.monotonic() - started)
     ext, sco = max(rates["extract"]), max(rates["score"])
-    print(f"\n{len(videos)} videos x {args.seconds:g} s at {args.fps:g} fps, {clips} clips of {spec.clip_len} x "
-          f"{spec.crop[0]}x{spec.crop[1]}, {args.backbone} on {args.device}, {args.concurrency} actor(s)")
+    print(
+        f"\n{len(videos)} videos x {args.seconds:g} s at {args.fps:g} fps, {clips} clips of {spec.clip_len} x "
+        f"{spec.crop[0]}x{spec.crop[1]}, {args.backbone} on {args.device}, {args.concurrency} actor(s)"
+    )
     print("| pipeline | clips/s (best of runs) | runs |\n| --- | ---: | --- |")
-    print(f"| extraction alone (`anomaly.extraction.extract`) | {ext:.2f} | {', '.join(f'{r:.2f}' for r in rates['extract'])} |")
-    print(f"| distributed scoring (`ray_jobs.score` pipeline) | {sco:.2f} | {', '.join(f'{r:.2f}' for r in rates['score'])} |")
+    print(
+        f"| extraction alone (`anomaly.extraction.extract`) | {ext:.2f} | {', '.join(f'{r:.2f}' for r in rates['extract'])} |"
+    )
+    print(
+        f"| distributed scoring (`ray_jobs.score` pipeline) | {sco:.2f} | {', '.join(f'{r:.2f}' for r in rates['score'])} |"
+    )
     print(f"| the head alone (clip windows + MIL scorer, one process) | {head:.0f} | 1 |")
     print(f"\nratio scoring / extraction = {sco / ext:.2f} (target: close to 1)")
     return 0

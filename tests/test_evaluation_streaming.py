@@ -13,8 +13,12 @@ from anomaly.synthetic.features import make_feature_store, synthetic_rows
 
 
 def test_streamed_scores_equal_scoring_the_whole_split(tmp_path, monkeypatch):
-    store = make_feature_store(str(tmp_path / "store"), num_train=4, num_test=23, feature_dim=8, seed=2, rows_per_part=5)
-    rows = [r for r in synthetic_rows(num_train=0, num_test=23, feature_dim=8, seed=2) if r["split"] == "test"]
+    store = make_feature_store(
+        str(tmp_path / "store"), num_train=4, num_test=23, feature_dim=8, seed=2, rows_per_part=5
+    )
+    rows = [
+        r for r in synthetic_rows(num_train=0, num_test=23, feature_dim=8, seed=2) if r["split"] == "test"
+    ]
     feature_store.write_rows(store, [{**rows[0], "features": rows[0]["features"] + 5.0}])  # a later duplicate
     torch.manual_seed(0)
     model = MILScorer(8)

@@ -87,8 +87,15 @@ def test_rtfm_selects_by_feature_magnitude_by_hand():
     # mean picked features: abnormal (1.5, 2) -> norm 2.5; normal (0.5, 1) -> norm sqrt(1.25)
     assert float(magnitude) == pytest.approx((10 - 2.5 + math.sqrt(1.25)) ** 2, rel=1e-5)
     total = mil_loss(
-        abn_s, nor_s, loss="rtfm", topk=2, lambda_smooth=0, lambda_sparse=0, lambda_magnitude=1e-4,
-        abnormal_features=abn_f, normal_features=nor_f,
+        abn_s,
+        nor_s,
+        loss="rtfm",
+        topk=2,
+        lambda_smooth=0,
+        lambda_sparse=0,
+        lambda_magnitude=1e-4,
+        abnormal_features=abn_f,
+        normal_features=nor_f,
     )
     bce100, mag100 = rtfm_terms(abn_s, nor_s, abn_f, nor_f, k=2)
     assert float(total) == pytest.approx(float(bce100 + 1e-4 * mag100), rel=1e-5)

@@ -58,15 +58,15 @@ def test_the_check_finds_each_kind_of_private_use():
     ]
     for snippet in snippets:
         assert private_ray_uses(snippet), snippet
-    assert not private_ray_uses("import ray\nfrom ray import tune\nray.util.remove_placement_group\nray.__version__")
+    assert not private_ray_uses(
+        "import ray\nfrom ray import tune\nray.util.remove_placement_group\nray.__version__"
+    )
 
 
 def test_no_module_reaches_a_private_ray_name():
     files = [path for package in PACKAGES for path in sorted((REPO / package).rglob("*.py"))]
     assert len(files) > 20
     offenders = {
-        str(path.relative_to(REPO)): uses
-        for path in files
-        if (uses := private_ray_uses(path.read_text()))
+        str(path.relative_to(REPO)): uses for path in files if (uses := private_ray_uses(path.read_text()))
     }
     assert not offenders, offenders

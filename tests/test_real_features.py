@@ -26,7 +26,10 @@ def r3d34_store(tmp_path_factory, r3d34_data, shared_data, ray_cluster):
     out = tmp_path_factory.mktemp("r3d34") / "store"
     truth = GroundTruth.load(
         str(shared_data / "Temporal_Anomaly_Annotation.txt"),
-        [str(shared_data / "Train_Annotation_with_frame_counts.txt"), str(shared_data / "Test_Annotation_with_frame_counts.txt")],
+        [
+            str(shared_data / "Train_Annotation_with_frame_counts.txt"),
+            str(shared_data / "Test_Annotation_with_frame_counts.txt"),
+        ],
     )
     report = import_features(str(r3d34_data), str(out), truth=truth, backbone="r3d34")
     return out, report, truth
@@ -48,7 +51,9 @@ def test_import_one_rule_for_every_row_count(r3d34_store, r3d34_data):
 
 
 def test_npy_crop_axis_is_checked(tmp_path, r3d34_data):
-    real = parse_feature_file("x.txt", next(r3d34_data.glob("train/Normal/Normal_Videos101_x264.txt")).read_bytes())
+    real = parse_feature_file(
+        "x.txt", next(r3d34_data.glob("train/Normal/Normal_Videos101_x264.txt")).read_bytes()
+    )
     crops = np.stack([real + i for i in range(10)])  # (10 crops, 32 rows, 512)
     for array in (crops, crops.transpose(1, 0, 2)):
         path = tmp_path / "v.npy"
@@ -78,7 +83,10 @@ def test_robust_normalisation_bounds_held_out_c3d_zscores(shared_data):
 
 
 def test_frames_go_through_their_clip(shared_data):
-    truth = GroundTruth.load(str(shared_data / "Temporal_Anomaly_Annotation.txt"), [str(shared_data / "Test_Annotation_with_frame_counts.txt")])
+    truth = GroundTruth.load(
+        str(shared_data / "Temporal_Anomaly_Annotation.txt"),
+        [str(shared_data / "Test_Annotation_with_frame_counts.txt")],
+    )
     frames = truth.frame_counts["Explosion008_x264"]
     by_clip, by_frame = clip_frame_segments(frames, 16), frame_segments(frames)
     assert by_clip.shape == by_frame.shape == (frames,)
@@ -89,7 +97,9 @@ def test_frames_go_through_their_clip(shared_data):
     # Every frame's segment is one its clip was pooled into.
     bounds = segment_bounds(clips)
     clip = np.minimum(np.arange(frames) // 16, clips - 1)
-    assert np.all((bounds[by_clip] <= clip) & ((clip < bounds[by_clip + 1]) | (bounds[by_clip] == bounds[by_clip + 1])))
+    assert np.all(
+        (bounds[by_clip] <= clip) & ((clip < bounds[by_clip + 1]) | (bounds[by_clip] == bounds[by_clip + 1]))
+    )
     scores = np.linspace(0.1, 1.0, 32)
     matlab, labels = frame_scores_and_labels(scores, frames, [(100, 200)], protocol="sultani_matlab")
     assert matlab.shape == labels.shape == (frames,)
@@ -104,7 +114,9 @@ def test_coverage_says_what_is_evaluated_and_warns_on_partial_split(r3d34_store,
     bags = store.load_bags(str(out), split="test")
     listed = sum(truth.describe(v)["split"] == "test" for v in truth.temporal)
     got = coverage(bags, truth, "test")
-    assert got["summary"] == f"test videos {len(bags)} of {listed} listed; {listed - len(bags)} without features"
+    assert (
+        got["summary"] == f"test videos {len(bags)} of {listed} listed; {listed - len(bags)} without features"
+    )
     abnormal_only = bags.subset([i for i, label in enumerate(bags.labels) if label == 1])
     with caplog.at_level(logging.WARNING):
         partial = coverage(abnormal_only, truth, "test")
@@ -113,7 +125,9 @@ def test_coverage_says_what_is_evaluated_and_warns_on_partial_split(r3d34_store,
 
 
 # Sultani's MLP goes through the same commands in test_training.py and test_demo.py.
-@pytest.mark.parametrize(("head", "loss", "kind"), [("rtfm", "rtfm", RTFMHead), ("transformer", "topk_bce", TransformerHead)])
+@pytest.mark.parametrize(
+    ("head", "loss", "kind"), [("rtfm", "rtfm", RTFMHead), ("transformer", "topk_bce", TransformerHead)]
+)
 def test_each_head_trains_on_real_features_and_evaluates(r3d34_store, tmp_path, head, loss, kind):
     out, _, _ = r3d34_store
     config = tmp_path / "c.yaml"
@@ -133,7 +147,17 @@ def test_each_head_trains_on_real_features_and_evaluates(r3d34_store, tmp_path, 
     assert scores.shape == (2, 32) and bool(((scores >= 0) & (scores <= 1)).all())
     evaluated = tmp_path / "eval"
     eargs = evaluate_job.get_args_parser().parse_args(
-        ["--features", str(out), "--checkpoint", str(run), "--out", str(evaluated), "--no-timelines", "--protocol", "sultani_matlab"]
+        [
+            "--features",
+            str(out),
+            "--checkpoint",
+            str(run),
+            "--out",
+            str(evaluated),
+            "--no-timelines",
+            "--protocol",
+            "sultani_matlab",
+        ]
     )
     assert evaluate_job.main(eargs) == 0
     metrics = json.loads((evaluated / "metrics.json").read_text())

@@ -55,7 +55,9 @@ def world(tmp_path_factory):
     store48 = str(root / "store48")
     make_feature_store(store48, num_train=4, num_test=4, feature_dim=48, seed=2)
     empty = str(root / "empty")
-    feature_store.ensure_metadata(empty, feature_store.StoreMetadata(backbone="r3d_18", feature_dim=16))  # _store.json, no rows
+    feature_store.ensure_metadata(
+        empty, feature_store.StoreMetadata(backbone="r3d_18", feature_dim=16)
+    )  # _store.json, no rows
     normal_only = str(root / "normal_only")
     rows = [r for r in synthetic_rows(num_train=16, num_test=4, feature_dim=16, seed=3) if r["label"] == 0]
     feature_store.write_rows(normal_only, rows)
@@ -215,7 +217,17 @@ def test_caller_given_ids_cannot_escape_the_store(tmp_path, world):
     """Ids a caller maps follow the listing's rule: '/'-separated safe names, nothing that climbs out."""
     store = tmp_path / "store"
     settings = ExtractionSettings(backbone="r3d_18", clip_len=4, crop=(32, 32))
-    for bad in ["../escaped", "/abs/olute", "a//b", "nul\x00id", ".hidden", "..", "tab\tid", "back\\slash", "a/"]:
+    for bad in [
+        "../escaped",
+        "/abs/olute",
+        "a//b",
+        "nul\x00id",
+        ".hidden",
+        "..",
+        "tab\tid",
+        "back\\slash",
+        "a/",
+    ]:
         with pytest.raises(AnomalyError, match="not safe names"):
             extract({bad: world["video"]}, str(store), settings)
     assert not store.exists()  # refused before anything was written

@@ -8,17 +8,15 @@ a real moto S3 server, a real SIGKILLed job.
 from __future__ import annotations
 
 import csv
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import job_env, run_and_kill
 
 from anomaly import cli
 from anomaly import store as feature_store
@@ -34,7 +32,6 @@ from anomaly.segments import pool_segments
 from anomaly.synthetic import make_video
 from ray_jobs import score as score_job
 
-REPO = Path(__file__).resolve().parents[1]
 STORE_META = {
     "backbone": "r3d_18",
     "feature_dim": 512,
@@ -43,25 +40,6 @@ STORE_META = {
     "stride": 8,
     "crop": [32, 32],
 }
-
-
-def _job_env(ray_cluster) -> dict:
-    return dict(
-        os.environ,
-        RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address,  # join the session's Ray
-        ANOMALY_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-    )
-
-
-def _run_and_kill(command: list[str], env: dict, log: Path, ready) -> int:
-    """Start ``command``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        while proc.poll() is None and not ready():
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        return proc.wait()
 
 
 def _save_run(folder: Path, model: torch.nn.Module) -> Path:
@@ -105,7 +83,9 @@ def test_a_window_as_long_as_a_training_segment_is_that_segment():
     windows = window_features(feats, 10)
     for k in (0, 7, 31):  # clip 10k+4 is centred on segment k (window [10k, 10k+10))
         np.testing.assert_allclose(windows[10 * k + 4], pooled[k], rtol=1e-5, atol=1e-6)
-    whole = feats[:5].mean(0) / np.linalg.norm(feats[:5].mean(0))  # a video shorter than the window: one window
+    whole = feats[:5].mean(0) / np.linalg.norm(
+        feats[:5].mean(0)
+    )  # a video shorter than the window: one window
     np.testing.assert_allclose(window_features(feats[:5], 10), np.tile(whole, (5, 1)), rtol=1e-5, atol=1e-6)
     model = MILScorer(8).eval()
     scores = score_clips(model, feats, 10)
@@ -180,7 +160,9 @@ def test_score_refuses_other_weights_than_training(tmp_path, run_dir, capsys):
 
 def _train_scorer(tmp_path: Path) -> MILScorer:
     """A MIL scorer trained here on 32-segment bags of 4 normal and 4 'flash' videos (16 s at 4 fps)."""
-    settings = ScoringSettings(backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu")
+    settings = ScoringSettings(
+        backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu"
+    )
     bags = {0: [], 1: []}
     for i in range(8):
         label = i % 2
@@ -225,7 +207,9 @@ def test_an_alarm_starts_within_seconds_of_a_short_event_in_a_three_minute_recor
         seed=5,
     )
     out = tmp_path / "out"
-    args = score_job.get_args_parser().parse_args([str(tmp_path / "cams"), "--checkpoint", str(run), "--out", str(out)])
+    args = score_job.get_args_parser().parse_args(
+        [str(tmp_path / "cams"), "--checkpoint", str(run), "--out", str(out)]
+    )
     assert score_job.main(args) == 0
     alarms = pq.read_table(out / "alarms.parquet").to_pylist()
     start, end = event[0] / fps, event[1] / fps
@@ -247,7 +231,9 @@ def test_nested_s3_folder_with_a_corrupt_file_killed_and_resumed_equals_an_unint
     from anomaly import uris
 
     for i, camera in enumerate(["north/door", "north/yard", "south/gate", "south/dock"]):
-        make_video(uris.join(s3_bucket, "cams", camera, f"Cam{i}_x264.mp4"), num_frames=24 + 8 * i, fps=8.0, seed=i)
+        make_video(
+            uris.join(s3_bucket, "cams", camera, f"Cam{i}_x264.mp4"), num_frames=24 + 8 * i, fps=8.0, seed=i
+        )
     uris.write_bytes_atomic(uris.join(s3_bucket, "cams", "south", "Broken_x264.mp4"), b"\x00not a video" * 50)
     videos = uris.join(s3_bucket, "cams")
     flags = ["--checkpoint", str(run_dir), "--threshold", "0.0", "--min-duration", "0", "--flush-every", "1"]
@@ -260,8 +246,12 @@ def test_nested_s3_folder_with_a_corrupt_file_killed_and_resumed_equals_an_unint
 
     out = uris.join(s3_bucket, "resumed")
     command = [sys.executable, "-m", "ray_jobs.score", videos, "--out", out, *flags, "--batch-size", "4"]
-    status = _run_and_kill(
-        command, _job_env(ray_cluster), tmp_path / "killed.log", lambda: len(outputs.scored_video_ids(out)) >= 1
+    status = run_and_kill(
+        command,
+        job_env(ray_cluster),
+        tmp_path / "killed.log",
+        lambda: len(outputs.scored_video_ids(out)) >= 1,
+        poll_s=0.05,
     )
     assert status == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     assert 1 <= len(outputs.scored_video_ids(out)) < 4
@@ -278,7 +268,9 @@ def test_nested_s3_folder_with_a_corrupt_file_killed_and_resumed_equals_an_unint
     for column in ("video_id", "source_uri", "start_s", "end_s"):
         assert got_alarms.column(column).to_pylist() == ref_alarms.column(column).to_pylist()
     assert got_alarms.num_rows == 4
-    np.testing.assert_allclose(got_alarms.column("peak_score").to_numpy(), ref_alarms.column("peak_score").to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        got_alarms.column("peak_score").to_numpy(), ref_alarms.column("peak_score").to_numpy(), atol=1e-5
+    )
     assert feature_store.read_failures(out).column("uri").to_pylist() == [failures[0]["uri"]]
 
 
@@ -301,12 +293,16 @@ def test_wall_clock_times_come_from_the_containers_creation_time(tmp_path):
     created = outputs.parse_creation_time(creation_time(stamped))
     assert created is not None and created.isoformat() == "2026-11-20T03:00:00+00:00"
     times = clip_times(2, 16, 8, 8, 8.0)
-    rows = outputs.video_rows("v", stamped, times, np.array([0.2, 0.8]), fps=8.0, num_frames=16, created=created)
+    rows = outputs.video_rows(
+        "v", stamped, times, np.array([0.2, 0.8]), fps=8.0, num_frames=16, created=created
+    )
     assert [t.isoformat() for t in rows.column("start_time").to_pylist()] == [
         "2026-11-20T03:00:00+00:00",
         "2026-11-20T03:00:01+00:00",
     ]
-    no_clock = outputs.video_rows("v", plain.uri, times, np.array([0.2, 0.8]), fps=8.0, num_frames=16, created=None)
+    no_clock = outputs.video_rows(
+        "v", plain.uri, times, np.array([0.2, 0.8]), fps=8.0, num_frames=16, created=None
+    )
     assert no_clock.column("start_time").null_count == 2
 
 

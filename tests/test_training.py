@@ -82,7 +82,9 @@ def test_trained_model_beats_chance_on_test_frames(trained, tmp_path):
 
 
 def _checkpoint_folders(run_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(run_dir)) for p in (run_dir / "ray_results").rglob("checkpoint_*") if p.is_dir())
+    return sorted(
+        str(p.relative_to(run_dir)) for p in (run_dir / "ray_results").rglob("checkpoint_*") if p.is_dir()
+    )
 
 
 def test_rerun_resumes_instead_of_starting_over(trained):

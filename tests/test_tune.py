@@ -81,7 +81,9 @@ def test_smoke_search_writes_table_best_config_model_and_plot(smoke):
     assert (out / "best_run" / "history.csv").exists()
     metrics = json.loads((out / "best_eval" / "metrics.json").read_text())
     assert metrics["split"] == "test"
-    assert metrics["frame_auc"] == pytest.approx(frame_auc_again(out / "best_eval", metrics["store"]), abs=1e-6)
+    assert metrics["frame_auc"] == pytest.approx(
+        frame_auc_again(out / "best_eval", metrics["store"]), abs=1e-6
+    )
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -59,7 +59,9 @@ def _runs(index: np.ndarray) -> list[tuple[int, int]]:
     return [(int(index[s]), int(index[e])) for s, e in zip(starts, ends, strict=True)]
 
 
-def write_clip_rows(batch: dict[str, np.ndarray], *, store: str, stride: int, fps_default: float | None) -> dict:
+def write_clip_rows(
+    batch: dict[str, np.ndarray], *, store: str, stride: int, fps_default: float | None
+) -> dict:
     """Ray Data ``map_batches`` function: clip rows -> the clip table; returns summary rows only."""
     kind = np.asarray(batch["kind"]).astype(str)
     clips = np.flatnonzero(kind == "clip")
@@ -194,7 +196,9 @@ class VideoTracker:
         self.videos: dict[str, TrackedVideo] = {}
         self.done: set[str] = set()  # completed or failed: later rows are ignored
 
-    def consume(self, batch: dict[str, np.ndarray]) -> tuple[list[tuple[str, TrackedVideo]], list[tuple[str, str, str]]]:
+    def consume(
+        self, batch: dict[str, np.ndarray]
+    ) -> tuple[list[tuple[str, TrackedVideo]], list[tuple[str, str, str]]]:
         """Returns ``(complete [(id, video)], failed [(id, uri, reason)])`` newly decided by this batch."""
         touched: dict[str, None] = {}
         failed: list[tuple[str, str, str]] = []
@@ -206,7 +210,9 @@ class VideoTracker:
             video = self.videos.setdefault(video_id, TrackedVideo(uri=str(batch["uri"][i])))
             video.num_windows = int(batch["num_windows"][i])
             if kind == "clips":
-                video.add_runs(int(batch["cell"][i]), int(batch["lo"][i]), int(batch["hi"][i]), str(batch["file"][i]))
+                video.add_runs(
+                    int(batch["cell"][i]), int(batch["lo"][i]), int(batch["hi"][i]), str(batch["file"][i])
+                )
             else:
                 error = str(batch["error"][i])
                 if error:
@@ -283,7 +289,9 @@ def commit_videos(store: str, videos: Sequence[dict], dim: int) -> dict:
     for video in videos:
         for cell in [-1, *range(video["cells"])]:
             acc[(video["row"]["video_id"], cell)] = SegmentAccumulator(video["num_clips"], dim)
-    for batch in feature_store.iter_clip_batches(store, files, ids, columns=["video_id", "cell", "clip_index", "features"]):
+    for batch in feature_store.iter_clip_batches(
+        store, files, ids, columns=["video_id", "cell", "clip_index", "features"]
+    ):
         vids = np.asarray(batch.column("video_id").to_pylist(), dtype=object)
         cells = batch.column("cell").to_numpy()
         index = batch.column("clip_index").to_numpy()
@@ -303,7 +311,13 @@ def commit_videos(store: str, videos: Sequence[dict], dim: int) -> dict:
         parts = [acc[(video_id, cell)] for cell in [-1, *range(video["cells"])]]
         missing = [p for p in parts if not p.complete]
         if missing:
-            failed.append((video_id, row["source_uri"], f"incomplete: {missing[0].count} of {missing[0].num_clips} clips in the clip table"))
+            failed.append(
+                (
+                    video_id,
+                    row["source_uri"],
+                    f"incomplete: {missing[0].count} of {missing[0].num_clips} clips in the clip table",
+                )
+            )
             continue
         row["features"] = parts[0].pooled()
         row["features_grid"] = np.stack([p.pooled() for p in parts[1:]]) if video["cells"] else None

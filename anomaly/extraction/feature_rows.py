@@ -71,7 +71,7 @@ def decode_probed(row: dict, *, sampling: ClipSampling) -> Iterator[dict]:
         yield held
     except AnomalyError as exc:
         yield _error_row(row, exc.what, zero)
-    except Exception as exc:  # noqa: BLE001 - one bad video must not end a job over thousands
+    except Exception as exc:
         logger.exception("%s: unexpected error while decoding", uri)
         first = (str(exc).strip().splitlines() or [""])[0]
         yield _error_row(row, f"unexpected {type(exc).__name__}: {first}", zero)
@@ -84,7 +84,9 @@ def build_feature_rows(todo: dict[str, str], settings, spec):
     from anomaly.extraction.pipeline import model_stage, sampling_of
 
     if settings.grid > 1:
-        raise AnomalyError("--grid", "the feature-row stream has no grid cells; use anomaly.extraction.extract")
+        raise AnomalyError(
+            "--grid", "the feature-row stream has no grid cells; use anomaly.extraction.extract"
+        )
     items = [{"uri": uri, "video_id": video_id} for video_id, uri in todo.items()]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(

@@ -166,12 +166,26 @@ class _Committer:
         num_frames = int(video.num_frames)
         known = row.get("num_frames")
         if known is not None and known != num_frames:
-            logger.info("%s: %d decodable frames, the frame-counts file says %d; keeping %d", video_id, num_frames, known, num_frames)
+            logger.info(
+                "%s: %d decodable frames, the frame-counts file says %d; keeping %d",
+                video_id,
+                num_frames,
+                known,
+                num_frames,
+            )
         fps = video.fps if np.isfinite(video.fps) and video.fps > 0 else self.settings.fps
-        row.update(video_id=video_id, num_frames=num_frames, backbone=self.settings.backbone, fps=fps, source_uri=video.uri)
+        row.update(
+            video_id=video_id,
+            num_frames=num_frames,
+            backbone=self.settings.backbone,
+            fps=fps,
+            source_uri=video.uri,
+        )
         cells = self.settings.grid**2 if self.settings.grid > 1 else 0
         self.clips[video_id] = num_clips
-        self.pending.append({"row": row, "num_clips": num_clips, "cells": cells, "files": sorted(video.files)})
+        self.pending.append(
+            {"row": row, "num_clips": num_clips, "cells": cells, "files": sorted(video.files)}
+        )
         if len(self.pending) >= self.settings.flush_every:
             self.submit()
 
@@ -185,7 +199,9 @@ class _Committer:
     def collect(self, *, wait: bool = False) -> None:
         if not self.in_flight:
             return
-        ready, self.in_flight = self.ray.wait(self.in_flight, num_returns=1 if wait else len(self.in_flight), timeout=None if wait else 0)
+        ready, self.in_flight = self.ray.wait(
+            self.in_flight, num_returns=1 if wait else len(self.in_flight), timeout=None if wait else 0
+        )
         for ref in ready:
             result = self.ray.get(ref)
             for video_id, uri, reason in result["failed"]:
@@ -200,11 +216,22 @@ class _Committer:
                 self.report.extracted.append(video_id)
                 self.report.num_clips += self.clips.pop(video_id, 0)
                 done = len(self.report.extracted) + len(self.report.failed) - self.counted_before
-                logger.info("[%d/%d] %s (%.1f s elapsed)", done, len(self.todo), video_id, time.monotonic() - self.started)
+                logger.info(
+                    "[%d/%d] %s (%.1f s elapsed)",
+                    done,
+                    len(self.todo),
+                    video_id,
+                    time.monotonic() - self.started,
+                )
         self.flush_failures()
 
     def fail(self, video_id: str, uri: str, reason: str, stage: str) -> None:
-        failure = {"uri": uri or self.todo.get(video_id, ""), "video_id": video_id, "reason": reason, "stage": stage}
+        failure = {
+            "uri": uri or self.todo.get(video_id, ""),
+            "video_id": video_id,
+            "reason": reason,
+            "stage": stage,
+        }
         self.new_failures.append(failure)
         self.report.failed.append(failure)
         done = len(self.report.extracted) + len(self.report.failed) - self.counted_before
@@ -283,7 +310,9 @@ def extract(
     try:
         if todo:
             windows = plan(todo, sampling)
-            for batch in build_pipeline(windows, settings, spec, store).iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in build_pipeline(windows, settings, spec, store).iter_batches(
+                batch_size=None, batch_format="numpy"
+            ):
                 complete, failed = tracker.consume(batch)
                 for video_id, uri, reason in failed:
                     committer.fail(video_id, uri, reason, "decode")
@@ -301,4 +330,3 @@ def extract(
 
 def committer_cells(settings: ExtractionSettings) -> int:
     return settings.grid**2 if settings.grid > 1 else 0
-

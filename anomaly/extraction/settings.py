@@ -70,7 +70,11 @@ class ExtractionSettings:
     def validate(self) -> BackboneSpec:
         spec = self.spec()
         checks = [
-            ("--stride", self.stride, self.stride is None or (isinstance(self.stride, int) and self.stride >= 1)),
+            (
+                "--stride",
+                self.stride,
+                self.stride is None or (isinstance(self.stride, int) and self.stride >= 1),
+            ),
             ("--batch-size", self.batch_size, isinstance(self.batch_size, int) and self.batch_size >= 1),
             ("--num-gpus-per-actor", self.num_gpus_per_actor, self.num_gpus_per_actor >= 0),
             ("--flush-every", self.flush_every, isinstance(self.flush_every, int) and self.flush_every >= 1),

@@ -48,7 +48,9 @@ def videos_in(fs, root_uri: str, path: str, *, depth: int = 2, skip_gt: bool = F
             if skip_gt and name.lower().endswith("_gt"):
                 continue
             images = [
-                e for e in list_sorted(fs, entry["name"]) if e.get("type") != "directory" and is_image_name(e["name"])
+                e
+                for e in list_sorted(fs, entry["name"])
+                if e.get("type") != "directory" and is_image_name(e["name"])
             ]
             if images:
                 found.append(Found(name, uris.in_scheme_of(root_uri, entry["name"]), len(images)))
@@ -65,7 +67,9 @@ def videos_in(fs, root_uri: str, path: str, *, depth: int = 2, skip_gt: bool = F
 
 def child_folder(fs, path: str, names: Sequence[str]) -> str | None:
     """The first child folder whose lower-cased name is in ``names`` (in that order of preference)."""
-    children = {base_name(e["name"]).lower(): e["name"] for e in list_sorted(fs, path) if e.get("type") == "directory"}
+    children = {
+        base_name(e["name"]).lower(): e["name"] for e in list_sorted(fs, path) if e.get("type") == "directory"
+    }
     for name in names:
         if name in children:
             return children[name]

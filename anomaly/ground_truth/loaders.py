@@ -65,7 +65,6 @@ folders (nonzero = anomalous pixel), ShanghaiTech ``test_pixel_mask/01_0014.npy`
 ``(T, H, W)`` arrays, Avenue ``testing_label_mask/N_label.mat``.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -330,7 +329,11 @@ def _load_ucsd(fs, root: str, path: str, labels: str | None, masks: str | None) 
     videos = _make_videos(dataset, "train", videos_in(fs, root, train, skip_gt=True) if train else [], root)
     test_videos = _make_videos(dataset, "test", videos_in(fs, root, test, skip_gt=True), root)
     if labels is None:
-        m_files = [e["name"] for e in list_sorted(fs, test) + list_sorted(fs, path) if e["name"].lower().endswith(".m")]
+        m_files = [
+            e["name"]
+            for e in list_sorted(fs, test) + list_sorted(fs, path)
+            if e["name"].lower().endswith(".m")
+        ]
         preferred = [m for m in m_files if _ucsd_name(base_name(m)) == dataset] or m_files
         if not preferred:
             raise AnomalyError(root, "no UCSD ground-truth .m file (e.g. Test/UCSDped2.m); pass --labels")

@@ -83,7 +83,9 @@ class VideoScores:
 
     def alarms(self, settings: AlarmSettings | None = None) -> list[Alarm]:
         times = self.clip_times()
-        return find_alarms(self.video_id, times["start_s"], times["end_s"], self.clip_scores, settings or AlarmSettings())
+        return find_alarms(
+            self.video_id, times["start_s"], times["end_s"], self.clip_scores, settings or AlarmSettings()
+        )
 
 
 def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
@@ -176,7 +178,9 @@ def score_video(uri: str, checkpoint: str, **overrides) -> VideoScores:
     )
 
 
-def write_outputs(scores: VideoScores, out_dir: str, *, threshold: float = DEFAULT_THRESHOLD) -> dict[str, str]:
+def write_outputs(
+    scores: VideoScores, out_dir: str, *, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, str]:
     """``VIDEO.csv`` (frame, time_s, score) and ``VIDEO_timeline.png`` under ``out_dir``."""
     from anomaly.scoring.plots import clip_timeline_plot
 

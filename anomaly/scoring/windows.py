@@ -75,7 +75,9 @@ def _run(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(x), batch):
-            out.append(model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))).float().numpy())
+            out.append(
+                model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))).float().numpy()
+            )
     return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
 
 
@@ -110,7 +112,9 @@ def clip_frame_scores(clip_scores: np.ndarray, num_frames: int, stride: int) -> 
     return scores[np.minimum(np.arange(num_frames) // stride, scores.size - 1)]
 
 
-def clip_times(num_clips: int, num_frames: int, clip_len: int, stride: int, fps: float) -> dict[str, np.ndarray]:
+def clip_times(
+    num_clips: int, num_frames: int, clip_len: int, stride: int, fps: float
+) -> dict[str, np.ndarray]:
     """First/last frame and start/end second of every clip (:func:`anomaly.video.clip_starts`'s rule)."""
     first = np.arange(num_clips, dtype=np.int64) * stride
     last = np.minimum(first + clip_len, max(num_frames, 1)) - 1

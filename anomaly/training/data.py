@@ -215,7 +215,9 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         seed=config.seed,
     )
     try:
-        mean, std = feature_statistics(read_rows(inputs, ["features"], _train_rows(inputs)), config.feature_norm)
+        mean, std = feature_statistics(
+            read_rows(inputs, ["features"], _train_rows(inputs)), config.feature_norm
+        )
     except ValueError as exc:  # rows of different shapes
         raise AnomalyError(store, f"features: {exc}") from exc
     cached = None

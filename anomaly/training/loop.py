@@ -55,7 +55,9 @@ def _shuffle_seed(config: TrainConfig, epoch: int, rank: int, label: int) -> int
     return int(np.random.SeedSequence([config.seed, epoch, rank, label]).generate_state(1)[0])
 
 
-def train_epoch(model, optimizer, inputs: TrainingInputs, config: TrainConfig, epoch: int, device, average=None):
+def train_epoch(
+    model, optimizer, inputs: TrainingInputs, config: TrainConfig, epoch: int, device, average=None
+):
     """One epoch: ``steps_per_epoch`` steps of ``batch_size`` abnormal + ``batch_size`` normal bags
     in all (this worker's share of each). Returns (mean loss, optimizer steps)."""
     rank, world = _world()
@@ -112,7 +114,9 @@ def score_validation(model: Head, shard) -> dict:
         part["video_ids"].extend(batch.column("video_id").to_pylist())
         part["labels"].extend(batch.column("label").to_pylist())
         part["num_frames"].extend(-1 if n is None else n for n in batch.column("num_frames").to_pylist())
-        part["intervals"].extend([tuple(iv) for iv in ivs or []] for ivs in batch.column("anomaly_intervals").to_pylist())
+        part["intervals"].extend(
+            [tuple(iv) for iv in ivs or []] for ivs in batch.column("anomaly_intervals").to_pylist()
+        )
         part["classes"].extend(batch.column("anomaly_class").to_pylist())
     part["scores"] = np.concatenate(part["scores"]) if part["scores"] else np.zeros((0, 32), np.float32)
     return part
@@ -133,7 +137,8 @@ def validation_metrics(parts: list[dict]) -> dict[str, float]:
     classes = [p["classes"][i] for _, p, i in order]
     frame_auc = float("nan")
     annotated = all(
-        frames > 0 and (label == 0 or ivs) for frames, label, ivs in zip(num_frames, labels, intervals, strict=True)
+        frames > 0 and (label == 0 or ivs)
+        for frames, label, ivs in zip(num_frames, labels, intervals, strict=True)
     )
     if annotated:
         frame_auc = evaluate_frames(scores, labels, num_frames, intervals, classes)["frame_auc"]

@@ -139,8 +139,6 @@ def _best_checkpoint(history: list[dict], metric: str, mode: str, out: str):
     return None, None
 
 
-
-
 def write_results(
     store: str, out: str, spec: SearchSpec, result_grid, experiment: str, *, evaluate_best: bool = True
 ) -> SearchResult:
@@ -199,5 +197,3 @@ def write_results(
         experiment_path=experiment,
         sweep_plot=sweep_uri,
     )
-
-

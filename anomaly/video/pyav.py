@@ -111,8 +111,6 @@ def _rotation_of(frame: av.VideoFrame, uri: str) -> int:
     return snapped
 
 
-
-
 def _ebml_vint(data: bytes, offset: int) -> tuple[int | None, int]:
     """An EBML variable-size integer at ``offset``: (value or None when "unknown size", next offset)."""
     first = data[offset]
@@ -256,7 +254,11 @@ class PyAVVideo(VideoReader):
                     duration = float(stream.duration * stream.time_base)
                 elif container.duration:
                     duration = container.duration / 1_000_000
-                start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+                start = (
+                    float(stream.start_time * stream.time_base)
+                    if stream.start_time and stream.time_base
+                    else 0.0
+                )
                 self._header = VideoHeader(
                     fps=float(rate) if rate else 0.0,
                     duration=duration,
@@ -318,7 +320,9 @@ class PyAVVideo(VideoReader):
                     raise AnomalyError(self.uri, "cannot seek into a window: the stream states no frame rate")
                 target = span.t0 + (span.start - 0.5) / span.fps
                 if stream.time_base:
-                    container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+                    container.seek(
+                        int(target / stream.time_base), stream=stream, backward=True, any_frame=False
+                    )
             rotation: int | None = None
             count = 0
 

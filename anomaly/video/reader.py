@@ -257,7 +257,8 @@ class VideoReader(ABC):
         """
         check_clip_args(clip_len, stride)
         views = [
-            (size if callable(size) else check_hw("size", size), check_hw("crop", crop)) for size, crop in views
+            (size if callable(size) else check_hw("size", size), check_hw("crop", crop))
+            for size, crop in views
         ]
         span = span or FrameSpan()
         first, last = own_clip_range(span, clip_len, stride)
