@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 
 import numpy as np
 
 from anomaly.errors import SettingError
-from anomaly.video import iter_clips
 
 MAX_GRID = 8
 
@@ -69,12 +67,3 @@ def tile_clip(frames: np.ndarray, grid: int) -> np.ndarray:
     h, w = height // grid, width // grid
     tiles = frames.reshape(t, grid, h, grid, w, channels).transpose(1, 3, 0, 2, 4, 5)
     return np.ascontiguousarray(tiles.reshape(grid * grid, t, h, w, channels))
-
-
-def grid_clips(uri: str, *, spec, stride: int, grid: int) -> Iterator[np.ndarray]:
-    """The cells of every clip of ``uri``: per clip (same starts as the full-frame clips) a
-    ``(G*G, T, h, w, 3)`` array, the clip resized to ``(G*h, G*w)`` (``(h, w)`` = the backbone's
-    crop) and cut by :func:`tile_clip`. Streams like :func:`anomaly.video.iter_clips`."""
-    h, w = spec.crop
-    for clip in iter_clips(uri, clip_len=spec.clip_len, stride=stride, size=(grid * h, grid * w)):
-        yield tile_clip(clip.frames, grid)

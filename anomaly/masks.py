@@ -16,8 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 from anomaly import uris
 from anomaly.errors import AnomalyError
-from anomaly.frame_folder import list_frames
 from anomaly.ground_truth import read_vol_label
+from anomaly.video.frame_folder import list_frames
 
 
 def _mask_image(data: bytes, where: str) -> np.ndarray:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from anomaly.alarms import DEFAULT_THRESHOLD
 from anomaly.protocols import DEFAULT_PROTOCOL, SNIPPET, frame_scores_and_labels
-from anomaly.scoring.alarms import DEFAULT_THRESHOLD
 
-FALSE_ALARM_THRESHOLD = DEFAULT_THRESHOLD  # the one alarm threshold (anomaly.scoring.alarms)
+FALSE_ALARM_THRESHOLD = DEFAULT_THRESHOLD  # the one alarm threshold (anomaly.alarms)
 
 
 @dataclass

@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from anomaly import uris
+from anomaly.alarms import DEFAULT_THRESHOLD
 from anomaly.grid import cell_bounds, grid_of
-from anomaly.scoring.alarms import DEFAULT_THRESHOLD
 
 
 def _save(fig, uri: str) -> str:

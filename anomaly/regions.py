@@ -27,17 +27,17 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.alarms import DEFAULT_THRESHOLD
 from anomaly.checkpoints import score_bags
 from anomaly.errors import AnomalyError
-from anomaly.frame_folder import FrameFolderVideo
 from anomaly.grid import cell_bounds, grid_of
 from anomaly.masks import iter_masks, mask_at
 from anomaly.metrics import evaluate_frames
 from anomaly.plots import heatmap_plot
 from anomaly.protocols import DEFAULT_PROTOCOL, SNIPPET
-from anomaly.scoring.alarms import DEFAULT_THRESHOLD
 from anomaly.segments import frame_segments, segment_bounds
 from anomaly.video import open_video
+from anomaly.video.frame_folder import FrameFolderVideo
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Formatting lives here, in the library, so a command never imports another comman
 
 from __future__ import annotations
 
-from anomaly.scoring.alarms import DEFAULT_THRESHOLD, AlarmSettings, format_alarm
+from anomaly.alarms import DEFAULT_THRESHOLD, AlarmSettings, format_alarm
 
 
 def format_alarms(scores, threshold: float = DEFAULT_THRESHOLD) -> list[str]:

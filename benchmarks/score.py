@@ -31,7 +31,7 @@ from anomaly import cli
 from anomaly.checkpoints import checkpoint_payload
 from anomaly.config import TrainConfig
 from anomaly.extraction import ExtractionSettings, extract
-from anomaly.model import MILScorer
+from anomaly.heads import MILScorer
 from anomaly.scoring.pipeline import ScoringJob, score_videos
 from anomaly.scoring.windows import score_clips
 from anomaly.synthetic import make_video_set

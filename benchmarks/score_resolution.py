@@ -12,7 +12,7 @@ One run, both rules on the same clip features:
 3. it prints frame AUC (all frames of all videos), per-video frame AUC inside anomalous videos (how well
    the scores place the event in its video, threshold-free), and the alarms' localisation: events hit,
    onset error of the hitting alarm, temporal IoU of alarmed time with the event, false-alarm seconds
-   on normal recordings (alarms: anomaly.scoring.alarms defaults).
+   on normal recordings (alarms: anomaly.alarms defaults).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from anomaly.alarms import AlarmSettings, find_alarms
+from anomaly.heads import MILScorer
 from anomaly.losses import mil_loss
 from anomaly.metrics import _auc
-from anomaly.model import MILScorer
-from anomaly.scoring.alarms import AlarmSettings, find_alarms
 from anomaly.scoring.single import ScoringSettings, clip_features
 from anomaly.scoring.windows import clip_frame_scores, clip_times, score_clips
 from anomaly.segments import frame_labels, frame_scores, pool_segments, segment_bounds

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from anomaly import cli, uris
-from anomaly.scoring.alarms import (
+from anomaly.alarms import (
     DEFAULT_MERGE_GAP_S,
     DEFAULT_MIN_DURATION_S,
     DEFAULT_THRESHOLD,

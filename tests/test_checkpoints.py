@@ -12,7 +12,7 @@ import torch
 from anomaly.checkpoints import checkpoint_payload, load_scorer, score_bags, stored_metadata
 from anomaly.config import TrainConfig
 from anomaly.errors import AnomalyError
-from anomaly.model import MILScorer
+from anomaly.heads import MILScorer
 from anomaly.store import StoreMetadata
 
 

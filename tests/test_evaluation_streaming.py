@@ -8,7 +8,7 @@ from anomaly import evaluation
 from anomaly import store as feature_store
 from anomaly.checkpoints import checkpoint_payload, load_scorer, score_bags
 from anomaly.config import TrainConfig
-from anomaly.model import MILScorer
+from anomaly.heads import MILScorer
 from anomaly.synthetic.features import make_feature_store, synthetic_rows
 
 

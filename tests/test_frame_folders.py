@@ -1,4 +1,4 @@
-"""anomaly.frame_folder: natural order, clips equal the images, formats, errors, S3 prefixes."""
+"""anomaly.video.frame_folder: natural order, clips equal the images, formats, errors, S3 prefixes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from PIL import Image
 
 from anomaly import uris
 from anomaly.errors import AnomalyError
-from anomaly.frame_folder import DEFAULT_FPS, FrameFolderVideo, natural_key
 from anomaly.video import iter_clips, open_video, probe_video
+from anomaly.video.frame_folder import DEFAULT_FPS, FrameFolderVideo, natural_key
 
 
 def write_folder(

@@ -22,7 +22,7 @@ from anomaly.checkpoints import CHECKPOINT_FILE, checkpoint_payload
 from anomaly.config import TrainConfig
 from anomaly.errors import AnomalyError
 from anomaly.extraction import ExtractionSettings, extract
-from anomaly.model import MILScorer
+from anomaly.heads import MILScorer
 from anomaly.synthetic import make_video
 from anomaly.synthetic.features import make_feature_store, synthetic_rows
 from anomaly.training import latest_stored_checkpoint, load_checkpoint_payload

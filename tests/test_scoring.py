@@ -20,12 +20,12 @@ from helpers import job_env, run_and_kill
 
 from anomaly import cli
 from anomaly import store as feature_store
+from anomaly.alarms import AlarmSettings, find_alarms, sort_by_peak
 from anomaly.checkpoints import checkpoint_payload
 from anomaly.config import TrainConfig
+from anomaly.heads import MILScorer
 from anomaly.losses import mil_loss
-from anomaly.model import MILScorer
 from anomaly.scoring import outputs
-from anomaly.scoring.alarms import AlarmSettings, find_alarms, sort_by_peak
 from anomaly.scoring.single import ScoringSettings, clip_features
 from anomaly.scoring.windows import clip_frame_scores, score_clips, window_features
 from anomaly.segments import pool_segments

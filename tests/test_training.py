@@ -16,7 +16,7 @@ from anomaly import cli
 from anomaly.checkpoints import load_scorer
 from anomaly.config import TrainConfig, load_train_config
 from anomaly.errors import AnomalyError
-from anomaly.model import MILScorer
+from anomaly.heads import MILScorer
 from anomaly.synthetic.features import make_feature_store
 from anomaly.training import fit, prepare_inputs, stratified_split
 from ray_jobs import evaluate as evaluate_job

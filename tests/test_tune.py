@@ -17,7 +17,7 @@ from anomaly.checkpoints import load_scorer
 from anomaly.config import TrainConfig, load_train_config
 from anomaly.errors import AnomalyError
 from anomaly.synthetic.features import make_feature_store
-from anomaly.tuning import load_search_spec, parse_search_spec, to_domain
+from anomaly.tuning import load_search_spec, param_space, parse_search_spec, to_domain
 from ray_jobs import tune as tune_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,7 +246,7 @@ def test_or_zero_draws_zeros_and_log_uniform_values():
 def test_default_yaml_is_a_single_trial_of_the_defaults():
     spec = load_search_spec(str(REPO / "tune_configs" / "default.yaml"))
     assert spec.base == TrainConfig() and spec.search == {} and spec.tune.num_samples == 1
-    assert spec.param_space() == TrainConfig().to_dict()
+    assert param_space(spec) == TrainConfig().to_dict()
 
 
 def test_shipped_search_files_parse():

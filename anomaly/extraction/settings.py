@@ -30,7 +30,7 @@ class ExtractionSettings:
     ``concurrency``: ``(min, max)`` model actors (Ray Data's ``ActorPoolStrategy``).
     ``flush_every``: finished videos per part file; smaller loses less on a kill, larger makes fewer files.
     ``fps``: frame rate of inputs that state none: frame folders (default there
-    :data:`anomaly.frame_folder.DEFAULT_FPS`) and containers without a rate (else left empty).
+    :data:`anomaly.video.frame_folder.DEFAULT_FPS`) and containers without a rate (else left empty).
     A container's own rate always wins.
     ``window_seconds``: a video longer than 1.5 windows (by its container's
     duration) is split into windows of this length, each its own decode task,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from anomaly import uris
-from anomaly.frame_folder import is_image_name, natural_key
+from anomaly.video.frame_folder import is_image_name, natural_key
 
 VIDEO_FILE_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts")
 

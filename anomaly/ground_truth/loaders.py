@@ -13,7 +13,7 @@ The rules, one each:
 - **videos**: under the training folder (``Train``, ``training``,
   ``training_videos``, ``train``; any case) and the testing folder (``Test``,
   ``testing``, ``testing_videos``, ``test``), a video is a sub-folder that
-  directly holds image frames (:mod:`anomaly.frame_folder`) or a video file
+  directly holds image frames (:mod:`anomaly.video.frame_folder`) or a video file
   (``.avi``, ``.mp4``, …). When a split folder holds neither directly, its
   sub-folders are searched one level down (``testing/frames/01_0014/``,
   ``training/videos/01_001.avi``). UCSD's ``Test001_gt`` mask folders are

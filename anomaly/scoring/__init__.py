@@ -1,14 +1,14 @@
 """Scoring recordings with a trained model: per-clip scores, alarms with timestamps, timelines.
 
 - :mod:`anomaly.scoring.windows`: how a scorer trained on 32-segment bags scores one clip;
-- :mod:`anomaly.scoring.alarms`: threshold, merge gap, minimum duration (the one alarm threshold,
-  :data:`~anomaly.scoring.alarms.DEFAULT_THRESHOLD`; numpy only, cheap to import from anywhere);
+- :mod:`anomaly.alarms`: threshold, merge gap, minimum duration (the one alarm threshold,
+  :data:`~anomaly.alarms.DEFAULT_THRESHOLD`; numpy only, cheap to import from anywhere);
 - :mod:`anomaly.scoring.pipeline`: many videos on Ray Data, reusing extraction's stages and tracker;
 - :mod:`anomaly.scoring.workers`: the scoring task (clip table -> head -> scores part, alarms, timelines);
 - :mod:`anomaly.scoring.outputs`: ``OUT/scores``, ``alarms.parquet``/``.csv``, timelines;
 - :mod:`anomaly.scoring.single`: one video in-process (library use, the demo), its CSV/PNG/MP4.
 
-The names below are loaded on first use, so ``from anomaly.scoring.alarms import DEFAULT_THRESHOLD``
+The names below are loaded on first use, so ``from anomaly.alarms import DEFAULT_THRESHOLD``
 does not pull in torch, PyAV or the backbones.
 """
 

@@ -28,8 +28,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from anomaly import uris
+from anomaly.alarms import Alarm, AlarmSettings, find_alarms, sort_by_peak
 from anomaly.errors import AnomalyError
-from anomaly.scoring.alarms import Alarm, AlarmSettings, find_alarms, sort_by_peak
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def video_alarms(video_id: str, rows: pa.Table, settings: AlarmSettings) -> list
 
 
 def by_peak(found: list[tuple[Alarm, dict]]) -> list[tuple[Alarm, dict]]:
-    """``(alarm, extra)`` pairs in :func:`~anomaly.scoring.alarms.sort_by_peak`'s order."""
+    """``(alarm, extra)`` pairs in :func:`~anomaly.alarms.sort_by_peak`'s order."""
     order = {id(a): i for i, a in enumerate(sort_by_peak([a for a, _ in found]))}
     return sorted(found, key=lambda pair: order[id(pair[0])])
 

@@ -50,13 +50,13 @@ from dataclasses import asdict, dataclass, field
 
 from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.alarms import Alarm, AlarmSettings
 from anomaly.checkpoints import MODEL_FILE, load_scorer, stored_metadata
 from anomaly.errors import AnomalyError
 from anomaly.extraction import ExtractionSettings, weights_tag
 from anomaly.extraction.commit import TrackedVideo, VideoTracker
 from anomaly.extraction.pipeline import build_pipeline, check_gpus, plan, resolve_ids, sampling_of
 from anomaly.scoring import outputs
-from anomaly.scoring.alarms import Alarm, AlarmSettings
 from anomaly.scoring.single import check_feature_dim, check_weights
 from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS, context_segments
 from anomaly.scoring.workers import ScoreRules, creation_time, realarm_part, score_videos_task

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from anomaly import uris
+from anomaly.alarms import DEFAULT_THRESHOLD, Alarm, AlarmSettings, find_alarms
 from anomaly.checkpoints import load_scorer, stored_metadata
 from anomaly.errors import AnomalyError
 from anomaly.extractors import ClipFeatureExtractor
-from anomaly.scoring.alarms import DEFAULT_THRESHOLD, Alarm, AlarmSettings, find_alarms
 from anomaly.scoring.windows import (
     DEFAULT_WINDOW_SECONDS,
     clip_frame_scores,

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anomaly.frame_folder import DEFAULT_FPS
 from anomaly.segments import NUM_SEGMENTS, l2_normalize
+from anomaly.video.frame_folder import DEFAULT_FPS
 
 # About one UCF-Crime training segment: the median training video has 2221 frames
 # (bundled Train_Annotation_with_frame_counts.txt), / 32 segments / 30 fps = 2.3 s.

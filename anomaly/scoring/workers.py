@@ -9,7 +9,7 @@ launches :func:`anomaly.extraction.commit.commit_videos`. It runs on a worker:
    clip written twice by a retried task counts once);
 2. scores every clip with the head (:func:`anomaly.scoring.windows.score_clips`:
    the clip-window rule, context for sequence heads) and finds the alarms
-   (:func:`anomaly.scoring.alarms.find_alarms`, through :func:`outputs.video_alarms`);
+   (:func:`anomaly.alarms.find_alarms`, through :func:`outputs.video_alarms`);
 3. writes the timelines of videos with alarms, then the batch's clip scores as
    one atomic ``OUT/scores`` part file named after its video ids (a retried task
    overwrites its own file) whose Parquet key-value metadata holds the batch's
@@ -28,8 +28,8 @@ import numpy as np
 
 from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.alarms import AlarmSettings
 from anomaly.scoring import outputs
-from anomaly.scoring.alarms import AlarmSettings
 from anomaly.scoring.windows import clip_times, score_clips, window_clips
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@
 - :mod:`.driver`: :func:`run_search` (start or resume a search).
 """
 
-from anomaly.tuning.domains import or_zero, to_domain
+from anomaly.tuning.domains import or_zero, param_space, to_domain
 from anomaly.tuning.driver import EXPERIMENT, SearchInterrupted, default_max_concurrent, run_search
 from anomaly.tuning.results import SearchResult, format_table, summarise, write_results
 from anomaly.tuning.spec import (
@@ -33,6 +33,7 @@ __all__ = [
     "describe_spec",
     "format_table",
     "load_search_spec",
+    "param_space",
     "or_zero",
     "parse_search_spec",
     "run_search",

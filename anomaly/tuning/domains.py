@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Any
 
 import numpy as np
 from ray import tune
 
-from anomaly.tuning.spec import DISTRIBUTIONS, check_spec
+from anomaly.tuning.spec import DISTRIBUTIONS, SearchSpec, check_spec
 
 
 def or_zero(low: float, high: float, p: float, *, seed: int | None = None):
@@ -48,3 +49,11 @@ def to_domain(name: str, spec: dict, *, where: str = "search config", seed: int 
         key_seed = None if seed is None else [seed, zlib.crc32(name.encode())]
         return or_zero(args[0], args[1], spec["or_zero"], seed=key_seed)
     return getattr(tune, kind)(*args)
+
+
+def param_space(spec: SearchSpec) -> dict[str, Any]:
+    """Tune's ``param_space``: every TrainConfig key, fixed or a ``ray.tune`` domain."""
+    space: dict[str, Any] = spec.base.to_dict()
+    for name, entry in spec.search.items():
+        space[name] = to_domain(name, entry, where=spec.source, seed=spec.tune.seed)
+    return space

@@ -12,6 +12,7 @@ import ray
 from anomaly import uris
 from anomaly.config import read_yaml, write_yaml
 from anomaly.errors import AnomalyError
+from anomaly.tuning.domains import param_space
 from anomaly.tuning.results import SearchResult, write_results
 from anomaly.tuning.spec import SearchSpec, load_search_spec, parse_search_spec
 from anomaly.tuning.trial import TIME_ATTR, ReleaseStoppedTrials, TrialInputs, run_trial, worker_groups
@@ -170,7 +171,7 @@ def run_search(
         )
         tuner = tune.Tuner(
             trainable,
-            param_space=spec.param_space(),
+            param_space=param_space(spec),
             tune_config=tune.TuneConfig(
                 metric=tune_settings.metric,
                 mode=tune_settings.mode,

@@ -97,15 +97,6 @@ class SearchSpec:
     def max_t(self) -> int:
         return int(self.tune.asha.max_t or self.base.max_epochs) if self.tune.asha else self.base.max_epochs
 
-    def param_space(self) -> dict[str, Any]:
-        """Tune's ``param_space``: every TrainConfig key, fixed or a ``ray.tune`` domain."""
-        from anomaly.tuning.domains import to_domain
-
-        space: dict[str, Any] = self.base.to_dict()
-        for name, spec in self.search.items():
-            space[name] = to_domain(name, spec, where=self.source, seed=self.tune.seed)
-        return space
-
     def to_dict(self) -> dict[str, Any]:
         """The normalised file (all three sections), as written to ``OUT/search.yaml``."""
         base = {k: v for k, v in self.base.to_dict().items() if k not in self.search}
