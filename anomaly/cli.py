@@ -11,11 +11,11 @@ stderr and exit code 2, argparse's own included.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
 
+from anomaly import console
 from anomaly.errors import AnomalyError, SettingError
 
 EXIT_USER_ERROR = 2
@@ -46,9 +46,7 @@ def flag_message(exc: AnomalyError, args: argparse.Namespace) -> str:
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser, argv=None) -> None:
     """Parse arguments, run ``main`` and turn an :class:`AnomalyError` into one line and exit code 2."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("ANOMALY_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-    )
+    console.configure(verbose=bool(getattr(args, "verbose", False)))
     try:
         code = main(args)
     except AnomalyError as exc:
@@ -70,13 +68,22 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    # Workers' output (Train reports, Data plans, Tune trials) stays in the session's log files
+    # unless --verbose: the terminal is for the command's own lines (anomaly.console).
+    log_to_driver = console.verbose()
+    console.hold_ray_logs()
     if address:
-        ray.init(address=address, log_to_driver=True)
+        context = ray.init(address=address, log_to_driver=log_to_driver)
     else:
         # Ray Train takes at most one report per health poll (2 s by default): short epochs would
         # wait on it. Local processes inherit this; on a cluster set it in the nodes' environment.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        context = ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver
+        )
+    log_dir = console.route_ray_logs(context.address_info.get("session_dir"))
+    if log_dir:
+        print(f"Ray's logs: {log_dir} (--verbose shows them here)", flush=True)
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +92,12 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="CPUs for a local Ray started by this command (ignored when joining a cluster via RAY_ADDRESS)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own output (worker logs, Data plans, Train reports, Tune tables) here, "
+        "not only in the session's log files",
     )
 
 

@@ -64,8 +64,9 @@ class FeatureNorm(nn.Module):
         self.register_buffer("std", torch.ones(feature_dim))
 
     def set_statistics(self, mean, std) -> None:
-        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.std.copy_(torch.clamp(torch.as_tensor(std, dtype=torch.float32), min=MIN_STD))
+        # torch.tensor copies: statistics may arrive as read-only arrays (Ray's object store).
+        self.mean.copy_(torch.tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.clamp(torch.tensor(std, dtype=torch.float32), min=MIN_STD))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":

@@ -291,7 +291,7 @@ def main() -> None:
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     todo = {}
     for i in range(args.videos):
         uri = uris.join(root, "videos", f"v{i}.mp4")

@@ -77,7 +77,7 @@ def ray_data(store: str, epochs: int, batch_size: int, out: str) -> dict:
     from anomaly.config import TrainConfig
     from anomaly.training import fit
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
     config = TrainConfig(batch_size=batch_size, max_epochs=epochs, patience=epochs + 1)
     history = fit(store, out, config, num_workers=1, cpus_per_worker=1).history
     steps = int(history[0]["steps"])

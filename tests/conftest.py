@@ -76,7 +76,9 @@ def ray_cluster(s3_endpoint):
     import ray
 
     if not ray.is_initialized():
+        # address="local": a Ray of this session's own, even when another `ray start` runs here.
         ray.init(
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             object_store_memory=400 * 1024 * 1024,

@@ -195,7 +195,7 @@ else:
     import ray
     from anomaly.config import TrainConfig
     from anomaly.training import fit
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
     config = TrainConfig(max_epochs=1, batch_size=8)
     history = fit(store, out, config, num_workers=int(mode), cpus_per_worker=0.5).history
     assert [row["steps"] for row in history], history

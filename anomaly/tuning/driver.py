@@ -9,7 +9,7 @@ import uuid
 
 import ray
 
-from anomaly import uris
+from anomaly import console, uris
 from anomaly.config import read_yaml, write_yaml
 from anomaly.errors import AnomalyError
 from anomaly.tuning.domains import param_space
@@ -186,7 +186,7 @@ def run_search(
                 storage_filesystem=filesystem,
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 callbacks=[ReleaseStoppedTrials(registry_name)],
-                verbose=1,
+                verbose=1 if console.verbose() else 0,
             ),
         )
     result_grid = tuner.fit()
