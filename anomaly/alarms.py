@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from anomaly.errors import AnomalyError
+from anomaly.errors import SettingError
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_DURATION_S = 1.0
@@ -32,11 +32,11 @@ class AlarmSettings:
 
     def validate(self) -> AlarmSettings:
         if not 0.0 <= self.threshold <= 1.0:
-            raise AnomalyError("--threshold", f"must be within [0, 1], got {self.threshold}")
+            raise SettingError("threshold", self.threshold, "must be within [0, 1]")
         if not self.min_duration_s >= 0:
-            raise AnomalyError("--min-duration", f"must be >= 0 seconds, got {self.min_duration_s}")
+            raise SettingError("min_duration_s", self.min_duration_s, "must be >= 0 seconds")
         if not self.merge_gap_s >= 0:
-            raise AnomalyError("--merge-gap", f"must be >= 0 seconds, got {self.merge_gap_s}")
+            raise SettingError("merge_gap_s", self.merge_gap_s, "must be >= 0 seconds")
         return self
 
 

@@ -34,12 +34,38 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
 
 
+# Library parameters whose flag is spelled otherwise; every other parameter ``name`` is ``--name``
+# with dashes. The one table from the library's names to the commands' flags.
+FLAG_NAMES = {
+    "decode_num_cpus": "--decode-cpus",
+    "fps": "--fps-default",
+    "min_duration_s": "--min-duration",
+    "merge_gap_s": "--merge-gap",
+    "window_s": "--window",
+}
+
+
+def flag_for(parameter: str) -> str:
+    """The command-line flag that sets a library parameter (``decode_num_cpus`` -> ``--decode-cpus``)."""
+    return FLAG_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def flag_message(exc: AnomalyError, args: argparse.Namespace) -> str:
-    """The error's line, with a library parameter shown as the flag that set it (``--stride=0``)."""
-    if isinstance(exc, SettingError) and exc.parameter in vars(args):
-        value = exc.value
-        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        return f"--{exc.parameter.replace('_', '-')}={shown}: {exc.what}"
+    """The error's line, with a library parameter shown as the flag that set it (``--stride=0``).
+
+    A parameter is shown as a flag when this command has that flag; otherwise (a library
+    name no flag sets, a file) the error reads as the library wrote it.
+    """
+    flags = {flag_for(dest) for dest in vars(args)} | {"--" + dest.replace("_", "-") for dest in vars(args)}
+    if isinstance(exc, SettingError):
+        flag = flag_for(exc.parameter)
+        if flag in flags:
+            value = exc.value
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            return f"{flag}={shown}: {exc.what}"
+        return str(exc)
+    if exc.where.isidentifier() and flag_for(exc.where) in flags:
+        return f"{flag_for(exc.where)}: {exc.what}"
     return str(exc)
 
 

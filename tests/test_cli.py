@@ -102,3 +102,29 @@ def test_the_extract_command_names_the_flag_of_a_bad_grid(tmp_path, capsys):
     err = _fails(extract_job.main, parser, argv, capsys)
     assert err == "error: --grid=2x3: expected GxG with equal sides (e.g. 2x2, 3x3)"
     assert not (tmp_path / "s").exists()
+
+
+def test_library_errors_name_parameters_and_the_command_shows_its_flags(capsys):
+    """The library says ``min_duration_s``; ``ray_jobs.score`` says ``--min-duration``, from one table."""
+    from anomaly.alarms import AlarmSettings
+
+    with pytest.raises(SettingError) as caught:
+        AlarmSettings(min_duration_s=-1.0).validate()
+    assert str(caught.value) == "min_duration_s=-1.0: must be >= 0 seconds"  # no flag in the library
+
+    def main(args):
+        AlarmSettings(args.threshold, args.min_duration, args.merge_gap).validate()
+
+    argv = ["v", "--checkpoint", "run", "--min-duration", "-1"]
+    err = _fails(main, score_job.get_args_parser(), argv, capsys)
+    assert err == "error: --min-duration=-1.0: must be >= 0 seconds"
+
+    def plain(args):
+        raise AnomalyError("labels", "give one UCSDpedN folder when overriding labels or masks")
+
+    argv = ["v", "--out", "s", "--backbone", "c3d", "--weights", "none"]
+    err = _fails(plain, extract_job.get_args_parser(), argv, capsys)
+    assert err == "error: --labels: give one UCSDpedN folder when overriding labels or masks"
+    err = _fails(plain, score_job.get_args_parser(), ["v", "--checkpoint", "run"], capsys)
+    assert err == "error: labels: give one UCSDpedN folder when overriding labels or masks"  # no such flag
+    assert cli.flag_for("decode_num_cpus") == "--decode-cpus" and cli.flag_for("clip_len") == "--clip-len"

@@ -84,9 +84,7 @@ def build_feature_rows(todo: dict[str, str], settings, spec):
     from anomaly.extraction.pipeline import model_stage, sampling_of
 
     if settings.grid > 1:
-        raise AnomalyError(
-            "--grid", "the feature-row stream has no grid cells; use anomaly.extraction.extract"
-        )
+        raise AnomalyError("grid", "the feature-row stream has no grid cells; use anomaly.extraction.extract")
     items = [{"uri": uri, "video_id": video_id} for video_id, uri in todo.items()]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(

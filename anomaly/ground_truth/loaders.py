@@ -262,9 +262,7 @@ def load_dataset(
     if kind == "auto":
         kind = detect_kind(root)
     if kind not in DATASET_KINDS:
-        raise AnomalyError(
-            "--dataset", f"unknown data set {kind!r}; choose one of: {', '.join(DATASET_KINDS)}"
-        )
+        raise AnomalyError("dataset", f"unknown data set {kind!r}; choose one of: {', '.join(DATASET_KINDS)}")
     fs, path = uris.filesystem(root)
     if not fs.isdir(path):
         raise AnomalyError(root, "no such data set folder")
@@ -319,7 +317,7 @@ def _load_ucsd(fs, root: str, path: str, labels: str | None, masks: str | None) 
                 root, "no UCSD set here (expected Train/ and Test/, or UCSDped1/ and UCSDped2/)"
             )
         if labels or masks:
-            raise AnomalyError("--labels", "give one UCSDpedN folder when overriding --labels or --masks")
+            raise AnomalyError("labels", "give one UCSDpedN folder when overriding labels or masks")
         truth = DatasetTruth(fps=DEFAULT_FPS["ucsd"])
         for sub in sets:
             truth = truth.merged(_load_ucsd(fs, uris.in_scheme_of(root, sub), sub, None, None))
