@@ -3,6 +3,7 @@
 from anomaly.extractors.registry import (
     BackboneSpec,
     available_backbones,
+    check_layout,
     get_backbone,
     load_backbone,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "BackboneSpec",
     "ClipFeatureExtractor",
     "available_backbones",
+    "check_layout",
     "get_backbone",
     "load_backbone",
     "preprocess_clips",
