@@ -3,6 +3,7 @@
 from anomaly.extractors.registry import (
     BackboneSpec,
     available_backbones,
+    backbone_help,
     check_layout,
     get_backbone,
     load_backbone,
@@ -13,6 +14,7 @@ __all__ = [
     "BackboneSpec",
     "ClipFeatureExtractor",
     "available_backbones",
+    "backbone_help",
     "check_layout",
     "get_backbone",
     "load_backbone",

@@ -329,6 +329,7 @@ def _registry() -> dict[str, BackboneSpec]:
             min_input=(16, 16, 16),
             head_prefixes=("fc7.", "fc8."),
             source="C3D Caffe Sports-1M convention (Tran et al. 2015), DavideA/c3d-pytorch layout",
+            reproduces="Sultani et al. 2018 C3D fc6 features (32x4096 text files)",
         )
     )
     specs.append(
@@ -370,6 +371,15 @@ def _registry() -> dict[str, BackboneSpec]:
 
 def available_backbones() -> list[str]:
     return list(_registry())
+
+
+def backbone_help() -> str:
+    """One line per backbone for ``--backbone``'s help: width, clip, crop and what it reproduces."""
+    parts = []
+    for name, spec in _registry().items():
+        text = f"{name} ({spec.feature_dim}-d, {spec.clip_len}x{spec.crop[0]}x{spec.crop[1]}"
+        parts.append(text + (f"; {spec.reproduces})" if spec.reproduces else ")"))
+    return ", ".join(parts)
 
 
 def get_backbone(name: str) -> BackboneSpec:

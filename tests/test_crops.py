@@ -1,0 +1,120 @@
+"""Ten crops: the geometry, the decode stage, the extractor and a whole ten-crop extraction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import tiny_settings
+
+from anomaly import store as feature_store
+from anomaly.crops import CENTRE, crop_windows, ten_crop
+from anomaly.errors import AnomalyError
+from anomaly.extraction import decode_video, extract, sampling_of
+from anomaly.extractors import ClipFeatureExtractor
+from anomaly.ground_truth import GroundTruth
+from anomaly.synthetic import make_video_set, write_annotations
+from anomaly.video.reader import center_crop
+
+# i3d_r50 at 8 x 32 x 32: its exact 256x340 resize scales to 37x49, so every corner differs.
+TINY = dict(backbone="i3d_r50", clip_len=8, batch_size=4, flush_every=2)
+
+
+def test_ten_crop_geometry_is_the_reference_oversample():
+    frames = np.arange(2 * 256 * 340 * 3, dtype=np.int64).reshape(2, 256, 340, 3)
+    crops = ten_crop(frames, (224, 224))
+    assert crops.shape == (10, 2, 224, 224, 3)
+    # oversample_data: [:224, :224], [:224, -224:], [16:240, 58:282], [-224:, :224], [-224:, -224:]
+    np.testing.assert_array_equal(crops[0], frames[:, :224, :224])
+    np.testing.assert_array_equal(crops[1], frames[:, :224, -224:])
+    np.testing.assert_array_equal(crops[CENTRE], frames[:, 16:240, 58:282])
+    np.testing.assert_array_equal(crops[3], frames[:, -224:, :224])
+    np.testing.assert_array_equal(crops[4], frames[:, -224:, -224:])
+    flipped = frames[:, :, ::-1]
+    for k, window in enumerate([np.s_[:224, :224], np.s_[:224, -224:], np.s_[16:240, 58:282]]):
+        np.testing.assert_array_equal(crops[5 + k], flipped[(slice(None), *window)])
+    assert crop_windows(256, 340, (224, 224))[CENTRE] == (16, 58)
+    np.testing.assert_array_equal(crops[CENTRE][0], center_crop(frames[0], (224, 224)))
+    with pytest.raises(ValueError, match="larger than the frame"):
+        ten_crop(frames, (300, 224))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crops")
+    made = make_video_set(
+        str(root / "videos"), num_normal=1, num_abnormal=1, num_frames=40, height=48, width=64
+    )
+    annotations = str(root / "Temporal_Anomaly_Annotation.txt")
+    write_annotations(made, annotations)
+    return str(root / "videos"), annotations, made
+
+
+def test_decode_yields_ten_crops_whose_centre_is_the_one_crop_clip(videos):
+    _, _, made = videos
+    one = tiny_settings(**TINY)
+    ten = tiny_settings(**TINY, crops=10)
+    row = {"video_id": "v", "uri": made[0].uri}
+    clips1 = [
+        r["clip"] for r in decode_video(row, sampling=sampling_of(one, one.spec())) if r["kind"] == "clip"
+    ]
+    clips10 = [
+        r["clip"] for r in decode_video(row, sampling=sampling_of(ten, ten.spec())) if r["kind"] == "clip"
+    ]
+    assert len(clips1) == len(clips10) == 5
+    for c1, c10 in zip(clips1, clips10, strict=True):
+        assert c10.shape == (10, 8, 32, 32, 3)
+        np.testing.assert_array_equal(c10[CENTRE], c1)
+
+
+def test_settings_refuse_other_crop_counts_and_a_grid_with_ten_crops():
+    with pytest.raises(AnomalyError, match="expected 1 .* or 10"):
+        tiny_settings(**TINY, crops=5).validate()
+    with pytest.raises(AnomalyError, match="cannot be combined"):
+        tiny_settings(**TINY, crops=10, grid=2).validate()
+
+
+def test_extractor_runs_every_crop():
+    extractor = ClipFeatureExtractor("i3d_r50", None, crop=(32, 32), clip_len=8, device="cpu", crops=10)
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, size=(2, 10, 8, 32, 32, 3), dtype=np.uint8)
+    out = extractor({"clip": clips, "kind": np.array(["clip", "end"])})["features"]
+    assert out.shape == (2, 10, 2048) and not out[1].any()
+    single = ClipFeatureExtractor("i3d_r50", None, crop=(32, 32), clip_len=8, device="cpu")
+    np.testing.assert_allclose(
+        out[0, 3], single({"clip": clips[0, 3:4]})["features"][0], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_ten_crop_extraction_of_a_synthetic_video(videos, tmp_path, ray_cluster):
+    folder, annotations, _ = videos
+    truth = GroundTruth.load(annotations, None)
+    one, ten = str(tmp_path / "one"), str(tmp_path / "ten")
+    assert not extract(folder, one, tiny_settings(**TINY), truth).failed
+    report = extract(folder, ten, tiny_settings(**TINY, crops=10), truth)
+    assert len(report.extracted) == 2 and not report.failed
+    assert feature_store.read_metadata(ten).crops == 10 and feature_store.read_metadata(one).crops is None
+
+    # Clip table: ten distinct crop features per clip; the centre crop is the one-crop extraction's clip.
+    clips10 = feature_store.read_clips(ten)
+    clips1 = feature_store.read_clips(one)
+    feats10 = np.stack(clips10.column("features").to_numpy(zero_copy_only=False)).reshape(
+        len(clips10), 10, -1
+    )
+    feats1 = np.stack(clips1.column("features").to_numpy(zero_copy_only=False))
+    assert feats10.shape == (10, 10, 2048)
+    for clip in feats10:
+        assert len({c.tobytes() for c in clip}) == 10
+    np.testing.assert_allclose(feats10[:, CENTRE], feats1, rtol=1e-4, atol=1e-5)
+
+    # Bags: each crop pooled on its own; features is their mean; the centre crop's bag is the one-crop bag.
+    table = feature_store.read_table(ten, columns=["features", "features_crops"])
+    crops = np.stack(feature_store.grid_from_arrow(table.column("features_crops")))
+    assert crops.shape == (2, 10, 32, 2048)
+    np.testing.assert_allclose(np.linalg.norm(crops, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        feature_store.features_from_arrow(table.column("features")), crops.mean(1), rtol=1e-6
+    )
+    bags1 = feature_store.load_bags(one)
+    bags10 = feature_store.load_bags(ten)
+    assert bags1.video_ids == bags10.video_ids == table.column("video_id").to_pylist()
+    np.testing.assert_allclose(crops[:, CENTRE], bags1.features, rtol=1e-4, atol=1e-5)
