@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from helpers import tiny_settings
 
@@ -118,3 +119,15 @@ def test_ten_crop_extraction_of_a_synthetic_video(videos, tmp_path, ray_cluster)
     bags10 = feature_store.load_bags(ten)
     assert bags1.video_ids == bags10.video_ids == table.column("video_id").to_pylist()
     np.testing.assert_allclose(crops[:, CENTRE], bags1.features, rtol=1e-4, atol=1e-5)
+
+    # RTFM's files: one row per clip, (clips, 10, D), the raw clip features.
+    from anomaly.export import export_features
+
+    export_features(ten, str(tmp_path / "rtfm"), "rtfm-npy", level="clips")
+    for video_id in bags10.video_ids:
+        rows = np.load(tmp_path / "rtfm" / f"{video_id}.npy")
+        mine = clips10.filter(pc.equal(clips10.column("video_id"), video_id))
+        assert rows.shape == (5, 10, 2048)
+        np.testing.assert_array_equal(
+            rows, np.stack(mine.column("features").to_numpy(zero_copy_only=False)).reshape(5, 10, -1)
+        )
