@@ -95,16 +95,12 @@ def expand_crop_bags(batch):
         return batch
     bags = crop_bags_from_arrow(batch.column(CROPS_COLUMN))
     rest = [name for name in batch.column_names if name not in (CROPS_COLUMN, "features")]
-    if not len(bags):
-        return batch.select(rest).append_column(
-            "features", feature_store.features_to_arrow(np.zeros((0, 32, 0)))
-        )
-    n, crops = bags.shape[:2]
-    repeat = pa.array(np.repeat(np.arange(n), crops))
-    out = batch.select(rest).take(repeat)
-    return out.append_column(
-        "features", feature_store.features_to_arrow(bags.reshape(n * crops, *bags.shape[2:]))
-    )
+    n, crops = bags.shape[:2] if bags.ndim == 4 and len(bags) else (0, 0)
+    repeat = pa.array(np.repeat(np.arange(n), crops), type=pa.int64())
+    columns = {name: batch.column(name).take(repeat) for name in rest}  # a table of no columns has no rows
+    flat = bags.reshape(n * crops, *bags.shape[2:]) if n else np.zeros((0, 32, 0), dtype=np.float32)
+    columns["features"] = feature_store.features_to_arrow(flat)
+    return pa.table(columns)
 
 
 def score_crop_batch(score_bags, model, batch) -> np.ndarray:

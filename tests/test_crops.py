@@ -131,3 +131,22 @@ def test_ten_crop_extraction_of_a_synthetic_video(videos, tmp_path, ray_cluster)
         np.testing.assert_array_equal(
             rows, np.stack(mine.column("features").to_numpy(zero_copy_only=False)).reshape(5, 10, -1)
         )
+
+
+@pytest.mark.parametrize("mode", ["bags", "mean"])
+def test_ten_crop_store_trains_and_evaluates(tmp_path, ray_cluster, mode):
+    from anomaly.config import TrainConfig
+    from anomaly.evaluation import evaluate
+    from anomaly.synthetic.features import make_feature_store
+    from anomaly.training import fit, prepare_inputs
+
+    store = make_feature_store(
+        str(tmp_path / "store"), num_train=24, num_test=12, feature_dim=16, seed=1, crops=10
+    )
+    config = TrainConfig(max_epochs=3, batch_size=6, crops=mode)
+    inputs = prepare_inputs(store, config, cache=False)
+    one = prepare_inputs(store, TrainConfig(max_epochs=3, batch_size=6, crops="mean"), cache=False)
+    assert inputs.num_abnormal == one.num_abnormal * (10 if mode == "bags" else 1)
+    fit(store, str(tmp_path / "run"), config, num_workers=1, cpus_per_worker=0.5, inputs=inputs)
+    metrics = evaluate(store, str(tmp_path / "run"), str(tmp_path / "eval"), timelines=False)
+    assert 0.0 <= metrics["frame_auc"] <= 1.0
