@@ -117,3 +117,26 @@ def score_crop_batch(score_bags, model, batch) -> np.ndarray:
         scores = np.asarray(score_bags(model, bags.reshape(n * crops, *bags.shape[2:])))
         return scores.reshape(n, crops, -1).mean(axis=1)
     return np.asarray(score_bags(model, feature_store.features_from_arrow(batch.column("features"))))
+
+
+def score_clip_crops(
+    score_clips, model, features: np.ndarray, window: int, *, context: int = 0, crop_scores: bool = True
+):
+    """Per-clip scores (``(clips,)``) of ``(clips, D)`` or ten-crop ``(clips, crops, D)`` features.
+
+    ``score_clips(model, (clips, D), window, context=…)`` is the scoring rule
+    (:func:`anomaly.scoring.windows.score_clips`). With crops: every crop is
+    scored as its own clip sequence and the scores averaged (``crop_scores``, a
+    model trained with ``crops: bags``), or the crops' mean is scored (``crops: mean``).
+    """
+    if features.ndim == 2:
+        return score_clips(model, features, window, context=context)
+    if not crop_scores:
+        return score_clips(model, features.mean(axis=1), window, context=context)
+    per_crop = [score_clips(model, features[:, k], window, context=context) for k in range(features.shape[1])]
+    return np.mean(per_crop, axis=0).astype(np.float32)
+
+
+def crop_scores_of(payload: dict) -> bool:
+    """Whether a checkpoint's model scores crops one by one (trained with ``crops: bags``, the default)."""
+    return payload.get("config", {}).get("crops", "bags") != "mean"

@@ -150,3 +150,77 @@ def test_ten_crop_store_trains_and_evaluates(tmp_path, ray_cluster, mode):
     fit(store, str(tmp_path / "run"), config, num_workers=1, cpus_per_worker=0.5, inputs=inputs)
     metrics = evaluate(store, str(tmp_path / "run"), str(tmp_path / "eval"), timelines=False)
     assert 0.0 <= metrics["frame_auc"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def ten_crop_checkpoint(tmp_path_factory):
+    """A head as training on an i3d_r50 ten-crop store (8 x 32 x 32, random weights) would save it."""
+    import torch
+
+    from anomaly.checkpoints import checkpoint_payload
+    from anomaly.config import TrainConfig
+    from anomaly.training.loop import build_model
+
+    torch.manual_seed(0)
+    config = TrainConfig()
+    rng = np.random.default_rng(0)
+    model = build_model(2048, config, rng.random(2048).astype(np.float32), np.ones(2048, np.float32))
+    meta = feature_store.StoreMetadata(
+        backbone="i3d_r50",
+        feature_dim=2048,
+        weights_sha256="random",
+        clip_len=8,
+        stride=8,
+        crop=(32, 32),
+        crops=10,
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(checkpoint_payload(model, config, store_metadata=meta.to_dict()), path)
+    return str(path), model
+
+
+def test_scoring_a_ten_crop_model_averages_crop_scores(videos, ten_crop_checkpoint, tmp_path, ray_cluster):
+    from anomaly.crops import score_clip_crops
+    from anomaly.scoring.outputs import read_scores
+    from anomaly.scoring.pipeline import ScoringJob, extraction_settings, score_videos
+    from anomaly.scoring.single import score_video
+    from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS, score_clips, window_clips
+
+    _, _, made = videos
+    checkpoint, model = ten_crop_checkpoint
+    uri = made[0].uri
+    single = score_video(uri, checkpoint, device="cpu")
+    assert single.clip_scores.shape == (5,)
+
+    # By hand: ten-crop clip features, each crop scored as its own clip sequence, scores averaged.
+    settings = tiny_settings(**TINY, crops=10)
+    row = {"video_id": "v", "uri": uri}
+    clips = np.stack(
+        [
+            r["clip"]
+            for r in decode_video(row, sampling=sampling_of(settings, settings.spec()))
+            if r["kind"] == "clip"
+        ]
+    )
+    feats = ClipFeatureExtractor("i3d_r50", None, crop=(32, 32), clip_len=8, device="cpu", crops=10)(
+        {"clip": clips}
+    )["features"]
+    window = window_clips(DEFAULT_WINDOW_SECONDS, single.fps, 8)
+    expected = score_clip_crops(score_clips, model, feats, window)
+    np.testing.assert_allclose(single.clip_scores, expected, rtol=1e-4, atol=1e-5)
+    per_crop = [score_clips(model, feats[:, k], window) for k in range(10)]
+    assert np.ptp(np.stack(per_crop), axis=0).max() > 0  # the crops do score differently
+
+    # The Ray pipeline (clip table -> scoring task) gives the same scores.
+    import torch
+
+    payload = torch.load(checkpoint, weights_only=True)
+    job = ScoringJob(
+        checkpoint=checkpoint, extraction=extraction_settings(payload, device="cpu", batch_size=4)
+    )
+    assert job.extraction.crops == 10
+    out = str(tmp_path / "scores")
+    report = score_videos([uri], out, job)
+    assert not report.failed
+    table = read_scores(out).sort_by("clip_index")
+    np.testing.assert_allclose(table.column("score").to_numpy(), single.clip_scores, rtol=1e-4, atol=1e-5)
