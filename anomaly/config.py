@@ -46,6 +46,9 @@ class TrainConfig:
     dropout: float = 0.6
     feature_norm: str = "robust"  # robust | standardize | l2 | none (anomaly.normalization)
     val_fraction: float = 0.15  # carved from train, stratified by label
+    # Ten-crop stores (anomaly.crops): "bags" = each crop its own training bag, crop scores averaged
+    # at validation and evaluation (RTFM); "mean" = train and score the crops' mean. No effect on one crop.
+    crops: str = "bags"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +66,7 @@ class TrainConfig:
             (self.max_epochs >= 1, "max_epochs", "must be at least 1"),
             (self.patience >= 1, "patience", "must be at least 1"),
             (0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)"),
+            (self.crops in ("bags", "mean"), "crops", "must be bags or mean"),
             (
                 min(
                     self.lambda_smooth,

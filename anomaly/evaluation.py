@@ -12,6 +12,7 @@ import pyarrow as pa
 from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.checkpoints import load_scorer, score_bags, stored_metadata
+from anomaly.crops import CROPS_COLUMN, score_crop_batch
 from anomaly.errors import AnomalyError
 from anomaly.ground_truth import GroundTruth
 from anomaly.metrics import evaluate_frames, frame_level, roc_points
@@ -34,18 +35,26 @@ def check_compatible(model_dim: int, feature_dim: int, store: str, checkpoint: s
 
 
 def score_streamed(
-    store: str, model, bags: feature_store.Bags, split: str, *, model_dim: int, checkpoint: str
+    store: str,
+    model,
+    bags: feature_store.Bags,
+    split: str,
+    *,
+    model_dim: int,
+    checkpoint: str,
+    crops: bool = False,
 ) -> np.ndarray:
     """(N, 32) scores of ``bags`` (read without features), the features streamed in record batches.
 
     A large test split is never in memory at once: only ``SCORE_BATCH_ROWS`` videos' features and
     every video's 32 scores. A duplicate row of a video is skipped (the first one counts, as in
-    ``store.read_table``).
+    ``store.read_table``). ``crops``: score each crop of a ten-crop store and average the scores.
     """
+    columns = ["features", CROPS_COLUMN] if crops else ["features"]
     position = {vid: k for k, vid in enumerate(bags.video_ids)}
     scores = np.zeros((len(bags), bags.features.shape[1]), dtype=np.float32)
     done = np.zeros(len(bags), dtype=bool)
-    for batch in feature_store.iter_batches(store, ["features"], split=split, batch_rows=SCORE_BATCH_ROWS):
+    for batch in feature_store.iter_batches(store, columns, split=split, batch_rows=SCORE_BATCH_ROWS):
         if batch.num_rows == 0:
             continue
         features = feature_store.features_from_arrow(batch.column("features"))
@@ -58,8 +67,20 @@ def score_streamed(
                 rows.append(k)
                 keep.append(i)
         if rows:
-            scores[rows] = score_bags(model, features[keep])
+            if crops:
+                scores[rows] = score_crop_batch(
+                    score_bags, model, batch.take(pa.array(keep, type=pa.int64()))
+                )
+            else:
+                scores[rows] = score_bags(model, features[keep])
     return scores
+
+
+def scores_crops(store: str, payload: dict) -> bool:
+    """Whether to average crop scores: a ten-crop store and a model trained with ``crops: bags``."""
+    meta = feature_store.read_metadata(store)
+    mode = payload.get("config", {}).get("crops", "bags")
+    return bool(meta is not None and (meta.crops or 1) > 1 and mode == "bags")
 
 
 def coverage(bags: feature_store.Bags, truth: GroundTruth | None, split: str) -> dict:
@@ -153,7 +174,13 @@ def evaluate(
             unannotated[0],
         )
     scores = score_streamed(
-        store, model, bags, split, model_dim=int(payload["feature_dim"]), checkpoint=checkpoint
+        store,
+        model,
+        bags,
+        split,
+        model_dim=int(payload["feature_dim"]),
+        checkpoint=checkpoint,
+        crops=scores_crops(store, payload),
     )
     metrics = evaluate_frames(
         scores,

@@ -6,11 +6,14 @@ Rules (also in the README):
   ``Abuse028_x264``); split, label, class and intervals come from the official
   annotation files (see :mod:`anomaly.ground_truth.ucf_crime`);
 - several files with one video id are crops of that video (the ten-crop
-  releases' ``__0`` … ``__9`` files): their features are averaged;
+  releases' ``__0`` … ``__9`` files, in the order of their number): the crop
+  axis is kept (``features_crops``, each crop its own bag, see :mod:`anomaly.crops`)
+  and ``features`` holds the crops' mean;
 - ``.txt``: one row per segment (or clip), whitespace-separated numbers;
-  ``.npy``: a 2-D array (rows, D), or 3-D with a crop axis whose crops are averaged:
+  ``.npy``: a 2-D array (rows, D), or 3-D with a crop axis, kept likewise:
   (rows, crops, D) or (crops, rows, D), told apart by size (the crop axis is the
   one of at most 10 when the other is longer; an ambiguous shape is refused);
+  every video of one store has the same number of crops;
 - one rule for every file, whatever its row count: the rows are consecutive clips
   or segments and are averaged into 32 segments by Sultani's boundaries
   (:func:`anomaly.segments.pool_segments` without L2 normalisation), so a
@@ -56,8 +59,11 @@ def list_feature_files(src: str) -> list[str]:
     return [f"{protocol}{p}" if protocol and "://" not in p else p for p in found]
 
 
-def parse_feature_file(uri: str, data: bytes) -> np.ndarray:
-    """Bytes of one feature file -> (rows, D) float32; ValueError with a one-line reason."""
+def parse_feature_file(uri: str, data: bytes, *, keep_crops: bool = False) -> np.ndarray:
+    """Bytes of one feature file -> (rows, D) float32; ValueError with a one-line reason.
+
+    ``keep_crops``: a 3-D ``.npy`` comes back as (rows, crops, D) instead of its crop mean.
+    """
     if not data:
         raise ValueError("empty file (0 bytes)")
     if uri.lower().endswith(".npy"):
@@ -66,8 +72,12 @@ def parse_feature_file(uri: str, data: bytes) -> np.ndarray:
         except Exception as exc:  # numpy raises many types for a bad file
             raise ValueError(f"not a readable .npy array: {exc}") from exc
         if array.ndim == 3:
-            array = array.mean(axis=crop_axis(array.shape))
-        if array.ndim != 2:
+            axis = crop_axis(array.shape)
+            if not keep_crops:
+                array = array.mean(axis=axis)
+            elif axis == 0:
+                array = array.transpose(1, 0, 2)
+        if array.ndim != 2 and not (keep_crops and array.ndim == 3):
             raise ValueError(f"expected a 2-D (rows, dim) array, got shape {array.shape}")
     else:
         lines = [line.split() for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
@@ -83,7 +93,7 @@ def parse_feature_file(uri: str, data: bytes) -> np.ndarray:
         except ValueError as exc:
             raise ValueError(f"could not parse numbers: {str(exc).splitlines()[0]}") from exc
     array = np.asarray(array, dtype=np.float32)
-    if array.shape[0] == 0 or array.shape[1] == 0:
+    if array.shape[0] == 0 or array.shape[-1] == 0:
         raise ValueError(f"no features (shape {array.shape})")
     if not np.isfinite(array).all():
         raise ValueError("contains NaN or infinite values")
@@ -117,28 +127,47 @@ def to_segments(rows: np.ndarray) -> np.ndarray:
     return pool_segments(rows, NUM_SEGMENTS, l2=False)
 
 
+def crop_number(uri: str) -> int:
+    """The crop of a ``…__3.npy`` file (the ten-crop releases' suffix); 0 without one."""
+    stem = video_id_of(uri)
+    head, sep, tail = stem.rpartition("__")
+    return int(tail) if sep and tail.isdigit() else 0
+
+
 def read_video_features(files: list[str]) -> tuple[np.ndarray, int]:
-    """(32, D) segments of one video from its file, or the average of its crop files, and the row count."""
-    arrays = [parse_feature_file(uri, uris.read_bytes(uri)) for uri in files]
+    """``(crops, 32, D)`` segments of one video, each crop pooled on its own, and the row count.
+
+    One 2-D file is one crop; a 3-D ``.npy`` or several crop files keep their crops.
+    """
+    files = sorted(files, key=lambda uri: (crop_number(uri), uri))
+    arrays = [parse_feature_file(uri, uris.read_bytes(uri), keep_crops=True) for uri in files]
     if len({a.shape for a in arrays}) > 1:
         shapes = ", ".join(str(a.shape) for a in arrays)
         raise ValueError(f"crop files of one video have different shapes ({shapes})")
-    rows = np.mean(arrays, axis=0) if len(arrays) > 1 else arrays[0]
-    return to_segments(rows), int(rows.shape[0])
+    if len(arrays) > 1:
+        if arrays[0].ndim == 3:
+            raise ValueError("several files of one video that each hold crops (3-D arrays)")
+        rows = np.stack(arrays, axis=1)  # (rows, crops, D)
+    else:
+        rows = arrays[0] if arrays[0].ndim == 3 else arrays[0][:, None]
+    segments = np.stack([to_segments(rows[:, k]) for k in range(rows.shape[1])])
+    return segments, int(rows.shape[0])
 
 
 def _parse_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data stage: read and parse a batch of videos' files in a worker; errors become rows."""
-    features, errors, dims, source_rows = [], [], [], []
+    features, errors, dims, source_rows, crops = [], [], [], [], []
     for files in batch["files"]:
         try:
             segments, rows = read_video_features(list(files))
             features.append(segments.tobytes())
-            dims.append(segments.shape[1])
+            crops.append(segments.shape[0])
+            dims.append(segments.shape[2])
             source_rows.append(rows)
             errors.append("")
         except (ValueError, AnomalyError) as exc:
             features.append(b"")
+            crops.append(0)
             dims.append(0)
             source_rows.append(0)
             errors.append(str(exc.what if isinstance(exc, AnomalyError) else exc))
@@ -147,6 +176,7 @@ def _parse_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "uri": batch["uri"],
         "segments": np.array(features, dtype=object),
         "dim": np.array(dims, dtype=np.int64),
+        "crops": np.array(crops, dtype=np.int64),
         "source_rows": np.array(source_rows, dtype=np.int64),
         "error": np.array(errors, dtype=object),
     }
@@ -191,6 +221,7 @@ def import_features(
         # Refuses a store of another backbone.
         feature_store.ensure_metadata(out, feature_store.StoreMetadata(backbone=backbone))
     dim = metadata.feature_dim if metadata else None
+    crops = (metadata.crops or 1) if metadata and metadata.feature_dim else None
     pending: list[dict] = []
     dataset = ray.data.from_items(todo).map_batches(_parse_batch, batch_size=16)
     for row in dataset.iter_rows() if todo else []:
@@ -199,21 +230,30 @@ def import_features(
             report.skipped.append((uri, row["error"]))
             continue
         if dim is None:
-            dim = int(row["dim"])
+            dim, crops = int(row["dim"]), int(row["crops"])
             feature_store.ensure_metadata(
-                out, feature_store.StoreMetadata(backbone=backbone, feature_dim=dim, source="import")
+                out,
+                feature_store.StoreMetadata(
+                    backbone=backbone, feature_dim=dim, source="import", crops=crops if crops > 1 else None
+                ),
             )
         if int(row["dim"]) != dim:
             report.skipped.append((uri, f"features are {row['dim']}-d but the store holds {dim}-d features"))
             continue
+        if int(row["crops"]) != crops:
+            report.skipped.append((uri, f"{row['crops']} crops but the store holds {crops} per video"))
+            continue
         video_id = row["video_id"]
         facts = truth.describe(video_id)
+        segments = np.frombuffer(row["segments"], dtype=np.float32).reshape(crops, NUM_SEGMENTS, dim)
         pending.append(
             {
                 "video_id": video_id,
                 **facts,
                 "backbone": backbone,
-                "features": np.frombuffer(row["segments"], dtype=np.float32).reshape(NUM_SEGMENTS, dim),
+                # the crops' mean, as the store's every reader that knows no crops expects
+                "features": segments[0] if crops == 1 else segments.mean(axis=0),
+                "features_crops": segments if crops > 1 else None,
                 "fps": None,
                 "source_uri": uri,
                 "source_rows": int(row["source_rows"]),

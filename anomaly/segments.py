@@ -130,13 +130,21 @@ class SegmentAccumulator:
     def complete(self) -> bool:
         return self.count == self.num_clips
 
-    def pooled(self) -> np.ndarray:
-        """``(32, D)`` float32, L2-normalised segments; only once :attr:`complete`."""
+    def pooled(self, groups: int = 1) -> np.ndarray:
+        """``(32, D)`` float32, L2-normalised segments; only once :attr:`complete`.
+
+        ``groups > 1``: each row is ``groups`` features side by side (ten crops),
+        pooled alike and L2-normalised each on its own: ``(32, groups, D / groups)``.
+        """
         if not self.complete:
             raise ValueError(f"only {self.count} of {self.num_clips} clips are in")
         if self.rows is not None:
-            return pool_segments(self.rows)
-        return l2_normalize((self.sums / self.sizes[:, None]).astype(np.float32))
+            means = pool_segments(self.rows, l2=False)
+        else:
+            means = (self.sums / self.sizes[:, None]).astype(np.float32)
+        if groups == 1:
+            return l2_normalize(means)
+        return l2_normalize(means.reshape(means.shape[0], groups, -1))
 
 
 def num_clips(num_frames: int, clip_len: int) -> int:

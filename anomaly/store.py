@@ -63,11 +63,13 @@ SCHEMA = pa.schema(
         pa.field("mask_uri", pa.string()),  # pixel masks of the video (anomaly.masks.iter_masks)
         pa.field("features_grid", pa.list_(pa.list_(pa.list_(pa.float32())))),  # cells x 32 x D
         pa.field("source_rows", pa.int64()),  # rows of the imported file before pooling to 32 (importer)
+        # ten-crop stores (anomaly.crops): crops x 32 x D, each crop its own bag; `features` is their mean
+        pa.field("features_crops", pa.list_(pa.list_(pa.list_(pa.float32())))),
     ]
 )
 
-# Columns of the per-video bags training and evaluation read (everything but the large grid features).
-BAG_COLUMNS = [name for name in SCHEMA.names if name != "features_grid"]
+# Columns of the per-video bags training and evaluation read (everything but the large grid and crop features).
+BAG_COLUMNS = [name for name in SCHEMA.names if name not in ("features_grid", "features_crops")]
 
 FAILURES_SCHEMA = pa.schema(
     [
@@ -102,6 +104,7 @@ COMPATIBILITY_KEYS = (
     "stride",
     "crop",
     "grid",  # recorded only for grid runs (anomaly.grid), so stores made without one still match
+    "crops",  # recorded only for ten-crop stores (anomaly.crops), likewise
 )
 
 
@@ -188,8 +191,8 @@ def make_table(rows: Sequence[dict]) -> pa.Table:
     for schema_field in SCHEMA:
         if schema_field.name == "features":
             columns["features"] = features_to_arrow(features)
-        elif schema_field.name == "features_grid":
-            columns["features_grid"] = grid_to_arrow([r.get("features_grid") for r in rows])
+        elif schema_field.name in ("features_grid", "features_crops"):
+            columns[schema_field.name] = grid_to_arrow([r.get(schema_field.name) for r in rows])
         else:
             values = [r.get(schema_field.name) for r in rows]
             columns[schema_field.name] = pa.array(values, type=schema_field.type)
@@ -363,6 +366,7 @@ class StoreMetadata:
     crop: tuple[int, int] | None = None
     resize: tuple[int, int] | None = None
     grid: int | None = None  # cells per side, only for grid runs (anomaly.grid)
+    crops: int | None = None  # 10 for ten-crop stores (features_crops), unset for one crop
     source: str | None = None  # "extract" | "import" | "synthetic"
     code_version: str = __version__
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)

@@ -3,7 +3,7 @@
 python -m ray_jobs.extract VIDEOS --out STORE --backbone NAME --weights PATH_OR_URI|none
     [--annotations FILE] [--frame-counts FILE ...] [--clip-len N] [--stride N] [--crop H,W]
     [--batch-size N] [--num-gpus-per-actor F] [--concurrency MIN,MAX] [--fps FPS] [--grid GxG]
-    [--window-seconds S]
+    [--window-seconds S] [--crops 1|10]
     [--dataset ucf_crime|ucsd|avenue|shanghaitech|auto [--labels URI] [--masks URI] [--train-list FILE]]
 
 Folders of image frames (.tif/.jpg/.png/.bmp) are videos too. With --dataset ucsd, avenue or
@@ -20,7 +20,7 @@ from dataclasses import replace
 from anomaly import cli
 from anomaly.errors import AnomalyError
 from anomaly.extraction import ExtractionSettings, extract
-from anomaly.extractors import available_backbones
+from anomaly.extractors import backbone_help
 from anomaly.grid import parse_grid
 from anomaly.ground_truth import DATASET_KINDS, DatasetTruth, GroundTruth, load_dataset
 from anomaly.listing import VIDEO_EXTENSIONS
@@ -40,7 +40,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="feature store URI (local folder or s3://…)")
     parser.add_argument(
-        "--backbone", required=True, help=f"feature extractor, one of: {', '.join(available_backbones())}"
+        "--backbone",
+        required=True,
+        help="feature extractor (width, frames, crop; the published features it reproduces; "
+        f"table in docs/backbones.md): {backbone_help()}",
+    )
+    parser.add_argument(
+        "--crops",
+        type=int,
+        default=1,
+        choices=[1, 10],
+        help="1: the centre crop; 10: the four corners, the centre and their horizontal flips, each its "
+        "own feature (the RTFM-era I3D releases: --backbone i3d_r50 --crops 10)",
     )
     parser.add_argument(
         "--weights",
@@ -110,6 +121,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtractionSettings:
         fps=args.fps_default,
         grid=parse_grid(args.grid),
         window_seconds=args.window_seconds,
+        crops=args.crops,
     )
 
 

@@ -26,6 +26,9 @@ from anomaly.extractors.i3d import InceptionI3D
 from anomaly.uris import filesystem
 
 ALL = ["c3d", "i3d", "mc3_18", "mvit_v2_s", "r2plus1d_18", "r3d_18", "s3d", "swin3d_t"]
+HARA = [
+    f"r3d{d}_{r}" for r in (2017, 2020) for d in (10, 18, 34, 50, 101, 152, 200)
+]  # tests/test_backbones.py
 SMALL_CROP = (32, 32)
 
 
@@ -63,7 +66,7 @@ def seeded(build, seed: int) -> torch.nn.Module:
 
 
 def test_registry_lists_every_backbone():
-    assert available_backbones() == ALL
+    assert available_backbones() == sorted([*ALL, *HARA, "i3d_r50"])
 
 
 def test_unknown_backbone_names_it_and_lists_choices():

@@ -126,10 +126,16 @@ def test_ten_crop_files_and_feature_suffixes(tmp_path, ray_cluster, shared_data)
     crops = [rng.random((40, 16), dtype=np.float32) for _ in range(3)]
     for i, crop in enumerate(crops):  # RTFM-style per-crop files of one test video
         np.save(src / f"Abuse028_x264__{i}.npy", crop)
-    np.save(src / "Normal_Videos_006_x264_i3d.npy", rng.random((32, 16), dtype=np.float32))
+    np.save(
+        src / "Normal_Videos_006_x264_i3d.npy", rng.random((32, 3, 16), dtype=np.float32)
+    )  # (T, crops, D)
+    np.save(src / "Arrest001_x264.npy", rng.random((32, 16), dtype=np.float32))  # one crop: not this store's
     truth = GroundTruth.load(str(shared_data / "Temporal_Anomaly_Annotation.txt"), None)
     report = import_features(str(src), str(tmp_path / "store"), truth=truth, backbone="i3d")
-    assert report.total_imported == 2 and not report.skipped
+    assert report.total_imported == 2
+    assert [(uri.rsplit("/", 1)[-1], why) for uri, why in report.skipped] == [
+        ("Arrest001_x264.npy", "1 crops but the store holds 3 per video")
+    ]
     bags = store.load_bags(str(tmp_path / "store"))
     assert sorted(bags.video_ids) == ["Abuse028_x264", "Normal_Videos_006_x264"]
     i = bags.video_ids.index("Abuse028_x264")
@@ -137,3 +143,31 @@ def test_ten_crop_files_and_feature_suffixes(tmp_path, ray_cluster, shared_data)
     from anomaly.segments import pool_segments
 
     np.testing.assert_allclose(bags.features[i], pool_segments(np.mean(crops, axis=0), l2=False), rtol=1e-5)
+
+
+def test_ten_crop_releases_keep_their_crop_axis(tmp_path, ray_cluster, shared_data):
+    """(T, 10, D) arrays (the I3D extractor's output) and __0 … __9 files (RTFM's lists) alike."""
+    from anomaly.crops import crop_bags_from_arrow
+
+    rng = np.random.default_rng(2)
+    per_file, stacked = tmp_path / "files", tmp_path / "stacked"
+    per_file.mkdir()
+    stacked.mkdir()
+    crops = rng.random((10, 45, 8), dtype=np.float32)
+    for k in range(10):  # written in an order that is not the crops' own (numeric) order
+        np.save(per_file / f"Abuse028_x264__{9 - k}.npy", crops[9 - k])
+    np.save(stacked / "Abuse028_x264.npy", crops.transpose(1, 0, 2))  # (T, 10, D)
+    truth = GroundTruth.load(str(shared_data / "Temporal_Anomaly_Annotation.txt"), None)
+    from anomaly.segments import pool_segments
+
+    expected = np.stack([pool_segments(c, l2=False) for c in crops])
+    for src in (per_file, stacked):
+        out = str(tmp_path / f"store-{src.name}")
+        report = import_features(str(src), out, truth=truth, backbone="i3d_r50")
+        assert report.total_imported == 1 and not report.skipped
+        assert store.read_metadata(out).crops == 10
+        table = store.read_table(out, columns=["features", "features_crops"])
+        np.testing.assert_allclose(
+            crop_bags_from_arrow(table.column("features_crops"))[0], expected, rtol=1e-6
+        )
+        np.testing.assert_allclose(store.load_bags(out).features[0], expected.mean(0), rtol=1e-5)

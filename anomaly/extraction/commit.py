@@ -85,7 +85,8 @@ def write_clip_rows(
             "first_frame": start,
             "last_frame": start + clip_len - 1,
             "time": np.where(fps > 0, start / np.where(fps > 0, fps, 1.0), np.nan),
-            "features": np.asarray(batch["features"])[clips],
+            # ten crops: (B, 10, D) -> (B, 10 * D), crop-major; commit_videos splits them again
+            "features": np.asarray(batch["features"])[clips].reshape(clips.size, -1),
         }
         table = feature_store.clips_to_table(columns)
         path = feature_store.write_clip_file(store, table)
@@ -276,19 +277,22 @@ class VideoTracker:
 # ------------------------------------------------------------------------------------------ pooling
 
 
-def commit_videos(store: str, videos: Sequence[dict], dim: int) -> dict:
+def commit_videos(store: str, videos: Sequence[dict], dim: int, crops: int = 1) -> dict:
     """Pool complete videos from the clip table into bags; write them as one atomic part file.
 
     ``videos``: per video ``{"row": the bag row without features, "num_clips",
     "cells", "files"}``. Returns ``{"part": uri or None, "committed": [ids],
     "failed": [(id, uri, reason)]}``. Runs as a Ray task (or in-process).
+    ``crops > 1``: clip rows hold ``crops * dim`` values; each crop is pooled
+    (and L2-normalised) on its own into ``features_crops``, ``features`` is their mean.
     """
+    width = dim * crops
     ids = [video["row"]["video_id"] for video in videos]
     files = sorted({path for video in videos for path in video["files"]})
     acc: dict[tuple[str, int], SegmentAccumulator] = {}
     for video in videos:
         for cell in [-1, *range(video["cells"])]:
-            acc[(video["row"]["video_id"], cell)] = SegmentAccumulator(video["num_clips"], dim)
+            acc[(video["row"]["video_id"], cell)] = SegmentAccumulator(video["num_clips"], width)
     for batch in feature_store.iter_clip_batches(
         store, files, ids, columns=["video_id", "cell", "clip_index", "features"]
     ):
@@ -296,7 +300,7 @@ def commit_videos(store: str, videos: Sequence[dict], dim: int) -> dict:
         cells = batch.column("cell").to_numpy()
         index = batch.column("clip_index").to_numpy()
         flat = batch.column("features").flatten().to_numpy(zero_copy_only=False)
-        feats = flat.reshape(len(batch), -1) if len(batch) else flat.reshape(0, dim)
+        feats = flat.reshape(len(batch), -1) if len(batch) else flat.reshape(0, width)
         for key in {(v, int(c)) for v, c in zip(vids, cells, strict=True)}:
             target = acc.get(key)
             if target is None:
@@ -319,7 +323,11 @@ def commit_videos(store: str, videos: Sequence[dict], dim: int) -> dict:
                 )
             )
             continue
-        row["features"] = parts[0].pooled()
+        if crops > 1:
+            row["features_crops"] = parts[0].pooled(groups=crops).transpose(1, 0, 2)  # (crops, 32, D)
+            row["features"] = row["features_crops"].mean(axis=0)
+        else:
+            row["features"] = parts[0].pooled()
         row["features_grid"] = np.stack([p.pooled() for p in parts[1:]]) if video["cells"] else None
         rows.append(row)
     part = feature_store.write_rows(store, rows) if rows else None

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anomaly.crops import ten_crop
 from anomaly.errors import AnomalyError
 from anomaly.grid import tile_clip
 from anomaly.video.factory import open_video
@@ -80,9 +81,11 @@ class ClipSampling:
     fps_default: float | None = None
     threads: int = 1  # FFmpeg threads: the CPUs a decode task reserved
     window_seconds: float = 300.0
+    crops: int = 1  # 10: ten crops per clip (anomaly.crops), the clip column is (10, T, h, w, 3)
 
     def zero_clip(self) -> np.ndarray:
-        return np.zeros((self.clip_len, *self.crop, 3), dtype=np.uint8)
+        shape = (self.clip_len, *self.crop, 3)
+        return np.zeros(shape if self.crops == 1 else (self.crops, *shape), dtype=np.uint8)
 
 
 # ------------------------------------------------------------------------------------------- windows
@@ -200,7 +203,9 @@ def decode_window(row: dict, *, sampling: ClipSampling) -> Iterator[dict]:
             row["uri"], fps=sampling.fps_default, threads=sampling.threads, video_id=row["video_id"]
         )
         h, w = sampling.crop
-        views = [(lambda height, width: resized_shape(sampling.resize, height, width), sampling.crop)]
+        resize = lambda height, width: resized_shape(sampling.resize, height, width)  # noqa: E731
+        # Ten crops are cut from the whole resized frame; one crop is the reader's centre window.
+        views = [(resize, sampling.crop if sampling.crops == 1 else None)]
         if sampling.grid > 1:
             views.append(((sampling.grid * h, sampling.grid * w), None))
         clips = 0
@@ -218,7 +223,8 @@ def decode_window(row: dict, *, sampling: ClipSampling) -> Iterator[dict]:
                 "error": "",
                 "window_clips": 0,
             }
-            yield {**clip_row, "cell": -1, "clip": frames[0]}
+            clip = frames[0] if sampling.crops == 1 else ten_crop(frames[0], sampling.crop)
+            yield {**clip_row, "cell": -1, "clip": clip}
             if sampling.grid > 1:
                 for k, tile in enumerate(tile_clip(frames[1], sampling.grid)):
                     yield {**clip_row, "cell": k, "clip": tile}

@@ -75,6 +75,7 @@ def sampling_of(settings: ExtractionSettings, spec: BackboneSpec) -> ClipSamplin
         fps_default=settings.fps,
         threads=max(1, int(round(settings.decode_num_cpus))),
         window_seconds=settings.window_seconds,
+        crops=settings.crops,
     )
 
 
@@ -115,6 +116,7 @@ def model_stage(ds, settings: ExtractionSettings, spec: BackboneSpec, post=None)
             "amp": settings.amp,
             "require_gpu": settings.num_gpus_per_actor > 0,
             "post": post,
+            "crops": settings.crops,
         },
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
         batch_size=settings.batch_size,
@@ -193,7 +195,9 @@ class _Committer:
         if self.pending:
             while len(self.in_flight) >= MAX_COMMITS_IN_FLIGHT:
                 self.collect(wait=True)
-            self.in_flight.append(self.task.remote(self.store, self.pending, self.spec.feature_dim))
+            self.in_flight.append(
+                self.task.remote(self.store, self.pending, self.spec.feature_dim, self.settings.crops)
+            )
             self.pending = []
 
     def collect(self, *, wait: bool = False) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.crops import check_crops
 from anomaly.errors import AnomalyError
 from anomaly.extractors import BackboneSpec, get_backbone, load_backbone
 
@@ -37,6 +38,8 @@ class ExtractionSettings:
     pooled back into one video; 0 keeps every video one task.
     ``grid``: ``G > 1`` also extracts ``G x G`` per-cell features into ``features_grid``
     (:mod:`anomaly.localization`); the ``features`` column stays the full frame's.
+    ``crops``: 1, the centre crop; 10, the ten crops of the RTFM-era releases
+    (:mod:`anomaly.crops`), stored in ``features_crops`` with their mean in ``features``.
     """
 
     backbone: str
@@ -55,6 +58,7 @@ class ExtractionSettings:
     fps: float | None = None
     grid: int = 1
     window_seconds: float = 300.0
+    crops: int = 1
 
     @property
     def random_weights(self) -> bool:
@@ -86,6 +90,9 @@ class ExtractionSettings:
         for where, value, ok in checks:
             if not ok:
                 raise AnomalyError(where, f"invalid value {value!r}")
+        check_crops(self.crops)
+        if self.crops > 1 and self.grid > 1:
+            raise AnomalyError("--crops", "ten crops and a grid cannot be combined; choose one")
         low, high = self.concurrency
         if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
             raise AnomalyError("--concurrency", f"expected 1 <= MIN <= MAX, got {low},{high}")
@@ -150,5 +157,6 @@ def store_settings(
         crop=tuple(spec.crop),
         resize=tuple(spec.resize),
         grid=settings.grid if settings.grid > 1 else None,  # absent without a grid: old stores match
+        crops=settings.crops if settings.crops > 1 else None,  # likewise for one crop
         source="extract",
     )

@@ -3,6 +3,8 @@
 from anomaly.extractors.registry import (
     BackboneSpec,
     available_backbones,
+    backbone_help,
+    check_layout,
     get_backbone,
     load_backbone,
 )
@@ -12,6 +14,8 @@ __all__ = [
     "BackboneSpec",
     "ClipFeatureExtractor",
     "available_backbones",
+    "backbone_help",
+    "check_layout",
     "get_backbone",
     "load_backbone",
     "preprocess_clips",

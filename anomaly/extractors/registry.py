@@ -26,6 +26,31 @@ Where the numbers come from
   224x224 centre crop, values scaled to [-1, 1] (``mean = std = 0.5``), 16
   frames per clip as in the RTFM UCF-Crime features.
 
+* ``r3d{10,18,34,50,101,152,200}_2017``: Hara et al.'s 3D-ResNets-PyTorch,
+  2017 release (``resnet-34-kinetics.pth`` …, Kinetics-400): its test
+  transform ``Scale(sample_size)``, ``CenterCrop(sample_size)`` with
+  ``sample_size`` 112 and ``sample_duration`` 16 (``main.py``/``opts.py``),
+  pixel values 0..255 (``ToTensor(norm_value=1)``) minus the ActivityNet mean
+  (114.7748, 107.7354, 99.4750) (``mean.py`` ``get_mean(255, 'activitynet')``,
+  the default ``--mean_dataset``), no division by a std (``--std_norm`` off).
+  Expressed on [0, 1] RGB as ``mean = m / 255`` and ``std = 1 / 255``. The
+  ResNet-34 is the network of Dubey et al.'s ranking-loss reproduction (the
+  512-d features in ``ucf_crime_r3d34``).
+* ``r3d{…}_2020``: the 2020 release (``r3d152_KM_200ep.pth`` …, Kinetics-700,
+  Moments in Time and their unions): inference transform ``Resize(112)``,
+  ``CenterCrop(112)``, ``ToTensor()`` (values in [0, 1]), ``Normalize`` with the
+  Kinetics mean (0.4345, 0.4051, 0.3775) and std (0.2768, 0.2713, 0.2737)
+  (``mean.py`` ``get_mean_std(1, 'kinetics')``), 16 frames.
+* ``i3d_r50``: I3D ResNet-50 of the non-local repository (Tushar-N/pytorch-resnet3d
+  port, ``i3d_r50_kinetics.pth``) with the preprocessing of
+  GowthamGottimukkala/I3D_Feature_Extraction_resnet, the extractor behind the
+  RTFM-era UCF-Crime features: every frame resized to exactly 340x256 (w x h,
+  ``load_frame``), values ``x * 2 / 255 - 1`` (``mean = std = 0.5``), chunks of
+  16 frames every 16 (``chunk_size``, ``--frequency 16``), 224x224 crops: the
+  centre ``[16:240, 58:282]`` or ten crops (``oversample_data``; see
+  :mod:`anomaly.crops`). That extractor resizes with PIL's antialiasing filter;
+  here frames are resized by the decoder (FFmpeg), so pixels differ slightly.
+
 ``resize`` follows torchvision's ``Resize`` semantics: ``(h, w)`` is an exact
 size, ``(s,)`` resizes the short side to ``s`` keeping the aspect ratio
 (``BackboneSpec.resized_shape`` computes the result for a frame).
@@ -80,6 +105,10 @@ class BackboneSpec:
     min_input: tuple[int, int, int] = (1, 1, 1)  # smallest (T, H, W) the forward accepts
     head_prefixes: tuple[str, ...] = ()  # state-dict keys of the dropped classifier, ignored on load
     source: str = ""  # where the preprocessing numbers come from
+    # (classifier outputs, backbone): a classifier this wide marks a checkpoint of that other backbone
+    foreign_heads: tuple[tuple[int, str], ...] = ()
+    sibling: str = ""  # a backbone whose checkpoints are easily taken for this one's (named in errors)
+    reproduces: str = ""  # the published feature sets this backbone (with its published weights) reproduces
 
     def with_input_size(
         self, crop: tuple[int, int] | None = None, clip_len: int | None = None
@@ -177,6 +206,18 @@ def _build_i3d() -> nn.Module:
     return InceptionI3D()
 
 
+def _build_hara(depth: int, release: int) -> nn.Module:
+    from anomaly.extractors.resnet3d import HaraResNet3D
+
+    return HaraResNet3D(depth, release)
+
+
+def _build_i3d_r50() -> nn.Module:
+    from anomaly.extractors.i3d_r50 import I3DResNet50
+
+    return I3DResNet50()
+
+
 # name: (weights enum, classifier attribute, feature width, fixed input, min (T, H, W))
 _TORCHVISION: dict[str, tuple[str, str, int, bool, tuple[int, int, int] | None]] = {
     "r3d_18": ("R3D_18_Weights", "fc", 512, False, (1, 1, 1)),
@@ -220,6 +261,52 @@ def _torchvision_spec(name: str) -> BackboneSpec:
     )
 
 
+# 3D-ResNets-PyTorch mean.py: the 2017 release's ActivityNet mean on 0..255 (get_mean(255, 'activitynet'))
+_HARA_2017_MEAN_255 = (114.7748, 107.7354, 99.4750)
+# the 2020 release's Kinetics mean and std on [0, 1] (get_mean_std(1, 'kinetics'))
+_HARA_2020_MEAN = (0.4345, 0.4051, 0.3775)
+_HARA_2020_STD = (0.2768, 0.2713, 0.2737)
+# Classifier widths of the published checkpoints: 2017 release Kinetics-400; 2020 release (README's
+# --n_pretrain_classes) K 700, M 339, KM 1039, KS 800, MS 439, KMS 1139, S 100.
+_HARA_2017_CLASSES = (400,)
+_HARA_2020_CLASSES = (700, 339, 1039, 800, 439, 1139, 100)
+HARA_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
+_HARA_REPRODUCES = {
+    (34, 2017): "Dubey et al. 2020 ranking-loss reproduction, 32x512 per video (ucf_crime_r3d34)",
+    (152, 2020): "the UCF-Crime reproductions that replaced C3D by r3d152_KM_200ep (2048-d)",
+}
+
+
+def _hara_spec(depth: int, release: int) -> BackboneSpec:
+    from anomaly.extractors.resnet3d import feature_dim, shortcut_type
+
+    other = 2020 if release == 2017 else 2017
+    if release == 2017:
+        mean = tuple(m / 255.0 for m in _HARA_2017_MEAN_255)
+        std = (1 / 255.0, 1 / 255.0, 1 / 255.0)  # keep the 0..255 range: only the mean is removed
+        source = "3D-ResNets-PyTorch 2017 release (Hara et al.): main.py test transform, mean.py activitynet"
+    else:
+        mean, std = _HARA_2020_MEAN, _HARA_2020_STD
+        source = "3D-ResNets-PyTorch 2020 release (Hara et al.): inference transform, mean.py kinetics"
+    other_classes = _HARA_2020_CLASSES if release == 2017 else _HARA_2017_CLASSES
+    return BackboneSpec(
+        name=f"r3d{depth}_{release}",
+        feature_dim=feature_dim(depth),
+        clip_len=16,
+        resize=(112,),
+        crop=(112, 112),
+        mean=mean,
+        std=std,
+        fixed_input=False,
+        build=functools.partial(_build_hara, depth, release),
+        head_prefixes=("fc.",),
+        source=f"{source}; shortcut {shortcut_type(depth, release)}",
+        foreign_heads=tuple((n, f"r3d{depth}_{other}") for n in other_classes),
+        sibling=f"r3d{depth}_{other}",
+        reproduces=_HARA_REPRODUCES.get((depth, release), ""),
+    )
+
+
 # C3D Sports-1M mean pixel in Caffe's BGR order (per-channel average of the mean cube).
 _C3D_MEAN_BGR_255 = (90.0, 98.0, 102.0)
 
@@ -242,6 +329,7 @@ def _registry() -> dict[str, BackboneSpec]:
             min_input=(16, 16, 16),
             head_prefixes=("fc7.", "fc8."),
             source="C3D Caffe Sports-1M convention (Tran et al. 2015), DavideA/c3d-pytorch layout",
+            reproduces="Sultani et al. 2018 C3D fc6 features (32x4096 text files)",
         )
     )
     specs.append(
@@ -259,11 +347,39 @@ def _registry() -> dict[str, BackboneSpec]:
             source="Kinetics-I3D convention (Carreira & Zisserman 2017), piergiaj/pytorch-i3d layout",
         )
     )
+    specs.extend(_hara_spec(depth, release) for release in (2017, 2020) for depth in HARA_DEPTHS)
+    specs.append(
+        BackboneSpec(
+            name="i3d_r50",
+            feature_dim=2048,
+            clip_len=16,
+            resize=(256, 340),  # exact (h, w), as load_frame's resize((340, 256))
+            crop=(224, 224),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),  # x * 2 / 255 - 1
+            fixed_input=False,
+            build=_build_i3d_r50,
+            min_input=(7, 5, 5),  # conv1 + two temporal max pools of 2 need 7 frames; max pool 1 needs 3x3
+            head_prefixes=("fc.",),
+            source="GowthamGottimukkala/I3D_Feature_Extraction_resnet preprocessing, "
+            "Tushar-N/pytorch-resnet3d I3Res50 layout",
+            reproduces="RTFM, MGFN, UR-DMU … UCF-Crime I3D features (ten crops x 2048, 16-frame clips)",
+        )
+    )
     return {spec.name: spec for spec in sorted(specs, key=lambda s: s.name)}
 
 
 def available_backbones() -> list[str]:
     return list(_registry())
+
+
+def backbone_help() -> str:
+    """One line per backbone for ``--backbone``'s help: width, clip, crop and what it reproduces."""
+    parts = []
+    for name, spec in _registry().items():
+        text = f"{name} ({spec.feature_dim}-d, {spec.clip_len}x{spec.crop[0]}x{spec.crop[1]}"
+        parts.append(text + (f"; {spec.reproduces})" if spec.reproduces else ")"))
+    return ", ".join(parts)
 
 
 def get_backbone(name: str) -> BackboneSpec:
@@ -369,11 +485,23 @@ def _few(keys: list[str], limit: int = 3) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], spec: BackboneSpec, uri: str) -> None:
+def _foreign_head(state: Mapping[str, torch.Tensor], spec: BackboneSpec) -> str | None:
+    """The one-line reason when the file's classifier marks a checkpoint of another backbone."""
+    for key, value in state.items():
+        if key.startswith(spec.head_prefixes) and key.endswith("weight") and value.ndim >= 1:
+            outputs = int(value.shape[0])
+            for width, other in spec.foreign_heads:
+                if outputs == width:
+                    return (
+                        f"its classifier {key} has {outputs} outputs, as the published {other!r} "
+                        f"checkpoints; use --backbone {other}"
+                    )
+    return None
+
+
+def _layout_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], spec: BackboneSpec) -> list[str]:
     expected = model.state_dict()
-    # The feature model has no classifier; a full checkpoint's head weights are expected and ignored.
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(spec.head_prefixes)}
-    # BatchNorm fills num_batches_tracked itself for checkpoints saved before it existed (pytorch-i3d).
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
@@ -381,13 +509,55 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], spec: Backbon
         for k, v in state.items()
         if k in expected and v.shape != expected[k].shape
     ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {_few(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (file vs model): {_few(mismatched)}")
-        raise AnomalyError(uri, f"weights do not fit backbone {spec.name!r}: " + "; ".join(parts))
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} keys: {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} keys: {_few(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches (file vs model): {_few(mismatched)}")
+    return parts
+
+
+def check_layout(name: str, checkpoint: object, *, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Check a loaded checkpoint's layout against backbone ``name`` without loading any weights.
+
+    ``checkpoint`` as ``torch.load`` returns it (a state dict, or a training
+    checkpoint holding one; tensors may live on the meta device, so a test can
+    describe a 200-layer checkpoint by shapes alone). Returns the unwrapped
+    state dict; raises the one-line :class:`AnomalyError` loading would raise.
+    """
+    spec = get_backbone(name)
+    state = _unwrap_state_dict(where, checkpoint)
+    with torch.device("meta"):
+        model = spec.build()
+    foreign = _foreign_head(state, spec)
+    if foreign:
+        raise AnomalyError(where, f"weights do not fit backbone {spec.name!r}: {foreign}")
+    parts = _layout_mismatch(model, state, spec)
+    if parts:
+        if spec.sibling and _fits(spec.sibling, state):
+            parts.append(f"the file has the layout of {spec.sibling!r}; use --backbone {spec.sibling}")
+        raise AnomalyError(where, f"weights do not fit backbone {spec.name!r}: " + "; ".join(parts))
+    return state
+
+
+def _fits(name: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` has exactly the layout of backbone ``name`` (built on the meta device: no memory)."""
+    spec = get_backbone(name)
+    with torch.device("meta"):
+        model = spec.build()
+    return not _layout_mismatch(model, state, spec) and _foreign_head(state, spec) is None
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], spec: BackboneSpec, uri: str) -> None:
+    check_layout(spec.name, state, where=uri)
+    expected = model.state_dict()
+    # The feature model has no classifier; a full checkpoint's head weights are expected and ignored.
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(spec.head_prefixes)}
+    # BatchNorm fills num_batches_tracked itself for checkpoints saved before it existed (pytorch-i3d,
+    # the 2017 3D-ResNets): strict loading would miss them, so the model's own values are kept.
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key]
     model.load_state_dict(state, strict=True)

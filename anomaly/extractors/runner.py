@@ -90,6 +90,8 @@ class ClipFeatureExtractor:
     Input batch: ``"clip"`` uint8 ``(B, T, H, W, 3)`` RGB, already resized and
     cropped to the spec's size; any other column passes through unchanged.
     Output: the same columns without ``"clip"``, plus ``"features"`` float32 ``(B, D)``.
+    With ``crops=10`` the clips are ``(B, 10, T, H, W, 3)`` (:mod:`anomaly.crops`) and
+    the features ``(B, 10, D)``.
     """
 
     def __init__(
@@ -103,7 +105,9 @@ class ClipFeatureExtractor:
         amp: bool = True,
         require_gpu: bool = False,
         post: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+        crops: int = 1,
     ) -> None:
+        self.crops = crops
         self.device = resolve_device(device)
         if require_gpu and self.device.type != "cuda":
             # Ray reserved a GPU for this actor but torch cannot use it: refuse a 100x slower CPU run.
@@ -135,13 +139,27 @@ class ClipFeatureExtractor:
         rows = np.arange(len(clips))
         if "kind" in batch:  # end rows of the decode stage: no model work
             rows = np.flatnonzero(np.asarray(batch["kind"]).astype(str) == "clip")
-        features = np.zeros((len(clips), self.spec.feature_dim), dtype=np.float32)
+        shape = (self.spec.feature_dim,) if self.crops == 1 else (self.crops, self.spec.feature_dim)
+        features = np.zeros((len(clips), *shape), dtype=np.float32)
         if rows.size:
             features[rows] = self._features(clips if rows.size == len(clips) else np.asarray(clips)[rows])
         out[FEATURES_COLUMN] = features
         return self.post(out) if self.post is not None else out
 
     def _features(self, clips: np.ndarray) -> np.ndarray:
+        if self.crops > 1:  # (B, crops, T, H, W, 3): every crop is a clip of its own through the model
+            array = np.asarray(clips)
+            if array.dtype == object:
+                array = np.stack(list(array))
+            if array.ndim != 6 or array.shape[1] != self.crops:
+                raise AnomalyError(
+                    CLIP_COLUMN, f"expected (B, {self.crops}, T, H, W, 3) clips, got {tuple(array.shape)}"
+                )
+            flat = self._model_features(array.reshape(-1, *array.shape[2:]))
+            return flat.reshape(array.shape[0], self.crops, -1)
+        return self._model_features(clips)
+
+    def _model_features(self, clips: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = preprocess_clips(clips, self.spec, self.device)
             autocast = (

@@ -52,6 +52,7 @@ from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.alarms import Alarm, AlarmSettings
 from anomaly.checkpoints import MODEL_FILE, load_scorer, stored_metadata
+from anomaly.crops import crop_scores_of
 from anomaly.errors import AnomalyError
 from anomaly.extraction import ExtractionSettings, weights_tag
 from anomaly.extraction.commit import TrackedVideo, VideoTracker
@@ -122,6 +123,7 @@ def extraction_settings(payload: dict, **overrides) -> ExtractionSettings:
         "clip_len": meta.clip_len,
         "stride": meta.stride,
         "crop": meta.crop,
+        "crops": meta.crops or 1,  # a model trained on ten crops scores ten crops
         **{key: value for key, value in overrides.items() if value is not None},
     }
     expected = meta.weights_sha256
@@ -335,6 +337,8 @@ def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prep
         context=context_segments(payload, model),
         fps_default=settings.fps,
         alarms=job.alarms,
+        crops=settings.crops,
+        crop_scores=crop_scores_of(payload),
     )
     scorer = _Scorer(out, rules, model, todo, report, started, settings.flush_every)
     scorer.new_failures.extend(list_failures)

@@ -22,6 +22,7 @@ import numpy as np
 from anomaly import uris
 from anomaly.alarms import DEFAULT_THRESHOLD, Alarm, AlarmSettings, find_alarms
 from anomaly.checkpoints import load_scorer, stored_metadata
+from anomaly.crops import crop_scores_of, score_clip_crops, ten_crop
 from anomaly.errors import AnomalyError
 from anomaly.extractors import ClipFeatureExtractor
 from anomaly.scoring.windows import (
@@ -50,6 +51,8 @@ class ScoringSettings:
     expected_weights: str | None = None  # sha256 (or "random") recorded with the training store
     window_seconds: float = DEFAULT_WINDOW_SECONDS  # about one training segment (anomaly.scoring.windows)
     window_clips: int | None = None  # overrides window_seconds
+    crops: int = 1  # 10: ten crops per clip, as the training store (anomaly.crops)
+    crop_scores: bool = True  # average the crops' scores (crops: bags), else score their mean
 
     def window(self, fps: float) -> int:
         """Clips per scoring window for a video at ``fps``."""
@@ -97,6 +100,8 @@ def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
         "clip_len": meta.clip_len or 16,
         "stride": meta.stride or 16,
         "crop": meta.crop,
+        "crops": meta.crops or 1,
+        "crop_scores": crop_scores_of(payload),
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if not values["backbone"] or values["backbone"] in ("synthetic", "imported"):
@@ -126,10 +131,11 @@ def check_weights(where: str, actual: str, expected: str | None) -> None:
         )
 
 
-def _batched(clips: Iterator, size: int) -> Iterator[np.ndarray]:
+def _batched(clips: Iterator, size: int, crops: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """Clips stacked ``size`` at a time; ``crops``: cut ten ``(h, w)`` crops from each (whole) clip."""
     batch = []
     for clip in clips:
-        batch.append(clip.frames)
+        batch.append(clip.frames if crops is None else ten_crop(clip.frames, crops))
         if len(batch) == size:
             yield np.stack(batch)
             batch = []
@@ -148,14 +154,17 @@ def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int,
         crop=settings.crop,
         clip_len=settings.clip_len,
         device=settings.device,
+        crops=settings.crops,
     )
     check_weights(settings.weights or "--weights", extractor.weights_sha256, settings.expected_weights)
     spec = extractor.spec
     reader = open_video(uri)
     size = spec.resized_shape(reader.info.height, reader.info.width)
     feats = []
-    clips = reader.iter_clips(clip_len=spec.clip_len, stride=settings.stride, size=size, crop=spec.crop)
-    for batch in _batched(clips, settings.batch_size):
+    ten = settings.crops > 1
+    crop = None if ten else spec.crop
+    clips = reader.iter_clips(clip_len=spec.clip_len, stride=settings.stride, size=size, crop=crop)
+    for batch in _batched(clips, settings.batch_size, spec.crop if ten else None):
         feats.append(extractor({"clip": batch})["features"])
     return np.concatenate(feats), int(reader.frames_decoded or reader.info.num_frames), float(reader.info.fps)
 
@@ -165,8 +174,15 @@ def score_video(uri: str, checkpoint: str, **overrides) -> VideoScores:
     model, payload = load_scorer(checkpoint)
     settings = settings_from_checkpoint(payload, **overrides)
     feats, num_frames, fps = clip_features(uri, settings)
-    check_feature_dim(uri, settings.backbone, feats.shape[1], model.feature_dim)
-    scores = score_clips(model, feats, settings.window(fps), context=context_segments(payload, model))
+    check_feature_dim(uri, settings.backbone, feats.shape[-1], model.feature_dim)
+    scores = score_clip_crops(
+        score_clips,
+        model,
+        feats,
+        settings.window(fps),
+        context=context_segments(payload, model),
+        crop_scores=settings.crop_scores,
+    )
     return VideoScores(
         video_id=video_id_from_uri(uri),
         uri=uri,

@@ -29,6 +29,7 @@ import numpy as np
 from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.alarms import AlarmSettings
+from anomaly.crops import score_clip_crops
 from anomaly.scoring import outputs
 from anomaly.scoring.windows import clip_times, score_clips, window_clips
 
@@ -47,6 +48,8 @@ class ScoreRules:
     context: int
     fps_default: float | None
     alarms: AlarmSettings
+    crops: int = 1  # ten-crop features: (clips, crops * dim) in the clip table (anomaly.crops)
+    crop_scores: bool = True  # average the crops' scores (crops: bags), else score their mean
 
     def window(self, fps: float) -> int:
         if self.window_clips:
@@ -111,7 +114,7 @@ def score_videos_task(out: str, videos: Sequence[dict], model, rules: ScoreRules
     import torch
 
     torch.set_num_threads(1)  # a zero-CPU task next to decode tasks and actors: do not oversubscribe
-    gathered = read_clip_features(out, videos, rules.dim)
+    gathered = read_clip_features(out, videos, rules.dim * rules.crops)
     tables, index, failed, timelines = [], [], [], []
     for video in videos:
         video_id, uri = video["video_id"], video["uri"]
@@ -125,7 +128,16 @@ def score_videos_task(out: str, videos: Sequence[dict], model, rules: ScoreRules
             )
             continue
         fps = video["fps"] if np.isfinite(video["fps"]) and video["fps"] > 0 else (rules.fps_default or 0.0)
-        scores = score_clips(model, features, rules.window(fps), context=rules.context)
+        if rules.crops > 1:
+            features = features.reshape(len(features), rules.crops, rules.dim)
+        scores = score_clip_crops(
+            score_clips,
+            model,
+            features,
+            rules.window(fps),
+            context=rules.context,
+            crop_scores=rules.crop_scores,
+        )
         times = clip_times(seen.size, video["num_frames"], rules.clip_len, rules.stride, fps)
         created = outputs.parse_creation_time(creation_time(uri))
         table = outputs.video_rows(

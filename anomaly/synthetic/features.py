@@ -24,8 +24,15 @@ def synthetic_rows(
     signal: float = 1.5,
     seed: int = 0,
     backbone: str = "synthetic",
+    crops: int = 1,
+    crop_noise: float = 0.5,
 ) -> list[dict]:
-    """Half normal, half anomalous videos per split; anomalies span 10–30 % of a video."""
+    """Half normal, half anomalous videos per split; anomalies span 10–30 % of a video.
+
+    ``crops > 1``: a ten-crop store's rows (:mod:`anomaly.crops`): every crop is the
+    video's segments plus its own noise (``crop_noise``), L2-normalised on its own,
+    in ``features_crops``; ``features`` is their mean.
+    """
     rng = np.random.default_rng(seed)
     direction = l2_normalize(rng.normal(size=feature_dim))
     rows = []
@@ -43,6 +50,15 @@ def synthetic_rows(
                 intervals = [[start, start + length]]
                 hit = np.unique(frame_segments(num_frames)[start : start + length])
                 feats[hit] += signal * direction * np.sqrt(feature_dim) / 4
+            per_crop = None
+            if crops > 1:
+                noise = (
+                    crop_noise
+                    * rng.normal(size=(crops, NUM_SEGMENTS, feature_dim))
+                    * np.sqrt(feature_dim)
+                    / 4
+                )
+                per_crop = l2_normalize(feats[None] + noise)
             klass = SYNTHETIC_CLASSES[index // 2 % len(SYNTHETIC_CLASSES)] if anomalous else "Normal"
             video_id = f"{klass}{index:03d}_{split}" if anomalous else f"Normal_Videos_{index:03d}_{split}"
             rows.append(
@@ -54,7 +70,8 @@ def synthetic_rows(
                     "num_frames": num_frames,
                     "anomaly_intervals": intervals,
                     "backbone": backbone,
-                    "features": l2_normalize(feats),
+                    "features": l2_normalize(feats) if per_crop is None else per_crop.mean(axis=0),
+                    "features_crops": per_crop,
                     "fps": 30.0,
                     "source_uri": None,
                 }
@@ -72,6 +89,7 @@ def make_feature_store(uri: str, *, rows_per_part: int = 64, **kwargs) -> str:
             feature_dim=int(rows[0]["features"].shape[-1]),
             source="synthetic",
             random_weights=True,
+            crops=kwargs.get("crops") if kwargs.get("crops", 1) > 1 else None,
         ),
     )
     for start in range(0, len(rows), rows_per_part):

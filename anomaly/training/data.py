@@ -30,6 +30,7 @@ from ray.data.expressions import Expr, col
 from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.config import TrainConfig
+from anomaly.crops import CROPS_COLUMN, expand_crop_bags
 from anomaly.errors import AnomalyError
 from anomaly.normalization import floor_std, normalization_space
 from anomaly.segments import NUM_SEGMENTS
@@ -66,6 +67,7 @@ class TrainingInputs:
     store_metadata: dict  # StoreMetadata.to_dict() of the store, copied into every checkpoint
     seed: int = 0
     cached: dict | None = None  # "abnormal" / "normal" / "val" -> a materialized Ray dataset
+    crops: int = 1  # crops per video read as bags of their own (config crops "bags" on a ten-crop store)
 
     @property
     def feature_dim(self) -> int:
@@ -112,14 +114,25 @@ def _train_rows(inputs: TrainingInputs, label: int | None = None) -> Expr:
     return where if label is None else where & (col("label") == label)
 
 
+def read_bags(
+    inputs: TrainingInputs, where: Expr, *, shuffle: FileShuffleConfig | None = None
+) -> ray.data.Dataset:
+    """Training bags (a ``features`` column): each crop a bag of its own when ``inputs.crops > 1``."""
+    if inputs.crops == 1:
+        return read_rows(inputs, ["features"], where, shuffle=shuffle)
+    rows = read_rows(inputs, [CROPS_COLUMN], where, shuffle=shuffle)
+    return rows.map_batches(expand_crop_bags, batch_format="pyarrow", num_cpus=READ_CPUS)
+
+
 def _stream(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
     """The three datasets read from the store (every execution reads it again, in a new file order)."""
     shuffle = FileShuffleConfig(seed=inputs.seed)  # reseeded for every execution: a new order each epoch
     sets = {
-        name: read_rows(inputs, ["features"], _train_rows(inputs, label), shuffle=shuffle)
+        name: read_bags(inputs, _train_rows(inputs, label), shuffle=shuffle)
         for name, label in (("abnormal", 1), ("normal", 0))
     }
-    sets["val"] = read_rows(inputs, VAL_COLUMNS, col("video_id").is_in(list(inputs.val_ids)))
+    val_columns = VAL_COLUMNS + ([CROPS_COLUMN] if inputs.crops > 1 else [])  # crop scores are averaged
+    sets["val"] = read_rows(inputs, val_columns, col("video_id").is_in(list(inputs.val_ids)))
     return sets
 
 
@@ -203,26 +216,27 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         logger.warning("%s: duplicate video rows are trained on as often as they occur", store)
     train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
     files = tuple(feature_store.part_files(store))
+    meta = feature_store.read_metadata(store)
+    crops = (meta.crops or 1) if meta is not None and config.crops == "bags" else 1
     inputs = TrainingInputs(
         store=store,
         files=files,
         val_ids=tuple(ids[i] for i in val_idx),
-        num_abnormal=int((labels[train_idx] == 1).sum()),
-        num_normal=int((labels[train_idx] == 0).sum()),
+        num_abnormal=int((labels[train_idx] == 1).sum()) * crops,
+        num_normal=int((labels[train_idx] == 0).sum()) * crops,
         mean=np.zeros(0, dtype=np.float32),
         std=np.zeros(0, dtype=np.float32),
-        store_metadata=meta.to_dict() if (meta := feature_store.read_metadata(store)) else {},
+        store_metadata=meta.to_dict() if meta is not None else {},
         seed=config.seed,
+        crops=crops,
     )
     try:
-        mean, std = feature_statistics(
-            read_rows(inputs, ["features"], _train_rows(inputs)), config.feature_norm
-        )
+        mean, std = feature_statistics(read_bags(inputs, _train_rows(inputs)), config.feature_norm)
     except ValueError as exc:  # rows of different shapes
         raise AnomalyError(store, f"features: {exc}") from exc
     cached = None
     if cache is None:
-        cache = _fits_object_store(len(labels), len(mean))
+        cache = _fits_object_store(len(labels) * crops, len(mean))  # a bag per crop
     if cache:
         # Small enough: read once into Ray's object store (spilled to disk under pressure), so
         # epochs and Tune trials do not read and decode the Parquet files again.

@@ -22,11 +22,11 @@ from ray.train import Checkpoint
 
 from anomaly.checkpoints import CHECKPOINT_FILE, checkpoint_payload, score_bags
 from anomaly.config import TrainConfig
+from anomaly.crops import score_crop_batch
 from anomaly.heads import Head, build_head
 from anomaly.losses import mil_loss
 from anomaly.metrics import evaluate_frames, video_auc
 from anomaly.selection import WeightAverage, selects_by_validation
-from anomaly.store import features_from_arrow
 from anomaly.training.checkpoints import load_checkpoint_payload
 from anomaly.training.data import BagStream, TrainingInputs, rank_batch
 
@@ -110,7 +110,7 @@ def score_validation(model: Head, shard) -> dict:
     inner = model.module if hasattr(model, "module") else model
     part = {"video_ids": [], "scores": [], "labels": [], "num_frames": [], "intervals": [], "classes": []}
     for batch in shard.iter_batches(batch_size=VAL_BATCH_BAGS, batch_format="pyarrow"):
-        part["scores"].append(score_bags(inner, features_from_arrow(batch.column("features"))))
+        part["scores"].append(score_crop_batch(score_bags, inner, batch))  # crop scores averaged, if any
         part["video_ids"].extend(batch.column("video_id").to_pylist())
         part["labels"].extend(batch.column("label").to_pylist())
         part["num_frames"].extend(-1 if n is None else n for n in batch.column("num_frames").to_pylist())
