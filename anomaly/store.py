@@ -634,7 +634,8 @@ def iter_clip_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Clip rows of ``video_ids`` from ``files`` (scheme-less paths), in record batches (bounded memory)."""
     filesystem, _ = uris.pyarrow_filesystem(store)
-    dataset = pads.dataset(list(files), format="parquet", filesystem=filesystem, schema=CLIP_SCHEMA)
+    paths = [uris.strip_scheme(path) for path in files]
+    dataset = pads.dataset(paths, format="parquet", filesystem=filesystem, schema=CLIP_SCHEMA)
     wanted = pa.array(sorted(set(video_ids)), type=pa.string())
     yield from dataset.to_batches(
         columns=list(columns) if columns else None,
