@@ -50,7 +50,13 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def _describe(bundle: Mapping[str, float]) -> str:
-    return ", ".join(f"{value:g} {key}" for key, value in bundle.items() if value)
+    """``1 CPU, 1 GPU``: the schedulable resources only (not memory, node ids, accelerator types)."""
+    hidden = ("memory", "object_store_memory")
+    return ", ".join(
+        f"{value:g} {key}"
+        for key, value in sorted(bundle.items(), key=lambda kv: (kv[0] not in ("CPU", "GPU"), kv[0]))
+        if value and key not in hidden and not key.startswith(("node:", "accelerator_type:"))
+    )
 
 
 def _fits(bundle: Mapping[str, float]) -> bool:

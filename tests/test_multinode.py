@@ -217,11 +217,11 @@ def test_jobs_wait_for_late_nodes_survive_a_lost_one_and_run_nothing_on_the_head
     ]
     assert rows
     on_head = [
-        (get(row, "type"), get(row, "name") or get(row, "class_name"))
+        (get(row, "type"), get(row, "class_name"), get(row, "name"))
         for row in rows
         if get(row, "node_id") == head_id
         and get(row, "type") != "DRIVER_TASK"
-        and not any(name in str(get(row, "name") or get(row, "class_name")) for name in RAY_INTERNAL)
+        and not any(name in f"{get(row, 'class_name')} {get(row, 'name')}" for name in RAY_INTERNAL)
     ]
     assert on_head == [], sorted(set(on_head))
     assert any(get(row, "node_id") not in (None, head_id) for row in rows)
