@@ -44,6 +44,7 @@ RAY_INTERNAL = (
     "DatasetManager",
     "SynchronizationActor",
     "PlacementGroupCleaner",
+    "PreemptionWatcher",
     "_StatsActor",
     "ActorLocationTracker",
     "_AutoscalingCoordinatorActor",
