@@ -630,18 +630,24 @@ def remove_clip_run(store: str, run: str) -> None:
 
 
 def iter_clip_batches(
-    store: str, files: Sequence[str], video_ids: Iterable[str], *, columns: Sequence[str] | None = None
+    store: str,
+    files: Sequence[str],
+    video_ids: Iterable[str],
+    *,
+    columns: Sequence[str] | None = None,
+    clip_range: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Clip rows of ``video_ids`` from ``files`` (scheme-less paths), in record batches (bounded memory)."""
     filesystem, _ = uris.pyarrow_filesystem(store)
     paths = [uris.strip_scheme(path) for path in files]
     dataset = pads.dataset(paths, format="parquet", filesystem=filesystem, schema=CLIP_SCHEMA)
     wanted = pa.array(sorted(set(video_ids)), type=pa.string())
-    yield from dataset.to_batches(
-        columns=list(columns) if columns else None,
-        filter=pads.field("video_id").isin(wanted),
-        batch_size=4096,
-    )
+    where = pads.field("video_id").isin(wanted)
+    if clip_range is not None:  # clips lo <= clip_index < hi (row groups outside are skipped by statistics)
+        where = (
+            where & (pads.field("clip_index") >= clip_range[0]) & (pads.field("clip_index") < clip_range[1])
+        )
+    yield from dataset.to_batches(columns=list(columns) if columns else None, filter=where, batch_size=4096)
 
 
 def read_clips(store: str, ids: Iterable[str] | None = None, *, cell: int | None = -1) -> pa.Table:
