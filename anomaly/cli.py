@@ -172,7 +172,12 @@ def clip_flags(*, clip_len: str, stride: str, crop: str) -> ArgumentParser:
 def model_actor_flags() -> ArgumentParser:
     """The Ray Data flags of ``extract`` and ``score``: model actors, decode tasks, part files."""
     parser = ArgumentParser(add_help=False)
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per model call")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="clips per model call (default: 16 on CPU; on GPU the backbone's: 64 c3d/r3d_18, 16 i3d, else 32)",
+    )
     parser.add_argument(
         "--num-gpus-per-actor", type=float, default=0.0, help="GPUs per model actor (0: run on CPU)"
     )
@@ -182,13 +187,26 @@ def model_actor_flags() -> ArgumentParser:
     parser.add_argument(
         "--concurrency",
         type=concurrency,
-        default=(1, 1),
-        help="model actors: N, or MIN,MAX for an autoscaling pool (e.g. 1,8 on 8 GPUs)",
+        default=None,
+        help="model actors: N, or MIN,MAX for an autoscaling pool (default: 1 on CPU; on GPU 1 up to every "
+        "GPU the cluster has or its autoscaler can add, shrinking when idle)",
     )
     parser.add_argument(
         "--decode-cpus", type=float, default=1.0, help="CPUs reserved per decoding task (one video each)"
     )
-    parser.add_argument("--device", default="auto", help="model device: auto, cpu or cuda")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="model device: auto, cpu or cuda; 'cpu' with --num-gpus-per-actor reserves the GPUs but runs "
+        "on CPU (fake GPU nodes in tests); without it a GPU actor whose torch sees no CUDA is refused",
+    )
+    parser.add_argument(
+        "--wait-for-resources",
+        type=_duration,
+        default="15m",
+        help="how long the job waits for nodes with its resources (GPU workers the autoscaler starts on "
+        "demand) before it stops with one line naming what is missing: 90s, 15m, 1h (0: do not wait)",
+    )
     parser.add_argument(
         "--flush-every",
         type=int,
@@ -210,6 +228,7 @@ EXTRACTION_FLAGS = (
     "decode_cpus",
     "device",
     "flush_every",
+    "wait_for_resources",
 )
 
 
@@ -234,6 +253,15 @@ def _number(text: str, kind: type, test, rule: str):
     if not test(value):
         raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
     return value
+
+
+def _duration(text: str) -> float:
+    from anomaly.cluster import parse_duration
+
+    try:
+        return parse_duration(text)
+    except AnomalyError as exc:
+        raise argparse.ArgumentTypeError(exc.what) from None
 
 
 def positive_int(text: str) -> int:

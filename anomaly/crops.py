@@ -119,22 +119,20 @@ def score_crop_batch(score_bags, model, batch) -> np.ndarray:
     return np.asarray(score_bags(model, feature_store.features_from_arrow(batch.column("features"))))
 
 
-def score_clip_crops(
-    score_clips, model, features: np.ndarray, window: int, *, context: int = 0, crop_scores: bool = True
-):
-    """Per-clip scores (``(clips,)``) of ``(clips, D)`` or ten-crop ``(clips, crops, D)`` features.
+def score_crops(score, features: np.ndarray, *, crop_scores: bool = True) -> np.ndarray:
+    """Per-clip scores of ``(clips, D)`` or ten-crop ``(clips, crops, D)`` features.
 
-    ``score_clips(model, (clips, D), window, context=…)`` is the scoring rule
-    (:func:`anomaly.scoring.windows.score_clips`). With crops: every crop is
-    scored as its own clip sequence and the scores averaged (``crop_scores``, a
-    model trained with ``crops: bags``), or the crops' mean is scored (``crops: mean``).
+    ``score((clips, D)) -> (clips,)`` is the scoring rule (a whole video's
+    :func:`anomaly.scoring.windows.score_clips`, or a chunk's ``score_clip_range``).
+    With crops: every crop is scored as its own clip sequence and the scores
+    averaged (``crop_scores``, a model trained with ``crops: bags``), or the
+    crops' mean is scored (``crops: mean``).
     """
     if features.ndim == 2:
-        return score_clips(model, features, window, context=context)
+        return score(features)
     if not crop_scores:
-        return score_clips(model, features.mean(axis=1), window, context=context)
-    per_crop = [score_clips(model, features[:, k], window, context=context) for k in range(features.shape[1])]
-    return np.mean(per_crop, axis=0).astype(np.float32)
+        return score(features.mean(axis=1))
+    return np.mean([score(features[:, k]) for k in range(features.shape[1])], axis=0).astype(np.float32)
 
 
 def crop_scores_of(payload: dict) -> bool:

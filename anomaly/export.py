@@ -81,18 +81,18 @@ def export_features(
 ) -> ExportReport:
     """Write every video of ``store`` (or of one ``split``) to ``out`` in ``fmt`` (see the module docstring)."""
     if fmt not in FORMATS:
-        raise AnomalyError("--format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise AnomalyError("format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if level not in LEVELS:
-        raise AnomalyError("--level", f"expected one of {', '.join(LEVELS)}, got {level!r}")
+        raise AnomalyError("level", f"expected one of {', '.join(LEVELS)}, got {level!r}")
     if level == "clips" and fmt != "rtfm-npy":
-        raise AnomalyError(
-            "--level", "clip-level export is for --format rtfm-npy; the others hold 32 segments"
-        )
+        raise AnomalyError("level", "clip-level export is for format rtfm-npy; the others hold 32 segments")
     metadata = feature_store.read_metadata(store)
     crops = (metadata.crops or 1) if metadata else 1
     if level == "clips" and not feature_store.clip_files(store):
         raise AnomalyError(
-            store, "no clip table (imported stores have only 32 segments): use --level segments"
+            store,
+            "no clip table (imported stores have only 32 segments, and extraction keeps clips only with "
+            "keep_clips): use level segments",
         )
     columns = ["split", "label", "features", *([CROPS_COLUMN] if crops > 1 else [])]
     report = ExportReport(out=out)

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -212,13 +213,23 @@ def write_parquet(uri: str, table: pa.Table) -> str:
 
 
 def write_rows(store: str, rows: Sequence[dict] | pa.Table) -> str | None:
-    """Append whole videos as one new part file, written atomically. Returns its URI."""
+    """Whole videos as one part file named after their ids (:func:`part_name`), written atomically."""
     table = rows if isinstance(rows, pa.Table) else make_table(rows)
     if table.num_rows == 0:
         return None
-    part = uris.join(store, f"part-{uuid.uuid4().hex}.parquet")
+    part = uris.join(store, part_name(table.column("video_id").to_pylist()))
     uris.write_bytes_atomic(part, _table_bytes(table.cast(SCHEMA)))
     return part
+
+
+def part_name(video_ids: Iterable[str]) -> str:
+    """``part-<sha256 of the sorted ids>.parquet``: the same videos always get the same name.
+
+    So a retried or repeated commit of a batch overwrites its own file instead of
+    writing its videos a second time.
+    """
+    digest = hashlib.sha256("\0".join(sorted(video_ids)).encode()).hexdigest()[:32]
+    return f"part-{digest}.parquet"
 
 
 def part_files(store: str) -> list[str]:
@@ -446,6 +457,15 @@ def ensure_metadata(store: str, settings: StoreMetadata) -> StoreMetadata:
     return existing
 
 
+def note_kept_clips(store: str) -> None:
+    """Say in ``_store.json`` that the clip table is kept (``--keep-clips``), for pooling again later."""
+    uri = uris.join(store, METADATA_FILE)
+    data = json.loads(uris.read_bytes(uri))
+    if data.get("clip_table") != "kept":
+        data["clip_table"] = "kept"
+        uris.write_bytes_atomic(uri, json.dumps(data, indent=2).encode())
+
+
 # --- failures -------------------------------------------------------------------------------
 
 _LOG_SCHEMA = pa.schema([*FAILURES_SCHEMA, pa.field("time", pa.float64())])
@@ -497,33 +517,45 @@ def _write_summary(store: str) -> None:
     uris.write_bytes_atomic(uris.join(store, FAILURES_FILE), _table_bytes(read_failures(store)))
 
 
-def record_failures(store: str, failures: Sequence[dict]) -> None:
-    """Append failures to the log (latest reason per URI wins), then refresh the summary file."""
+def _carry_old_summary(store: str) -> None:
+    """A store from before the log keeps its failures in the summary only: copy them into the log once."""
+    fs, path = uris.filesystem(uris.join(store, FAILURES_LOG))
+    if not fs.exists(path) and uris.exists(uris.join(store, FAILURES_FILE)):
+        _append_log(store, read_failures(store).to_pylist())
+
+
+def record_failures(store: str, failures: Sequence[dict], *, summary: bool = True) -> None:
+    """Append failures to the log (latest reason per URI wins); the log is never read here.
+
+    ``summary=False`` leaves ``_failures.parquet`` to :func:`write_failure_summary` (a job calls
+    it once at its end: rewriting it per write made a long job's failure I/O quadratic).
+    """
     if not failures:
         return
-    if not _log_entries(store) and uris.exists(uris.join(store, FAILURES_FILE)):
-        _append_log(store, read_failures(store).to_pylist())  # carry an old store's failures into the log
+    _carry_old_summary(store)
     _append_log(store, failures)
-    _write_summary(store)
+    if summary:
+        _write_summary(store)
 
 
-def clear_failures(store: str, uris_done: Iterable[str]) -> None:
-    """Forget failures of videos that have since been extracted (an append, never a rewrite)."""
-    done = set(uris_done)
+def clear_failures(store: str, uris_done: Iterable[str], *, summary: bool = True) -> None:
+    """Forget failures of videos that have since been extracted (an append, never a read or rewrite).
+
+    A "cleared" entry for a URI that never failed is harmless: readers drop it.
+    """
+    done = sorted(set(uris_done))
     if not done:
         return
-    failed = read_failures(store)
-    if failed.num_rows == 0:
-        return
-    cleared = [
-        {"uri": row["uri"], "video_id": row["video_id"], "reason": "", "stage": _CLEARED}
-        for row in failed.to_pylist()
-        if row["uri"] in done
-    ]
-    if cleared:
-        if not _log_entries(store):
-            _append_log(store, failed.to_pylist())
-        _append_log(store, cleared)
+    _carry_old_summary(store)
+    _append_log(store, [{"uri": uri, "video_id": "", "reason": "", "stage": _CLEARED} for uri in done])
+    if summary:
+        _write_summary(store)
+
+
+def write_failure_summary(store: str) -> None:
+    """Rewrite ``_failures.parquet`` from the log (once per job), if there is a log."""
+    fs, path = uris.filesystem(uris.join(store, FAILURES_LOG))
+    if fs.exists(path):
         _write_summary(store)
 
 
@@ -547,38 +579,79 @@ def clips_to_table(columns: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(out, schema=CLIP_SCHEMA)
 
 
-def write_clip_file(store: str, table: pa.Table) -> str:
-    """Write clip rows as one atomic file named after its (video, cell, clip) keys.
+def new_clip_run() -> str:
+    """The clip-table folder of one run (``_clips/run-<time>-<random>``): no run touches another's files."""
+    return f"run-{int(time.time())}-{uuid.uuid4().hex[:8]}"
+
+
+def write_clip_file(store: str, table: pa.Table, run: str = "") -> str:
+    """Write clip rows as one atomic file named after its (video, cell, clip) keys, in ``_clips/RUN``.
 
     The same clips always get the same name, so a retried task overwrites its
     own file instead of adding a second copy.
     """
     keys = pa.table({k: table.column(k) for k in ("video_id", "cell", "clip_index")})
     digest = hashlib.sha256(_table_bytes(keys)).hexdigest()[:32]
-    uri = uris.join(store, CLIPS_DIR, f"part-{digest}.parquet")
+    uri = uris.join(store, CLIPS_DIR, *([run] if run else []), f"part-{digest}.parquet")
     uris.write_bytes_atomic(uri, _table_bytes(table))
     return uri
 
 
 def clip_files(store: str) -> list[str]:
+    """Every clip file of the store, every run's folder included (scheme-less paths)."""
     fs, path = uris.filesystem(uris.join(store, CLIPS_DIR))
     if not fs.exists(path):
         return []
-    return sorted(fs.glob(f"{path.rstrip('/')}/part-*.parquet"))
+    found = fs.find(path)
+    return sorted(f for f in found if f.rsplit("/", 1)[-1].startswith("part-") and f.endswith(".parquet"))
+
+
+def remove_clip_files(store: str, files: Iterable[str]) -> int:
+    """Delete clip files (as :func:`write_clip_file` named them); missing ones are fine. Returns the count."""
+    removed = 0
+    for uri in files:
+        fs, path = uris.filesystem(
+            uri if "://" in uri or uris.is_local(store) else uris.in_scheme_of(store, uri)
+        )
+        try:
+            fs.rm_file(path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def remove_clip_run(store: str, run: str) -> None:
+    """Remove a run's clip folder once it is empty (object stores have no folders to remove)."""
+    if not run or not uris.is_local(store):
+        return
+    _, path = uris.filesystem(uris.join(store, CLIPS_DIR, run))
+    try:
+        os.rmdir(path)
+        os.rmdir(os.path.dirname(path))  # _clips itself, when no other run has files there
+    except OSError:
+        pass
 
 
 def iter_clip_batches(
-    store: str, files: Sequence[str], video_ids: Iterable[str], *, columns: Sequence[str] | None = None
+    store: str,
+    files: Sequence[str],
+    video_ids: Iterable[str],
+    *,
+    columns: Sequence[str] | None = None,
+    clip_range: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Clip rows of ``video_ids`` from ``files`` (scheme-less paths), in record batches (bounded memory)."""
     filesystem, _ = uris.pyarrow_filesystem(store)
-    dataset = pads.dataset(list(files), format="parquet", filesystem=filesystem, schema=CLIP_SCHEMA)
+    paths = [uris.strip_scheme(path) for path in files]
+    dataset = pads.dataset(paths, format="parquet", filesystem=filesystem, schema=CLIP_SCHEMA)
     wanted = pa.array(sorted(set(video_ids)), type=pa.string())
-    yield from dataset.to_batches(
-        columns=list(columns) if columns else None,
-        filter=pads.field("video_id").isin(wanted),
-        batch_size=4096,
-    )
+    where = pads.field("video_id").isin(wanted)
+    if clip_range is not None:  # clips lo <= clip_index < hi (row groups outside are skipped by statistics)
+        where = (
+            where & (pads.field("clip_index") >= clip_range[0]) & (pads.field("clip_index") < clip_range[1])
+        )
+    yield from dataset.to_batches(columns=list(columns) if columns else None, filter=where, batch_size=4096)
 
 
 def read_clips(store: str, ids: Iterable[str] | None = None, *, cell: int | None = -1) -> pa.Table:

@@ -1,13 +1,19 @@
 """One place that turns a URI (local path, ``s3://``, any fsspec URI) into filesystems.
 
-Why: pyarrow's own S3 filesystem ignores ``AWS_ENDPOINT_URL`` (MinIO, Ceph,
-LocalStack, moto) while s3fs honours it, so every reader and writer, Ray Data's
-included, gets an explicit fsspec-backed filesystem from here.
+- :func:`filesystem`: fsspec (s3fs for ``s3://``), for listings, small objects
+  and atomic or conditional writes;
+- :func:`pyarrow_filesystem`: pyarrow's native filesystem where it has one
+  (local, ``s3://`` — ``pyarrow.fs.FileSystem.from_uri`` honours
+  ``AWS_ENDPOINT_URL`` since pyarrow 15, checked against moto with pyarrow 26),
+  so Parquet and checkpoint bytes do not go through a Python layer; any other
+  scheme gets fsspec wrapped for pyarrow. Set ``ANOMALY_FSSPEC_PARQUET=1`` to
+  route S3 through fsspec as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import re
@@ -62,11 +68,30 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem (wrapping fsspec) and the scheme-less path, for pyarrow and Ray."""
+    """A pyarrow filesystem (native where pyarrow has one) and the scheme-less path, for pyarrow and Ray."""
     fs, path = filesystem(uri)
     if is_local(uri):
         return pafs.LocalFileSystem(), path
+    if _protocol(uri) in ("s3", "s3a") and os.environ.get("ANOMALY_FSSPEC_PARQUET", "0") != "1":
+        bucket = path.split("/", 1)[0]
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+        try:
+            return _native_s3(bucket, endpoint), path
+        except (OSError, ValueError):  # no region for the bucket, an odd endpoint: fsspec as before
+            pass
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+@functools.lru_cache(maxsize=64)
+def _native_s3(bucket: str, endpoint: str) -> pafs.FileSystem:
+    """pyarrow's S3 filesystem for ``bucket`` (``endpoint``: the cache key; from_uri reads the env)."""
+    native, _ = pafs.FileSystem.from_uri(f"s3://{bucket}")
+    return native
+
+
+def strip_scheme(path: str) -> str:
+    """``s3://bucket/key`` -> ``bucket/key`` (what a pyarrow filesystem takes); other paths unchanged."""
+    return path.split("://", 1)[1] if "://" in path else path
 
 
 def join(uri: str, *parts: str) -> str:

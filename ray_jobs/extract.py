@@ -3,7 +3,7 @@
 python -m ray_jobs.extract VIDEOS --out STORE --backbone NAME --weights PATH_OR_URI|none
     [--annotations FILE] [--frame-counts FILE ...] [--clip-len N] [--stride N] [--crop H,W]
     [--batch-size N] [--num-gpus-per-actor F] [--concurrency MIN,MAX] [--fps FPS] [--grid GxG]
-    [--window-seconds S] [--crops 1|10]
+    [--window-seconds S] [--crops 1|10] [--wait-for-resources 15m] [--keep-clips] [--device auto|cpu|cuda]
     [--dataset ucf_crime|ucsd|avenue|shanghaitech|auto [--labels URI] [--masks URI] [--train-list FILE]]
 
 Folders of image frames (.tif/.jpg/.png/.bmp) are videos too. With --dataset ucsd, avenue or
@@ -108,6 +108,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also extract per-cell features on a GxG grid (2x2, 3x3) for localisation heat maps and "
         "region-level evaluation (default 1x1: none)",
     )
+    parser.add_argument(
+        "--keep-clips",
+        action="store_true",
+        help="keep the clip table (STORE/_clips) of committed videos, for pooling again with other "
+        "segment counts; recorded in _store.json (default: a committed video's clip files are removed)",
+    )
     cli.add_ray_arguments(parser)
     return parser
 
@@ -122,6 +128,7 @@ def settings_from_args(args: argparse.Namespace) -> ExtractionSettings:
         grid=parse_grid(args.grid),
         window_seconds=args.window_seconds,
         crops=args.crops,
+        keep_clips=args.keep_clips,
     )
 
 

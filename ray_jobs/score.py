@@ -99,6 +99,7 @@ def job_from_args(args: argparse.Namespace, payload: dict):
         device=args.device,
         flush_every=args.flush_every,
         fps=args.fps_default,
+        wait_for_resources=args.wait_for_resources,
     )
     return ScoringJob(
         checkpoint=args.checkpoint,

@@ -107,5 +107,5 @@ def test_command_and_its_errors(tmp_path, truth, capsys):
     assert "exported 2 videos" in capsys.readouterr().out
     with pytest.raises(AnomalyError, match="no clip table"):
         export_features(store, str(tmp_path / "x"), "rtfm-npy", level="clips")
-    with pytest.raises(AnomalyError, match="for --format rtfm-npy"):
+    with pytest.raises(AnomalyError, match="for format rtfm-npy"):
         export_features(store, str(tmp_path / "x"), "npy", level="clips")

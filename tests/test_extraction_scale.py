@@ -177,17 +177,37 @@ def test_two_runs_with_other_settings_at_once_one_is_refused(tmp_path, s3_bucket
         assert feature_store.read_failures(store).column("video_id").to_pylist() == ["b"]
 
 
-def test_gpus_asked_for_without_cuda_is_one_line(tmp_path, ray_cluster):
+def test_gpus_not_in_the_cluster_are_waited_for_then_one_line(tmp_path, ray_cluster, caplog):
+    """No refusal up front: the job waits (saying so) for a GPU node, and --wait-for-resources ends it."""
     video = make_video(str(tmp_path / "v.mp4"), num_frames=8, height=32, width=32)
     store = tmp_path / "store"
-    with pytest.raises(AnomalyError, match=r"--num-gpus-per-actor: .*the Ray cluster has no GPU") as caught:
-        extract([video.uri], str(store), replace(SETTINGS, num_gpus_per_actor=1.0))
-    assert "\n" not in str(caught.value) and not store.exists()
+    settings = replace(SETTINGS, num_gpus_per_actor=1.0, wait_for_resources=2.0)
+    with caplog.at_level("INFO", logger="anomaly.cluster"):
+        with pytest.raises(AnomalyError, match=r"waited \d+ s for a node with 1 CPU, 1 GPU") as caught:
+            extract([video.uri], str(store), settings)
+    assert caught.value.where == "--wait-for-resources" and "\n" not in str(caught.value)
+    assert any("waiting for a node with 1 CPU, 1 GPU" in r.getMessage() for r in caplog.records)
+    assert feature_store.video_ids(str(store)) == set()
     import torch
 
     if not torch.cuda.is_available():  # a node Ray gave a GPU to, where torch sees none
         with pytest.raises(AnomalyError, match="torch on this node sees no CUDA device"):
             ClipFeatureExtractor("r3d_18", None, crop=(32, 32), clip_len=8, require_gpu=True)
+
+
+def test_clip_rows_span_clip_len_whatever_the_stride(tmp_path, ray_cluster):
+    """Issue 22: with --stride 4 --clip-len 8 every clip row holds 8 frames (last = first + 7)."""
+    video = make_video(str(tmp_path / "v.mp4"), num_frames=40, height=32, width=32)
+    store = str(tmp_path / "store")
+    report = extract([video.uri], store, replace(SETTINGS, stride=4, keep_clips=True))
+    assert report.extracted == ["v"]
+    clips = feature_store.read_clips(store, ["v"]).to_pydict()
+    assert clips["clip_index"] == list(range(9))  # starts 0, 4, ..., 32
+    assert clips["first_frame"] == [4 * i for i in range(9)]
+    assert [last - first for first, last in zip(clips["first_frame"], clips["last_frame"], strict=True)] == [
+        7
+    ] * 9
+    assert feature_store.read_metadata(store).extra["clip_table"] == "kept"
 
 
 def test_camera_bucket_from_s3_to_s3(s3_bucket, ray_cluster, tmp_path):
@@ -211,7 +231,7 @@ def test_camera_bucket_from_s3_to_s3(s3_bucket, ray_cluster, tmp_path):
     uris.write_bytes_atomic(f"{videos}/cam04/broken.mp4", b"not a video\n")
     store = f"{s3_bucket}/stores/cctv"
 
-    report = extract(f"{videos}/", store, SETTINGS)
+    report = extract(f"{videos}/", store, replace(SETTINGS, keep_clips=True))
 
     assert sorted(report.extracted) == sorted([*cams, "cam04/odd"])
     assert [(f["video_id"], f["stage"]) for f in report.failed] == [("cam04/broken", "decode")]

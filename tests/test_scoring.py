@@ -352,3 +352,24 @@ def test_the_driver_receives_summary_rows_never_clip_features_and_resumes_from_p
     assert score_job.main(score_job.get_args_parser().parse_args([*argv, "--threshold", "0.9999"])) == 0
     expected = outputs.alarms_of(outputs.read_scores(str(out)), AlarmSettings(0.9999, 0.0))
     assert outputs.read_alarms(str(out)).num_rows == len(expected) < 3  # re-alarmed from the scores
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_scoring_in_chunks_gives_the_whole_videos_scores(context):
+    """Issue 20: a task scores a recording chunk by chunk (bounded memory), with the same scores."""
+    from anomaly.scoring.windows import halo_clips, score_clip_range
+
+    torch.manual_seed(0)
+    model = MILScorer(16)
+    feats = np.random.default_rng(0).normal(size=(103, 16)).astype(np.float32)
+    whole = score_clips(model, feats, 7, context=context)
+    n, chunk = len(feats), 20
+    halo = halo_clips(7, n, context)
+    parts = []
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        lo, hi = max(0, start - halo), min(n, end + halo)
+        parts.append(
+            score_clip_range(model, feats[lo:hi], lo=lo, n=n, window=7, start=start, end=end, context=context)
+        )
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-6)

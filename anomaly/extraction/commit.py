@@ -60,9 +60,18 @@ def _runs(index: np.ndarray) -> list[tuple[int, int]]:
 
 
 def write_clip_rows(
-    batch: dict[str, np.ndarray], *, store: str, stride: int, fps_default: float | None
+    batch: dict[str, np.ndarray],
+    *,
+    store: str,
+    clip_len: int,
+    fps_default: float | None,
+    run: str = "",
 ) -> dict:
-    """Ray Data ``map_batches`` function: clip rows -> the clip table; returns summary rows only."""
+    """Ray Data ``map_batches`` function: clip rows -> the clip table (``_clips/RUN``); summary rows out.
+
+    ``clip_len``: frames per clip, for ``last_frame`` (the model stage drops the clips themselves,
+    so the length cannot be read off the batch; it is not the stride either).
+    """
     kind = np.asarray(batch["kind"]).astype(str)
     clips = np.flatnonzero(kind == "clip")
     out: dict[str, list] = {name: [] for name in SUMMARY_COLUMNS}
@@ -76,7 +85,6 @@ def write_clip_rows(
         fps = np.asarray(batch["fps"], dtype=np.float64)[clips]
         if fps_default:
             fps = np.where(fps > 0, fps, fps_default)
-        clip_len = int(np.asarray(batch["clip"]).shape[1]) if "clip" in batch else stride
         columns = {
             "video_id": np.asarray(batch["video_id"]).astype(str)[clips],
             "window": np.asarray(batch["window"])[clips],
@@ -89,7 +97,7 @@ def write_clip_rows(
             "features": np.asarray(batch["features"])[clips].reshape(clips.size, -1),
         }
         table = feature_store.clips_to_table(columns)
-        path = feature_store.write_clip_file(store, table)
+        path = feature_store.write_clip_file(store, table, run)
         uris_ = np.asarray(batch["uri"]).astype(str)[clips]
         nwin = np.asarray(batch["num_windows"])[clips]
         keys = np.rec.fromarrays([columns["video_id"], columns["window"], columns["cell"]])

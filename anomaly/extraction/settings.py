@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 
 from anomaly import store as feature_store
 from anomaly import uris
+from anomaly.cluster import DEFAULT_WAIT_SECONDS
 from anomaly.crops import check_crops
 from anomaly.errors import AnomalyError
 from anomaly.extractors import BackboneSpec, get_backbone, load_backbone
 
 logger = logging.getLogger(__name__)
+
+CPU_BATCH_SIZE = 16
+# Clips per model call on one GPU by default: large enough to keep an A10G-class GPU busy at the
+# backbone's native input size, small enough for 24 GB in float16 (c3d 16x112x112, i3d 64x224x224).
+GPU_BATCH_SIZES = {"c3d": 64, "r3d_18": 64, "i3d": 16}
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,15 @@ class ExtractionSettings:
     ``clip_len``/``crop``: ``None`` keeps the backbone's own input size; giving
     them runs the backbone at another size (CPU demos, tests).
     ``stride``: frames between clip starts; ``None`` = ``clip_len`` (non-overlapping clips, as Sultani et al.).
-    ``concurrency``: ``(min, max)`` model actors (Ray Data's ``ActorPoolStrategy``).
+    ``concurrency``: ``(min, max)`` model actors (Ray Data's ``ActorPoolStrategy``); ``None``: one
+    actor on CPU, and on GPU a pool from 1 up to every GPU the cluster has or its autoscaler can add
+    (:meth:`actor_pool`), which Ray Data shrinks when idle.
+    ``batch_size``: clips per model call; ``None``: 16 on CPU, the backbone's GPU default on GPU
+    (:data:`GPU_BATCH_SIZES`).
+    ``wait_for_resources``: seconds a job waits for nodes holding one model actor and one decode
+    task (GPU workers that the autoscaler starts on demand) before it stops with one line.
+    ``keep_clips``: keep the clip table of committed videos (for pooling again with other
+    segment counts); by default a committed video's clip files are removed.
     ``flush_every``: finished videos per part file; smaller loses less on a kill, larger makes fewer files.
     ``fps``: frame rate of inputs that state none: frame folders (default there
     :data:`anomaly.video.frame_folder.DEFAULT_FPS`) and containers without a rate (else left empty).
@@ -47,10 +61,10 @@ class ExtractionSettings:
     clip_len: int | None = None
     stride: int | None = None
     crop: tuple[int, int] | None = None
-    batch_size: int = 16
+    batch_size: int | None = None
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 1.0
-    concurrency: tuple[int, int] = (1, 1)
+    concurrency: tuple[int, int] | None = None
     decode_num_cpus: float = 1.0
     device: str = "auto"
     amp: bool = True
@@ -58,7 +72,32 @@ class ExtractionSettings:
     fps: float | None = None
     grid: int = 1
     window_seconds: float = 300.0
+    wait_for_resources: float = DEFAULT_WAIT_SECONDS
+    keep_clips: bool = False
     crops: int = 1
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.num_gpus_per_actor > 0 and str(self.device) != "cpu"
+
+    def effective_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return GPU_BATCH_SIZES.get(self.backbone, 32) if self.on_gpu else CPU_BATCH_SIZE
+
+    def actor_pool(self) -> tuple[int, int]:
+        """``(min, max)`` model actors: the setting, else 1 on CPU, else 1..every GPU (needs Ray)."""
+        if self.concurrency is not None:
+            return self.concurrency
+        if self.num_gpus_per_actor <= 0:
+            return (1, 1)
+        from anomaly.cluster import max_gpus
+
+        return (1, max(1, int(max_gpus() // self.num_gpus_per_actor)))
+
+    def actor_bundle(self) -> dict[str, float]:
+        """What one model actor reserves (the job waits for a node that holds it)."""
+        return {"CPU": self.num_cpus_per_actor, "GPU": self.num_gpus_per_actor}
 
     @property
     def random_weights(self) -> bool:
@@ -79,7 +118,12 @@ class ExtractionSettings:
                 self.stride,
                 self.stride is None or (isinstance(self.stride, int) and self.stride >= 1),
             ),
-            ("--batch-size", self.batch_size, isinstance(self.batch_size, int) and self.batch_size >= 1),
+            (
+                "--batch-size",
+                self.batch_size,
+                self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+            ),
+            ("--wait-for-resources", self.wait_for_resources, self.wait_for_resources >= 0),
             ("--num-gpus-per-actor", self.num_gpus_per_actor, self.num_gpus_per_actor >= 0),
             ("--flush-every", self.flush_every, isinstance(self.flush_every, int) and self.flush_every >= 1),
             ("--fps-default", self.fps, self.fps is None or self.fps > 0),
@@ -92,7 +136,9 @@ class ExtractionSettings:
                 raise AnomalyError(where, f"invalid value {value!r}")
         check_crops(self.crops)
         if self.crops > 1 and self.grid > 1:
-            raise AnomalyError("--crops", "ten crops and a grid cannot be combined; choose one")
+            raise AnomalyError("crops", "ten crops and a grid cannot be combined; choose one")
+        if self.concurrency is None:
+            return spec
         low, high = self.concurrency
         if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
             raise AnomalyError("--concurrency", f"expected 1 <= MIN <= MAX, got {low},{high}")

@@ -24,8 +24,8 @@ the workers: the writer tasks put them in the clip table, and the scoring
 task reads a complete video's clips back from storage, so a video's clips are
 together where the head runs, and the driver sees per batch a handful of
 integers (runs of clip indices) and per video its clip count and alarms. The
-head is cheap next to the backbone (``benchmarks/score.py``), so a zero-CPU
-task beside the decode tasks and actors is enough; the model goes to the
+head is cheap next to the backbone (``benchmarks/score.py``), so a task with a
+quarter of a CPU beside the decode tasks and actors is enough; the model goes to the
 tasks once, as an object ref.
 
 Guarantees, as extraction's: a video is scored only when every clip of every
@@ -37,8 +37,11 @@ rest go on. A re-run skips videos already in ``OUT/scores`` and rebuilds
 ``alarms.*`` from every part's footer (a part written with other alarm
 settings, or by an older version, is re-alarmed from its own scores by a
 task), so a killed and resumed job writes the same outputs as an
-uninterrupted one. A run that finishes removes ``OUT/_clips``, the clip
-features it needed only until its videos were scored.
+uninterrupted one. Each run writes its clip features into its own folder
+``OUT/_clips/run-…`` and removes a clip file as soon as every video with
+clips in it is scored or failed (another run's files are never touched). The
+driver loop is extraction's (:mod:`anomaly.extraction.stream`); a scoring task
+that fails after its retries becomes its videos' failure records.
 """
 
 from __future__ import annotations
@@ -52,11 +55,13 @@ from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.alarms import Alarm, AlarmSettings
 from anomaly.checkpoints import MODEL_FILE, load_scorer, stored_metadata
+from anomaly.cluster import TASK_CPUS
 from anomaly.crops import crop_scores_of
 from anomaly.errors import AnomalyError
-from anomaly.extraction import ExtractionSettings, weights_tag
+from anomaly.extraction import ExtractionSettings, stream, weights_tag
 from anomaly.extraction.commit import TrackedVideo, VideoTracker
-from anomaly.extraction.pipeline import build_pipeline, check_gpus, plan, resolve_ids, sampling_of
+from anomaly.extraction.pipeline import resolve_ids, sampling_of
+from anomaly.extraction.stream import VideoSink
 from anomaly.scoring import outputs
 from anomaly.scoring.single import check_feature_dim, check_weights
 from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS, context_segments
@@ -67,8 +72,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ScoringJob", "ScoringReport", "creation_time", "extraction_settings", "prepare", "score_videos"]
 
-# Scoring tasks in flight at once: as extraction's pooling tasks, short, and more would compete with decoding.
-MAX_TASKS_IN_FLIGHT = 2
+# A scoring task runs the head with one torch thread: a share of a CPU, never 0 (a 0-CPU head would take it).
+SCORING_CPUS = TASK_CPUS
 
 
 @dataclass(frozen=True)
@@ -177,103 +182,56 @@ def prepare(job: ScoringJob):
     return model, payload, spec, weights
 
 
-class _Scorer:
-    """Driver side: complete videos from the tracker -> scoring tasks -> the report (small rows only)."""
+class _Scorer(VideoSink):
+    """Scoring's sink: complete videos -> scoring tasks (head, alarms, one scores part) -> the report."""
 
-    def __init__(
-        self, out: str, rules: ScoreRules, model, todo: dict[str, str], report, started, flush_every
-    ) -> None:
-        import ray
-
-        self.ray = ray
-        self.out, self.rules, self.todo, self.report = out, rules, todo, report
-        self.started, self.flush_every = started, flush_every
-        self.model = ray.put(model)  # once, not once per task
-        self.task = ray.remote(score_videos_task).options(num_cpus=0, max_retries=3)
-        self.pending: list[dict] = []
-        self.in_flight: list = []
-        self.new_failures: list[dict] = []
+    def __init__(self, out: str, rules: ScoreRules, model, todo: dict[str, str], report, flush_every) -> None:
+        super().__init__(out=out, todo=todo, flush_every=flush_every, keep_clips=False)
+        self.rules, self.report = rules, report
+        self.model = self.ray.put(model)  # once, not once per task
+        self.task = self.ray.remote(score_videos_task).options(num_cpus=SCORING_CPUS, max_retries=3)
         self.alarms_so_far = 0
-        self.counted_before = len(report.scored) + len(report.failed)
 
-    @property
-    def done(self) -> int:
-        return len(self.report.scored) + len(self.report.failed) - self.counted_before
+    def entry(self, video_id: str, video: TrackedVideo, num_clips: int) -> dict:
+        return {
+            "video_id": video_id,
+            "uri": video.uri,
+            "num_clips": num_clips,
+            "num_frames": int(video.num_frames),
+            "fps": float(video.fps),
+            "files": sorted(video.files),
+        }
 
-    def complete(self, video_id: str, video: TrackedVideo, num_clips: int) -> None:
-        self.pending.append(
-            {
-                "video_id": video_id,
-                "uri": video.uri,
-                "num_clips": num_clips,
-                "num_frames": int(video.num_frames),
-                "fps": float(video.fps),
-                "files": sorted(video.files),
-            }
-        )
-        if len(self.pending) >= self.flush_every:
-            self.submit()
+    def launch(self, entries: list[dict]):
+        return self.task.remote(self.out, entries, self.model, self.rules)
 
-    def submit(self) -> None:
-        if self.pending:
-            while len(self.in_flight) >= MAX_TASKS_IN_FLIGHT:
-                self.collect(wait=True)
-            self.in_flight.append(self.task.remote(self.out, self.pending, self.model, self.rules))
-            self.pending = []
-
-    def collect(self, *, wait: bool = False) -> None:
-        if not self.in_flight:
-            return
-        ready, self.in_flight = self.ray.wait(
-            self.in_flight, num_returns=1 if wait else len(self.in_flight), timeout=None if wait else 0
-        )
-        for ref in ready:
-            result = self.ray.get(ref)
-            for video_id, uri, reason in result["failed"]:
-                self.fail(video_id, uri, reason, "group")
-            if result["part"]:
-                feature_store.clear_failures(self.out, [video["source_uri"] for video in result["videos"]])
-                logger.info("committed %d videos to %s", len(result["videos"]), result["part"])
-            for uri in result["timelines"]:
-                self.report.written[f"timeline {uri.rsplit('/', 1)[-1]}"] = uri
-            for video in result["videos"]:
-                self.report.scored.append(video["video_id"])
-                self.report.num_clips += video["num_clips"]
-                self.alarms_so_far += len(video["alarms"])
-                elapsed = time.monotonic() - self.started
-                logger.info(
-                    "[%d/%d] %s: %d clips, %d alarms; %.1f clips/s, %d alarms so far",
-                    self.done,
-                    len(self.todo),
-                    video["video_id"],
-                    video["num_clips"],
-                    len(video["alarms"]),
-                    self.report.num_clips / max(elapsed, 1e-9),
-                    self.alarms_so_far,
-                )
-        self.flush_failures()
+    def accept(self, result: dict, entries: list[dict]) -> None:
+        for video_id, uri, reason in result["failed"]:
+            self.fail(video_id, uri, reason, "group")
+        if result["part"]:
+            self.clear_failures(video["source_uri"] for video in result["videos"])
+            logger.info("committed %d videos to %s", len(result["videos"]), result["part"])
+        for uri in result["timelines"]:
+            self.report.written[f"timeline {uri.rsplit('/', 1)[-1]}"] = uri
+        for video in result["videos"]:
+            self.report.scored.append(video["video_id"])
+            self.report.num_clips += video["num_clips"]
+            self.alarms_so_far += len(video["alarms"])
+            self.settle(video["video_id"])
+            elapsed = time.monotonic() - self.started
+            logger.info(
+                "%s %s: %d clips, %d alarms; %.1f clips/s, %d alarms so far",
+                self.progress(),
+                video["video_id"],
+                video["num_clips"],
+                len(video["alarms"]),
+                self.report.num_clips / max(elapsed, 1e-9),
+                self.alarms_so_far,
+            )
 
     def fail(self, video_id: str, uri: str, reason: str, stage: str) -> None:
-        failure = {
-            "uri": uri or self.todo.get(video_id, ""),
-            "video_id": video_id,
-            "reason": reason,
-            "stage": stage,
-        }
-        self.new_failures.append(failure)
-        self.report.failed.append(failure)
-        logger.warning("[%d/%d] %s failed (%s): %s", self.done, len(self.todo), failure["uri"], stage, reason)
-
-    def flush_failures(self) -> None:
-        if self.new_failures:
-            feature_store.record_failures(self.out, self.new_failures)
-            self.new_failures = []
-
-    def drain(self) -> None:
-        self.submit()
-        while self.in_flight:
-            self.collect(wait=True)
-        self.flush_failures()
+        super().fail(video_id, uri, reason, stage)
+        self.report.failed.append(self.failed[-1])
 
 
 def rebuild_alarms(out: str, settings: AlarmSettings) -> list[tuple[Alarm, dict]]:
@@ -298,12 +256,6 @@ def rebuild_alarms(out: str, settings: AlarmSettings) -> list[tuple[Alarm, dict]
     return outputs.from_records(records)
 
 
-def _remove_clip_table(out: str) -> None:
-    fs, path = uris.filesystem(uris.join(out, feature_store.CLIPS_DIR))
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
 def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prepared=None) -> ScoringReport:
     """Score every video not yet in ``OUT/scores``, then rebuild ``alarms.*`` of all of them (small rows)."""
     started = time.monotonic()
@@ -311,7 +263,6 @@ def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prep
     model, payload, spec, weights = prepared or prepare(job)
     settings = job.extraction
     ids, list_failures = resolve_ids(videos)
-    check_gpus(settings)
     outputs.ensure_settings(
         out, scoring_settings_record(_checkpoint_sha(job.checkpoint), settings, spec, job, weights)
     )
@@ -340,29 +291,17 @@ def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prep
         crops=settings.crops,
         crop_scores=crop_scores_of(payload),
     )
-    scorer = _Scorer(out, rules, model, todo, report, started, settings.flush_every)
+    scorer = _Scorer(out, rules, model, todo, report, settings.flush_every)
     scorer.new_failures.extend(list_failures)
     tracker = VideoTracker(clip_len=spec.clip_len, stride=sampling.stride, cells=0)
-    finished = False
+    run = feature_store.new_clip_run()  # this run's own clip folder: no other run's files are touched
     try:
         if todo:
-            windows = plan(todo, sampling)
-            for batch in build_pipeline(windows, settings, spec, out).iter_batches(
-                batch_size=None, batch_format="numpy"
-            ):
-                complete, failed = tracker.consume(batch)
-                for video_id, uri, reason in failed:
-                    scorer.fail(video_id, uri, reason, "decode")
-                for video_id, video in complete:
-                    scorer.complete(video_id, video, tracker.num_clips(video))
-                scorer.collect()
-            for video_id, uri, reason in tracker.finish(todo):
-                scorer.fail(video_id, uri, reason, "group")
-        finished = True
+            stream.wait_for_cluster(settings, f"scoring of {len(todo)} videos")
+            stream.run(stream.build_pipeline(todo, settings, spec, sampling, out, run), tracker, scorer)
     finally:
-        scorer.drain()  # complete videos are whole: scoring them on the way out keeps finished work
-    if finished:
-        _remove_clip_table(out)
+        scorer.drain()
+        feature_store.remove_clip_run(out, run)
     report.seconds = time.monotonic() - started
     report.alarms = rebuild_alarms(out, job.alarms)
     report.num_alarms = len(report.alarms)

@@ -22,7 +22,7 @@ import numpy as np
 from anomaly import uris
 from anomaly.alarms import DEFAULT_THRESHOLD, Alarm, AlarmSettings, find_alarms
 from anomaly.checkpoints import load_scorer, stored_metadata
-from anomaly.crops import crop_scores_of, score_clip_crops, ten_crop
+from anomaly.crops import crop_scores_of, score_crops, ten_crop
 from anomaly.errors import AnomalyError
 from anomaly.extractors import ClipFeatureExtractor
 from anomaly.scoring.windows import (
@@ -175,13 +175,9 @@ def score_video(uri: str, checkpoint: str, **overrides) -> VideoScores:
     settings = settings_from_checkpoint(payload, **overrides)
     feats, num_frames, fps = clip_features(uri, settings)
     check_feature_dim(uri, settings.backbone, feats.shape[-1], model.feature_dim)
-    scores = score_clip_crops(
-        score_clips,
-        model,
-        feats,
-        settings.window(fps),
-        context=context_segments(payload, model),
-        crop_scores=settings.crop_scores,
+    window, context = settings.window(fps), context_segments(payload, model)
+    scores = score_crops(
+        lambda f: score_clips(model, f, window, context=context), feats, crop_scores=settings.crop_scores
     )
     return VideoScores(
         video_id=video_id_from_uri(uri),

@@ -81,6 +81,59 @@ def _run(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
 
 
+def window_means(features: np.ndarray, lo: int, n: int, window: int, centres: np.ndarray) -> np.ndarray:
+    """The L2-normalised window means of clips ``centres`` of an ``n``-clip video (the rule above).
+
+    ``features``: the video's clips ``lo .. lo + len(features)``, which must hold every clip of the
+    centres' windows; only this slice is summed (float64), so memory follows the slice, not ``n``.
+    """
+    feats = np.asarray(features, dtype=np.float32)
+    w = max(1, min(int(window), n))
+    low = np.clip(centres - (w - 1) // 2, 0, n - w)
+    high = low + w
+    sums = np.zeros((len(feats) + 1, feats.shape[1]), dtype=np.float64)
+    np.cumsum(feats, axis=0, dtype=np.float64, out=sums[1:])
+    means = (sums[high - lo] - sums[low - lo]) / w
+    return l2_normalize(means.astype(np.float32))
+
+
+def halo_clips(window: int, n: int, context: int) -> int:
+    """Clips beyond a range that scoring the range reads: its windows and, for context heads, theirs."""
+    return (max(0, context) + 1) * max(1, min(int(window), n))
+
+
+def score_clip_range(
+    model: torch.nn.Module,
+    features: np.ndarray,
+    *,
+    lo: int,
+    n: int,
+    window: int,
+    start: int,
+    end: int,
+    context: int = 0,
+    batch: int = 1024,
+) -> np.ndarray:
+    """Scores of clips ``start .. end`` of an ``n``-clip video from its clips ``lo .. lo + len(features)``.
+
+    The slice must reach :func:`halo_clips` beyond ``start .. end`` (clipped at the video's ends);
+    the scores are those :func:`score_clips` gives for the whole video.
+    """
+    model.eval()
+    if context <= 0:
+        means = window_means(features, lo, n, window, np.arange(start, end))
+        return _run(model, means, batch).reshape(-1).astype(np.float32)
+    offsets = np.arange(-context, context + 1) * max(1, min(int(window), n))
+    index = np.clip(np.arange(start, end)[:, None] + offsets[None, :], 0, n - 1)  # (M, 2K+1) centres
+    first, last = int(index.min()), int(index.max()) + 1
+    means = window_means(features, lo, n, window, np.arange(first, last))
+    rows, step = [], max(1, batch // len(offsets))
+    for at in range(0, len(index), step):
+        sequences = means[index[at : at + step] - first]
+        rows.append(_run(model, sequences, len(sequences))[:, context])
+    return np.concatenate(rows).astype(np.float32)
+
+
 def score_clips(
     model: torch.nn.Module,
     clip_features: np.ndarray,
@@ -90,18 +143,13 @@ def score_clips(
     batch: int = 1024,
 ) -> np.ndarray:
     """One score per clip (``(N,)`` float32) with the window rule above; ``context`` > 0 for sequence heads."""
-    model.eval()
-    windows = window_features(clip_features, window)
-    if context <= 0:
-        return _run(model, windows, batch).reshape(-1).astype(np.float32)
-    n = len(windows)
-    offsets = np.arange(-context, context + 1) * max(1, min(int(window), n))
-    index = np.clip(np.arange(n)[:, None] + offsets[None, :], 0, n - 1)  # (N, 2K+1) window centres
-    rows = []
-    for start in range(0, n, max(1, batch // len(offsets))):
-        sequences = windows[index[start : start + max(1, batch // len(offsets))]]
-        rows.append(_run(model, sequences, len(sequences))[:, context])
-    return np.concatenate(rows).astype(np.float32)
+    feats = np.asarray(clip_features)
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ValueError(f"expected (clips, dim) features, got shape {feats.shape}")
+    n = len(feats)
+    return score_clip_range(
+        model, feats, lo=0, n=n, window=window, start=0, end=n, context=context, batch=batch
+    )
 
 
 def clip_frame_scores(clip_scores: np.ndarray, num_frames: int, stride: int) -> np.ndarray:

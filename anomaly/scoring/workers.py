@@ -4,9 +4,11 @@
 task) for every ``flush_every`` complete videos, in the place where extraction
 launches :func:`anomaly.extraction.commit.commit_videos`. It runs on a worker:
 
-1. reads the videos' clip rows back from the clip table files the driver's
-   :class:`~anomaly.extraction.commit.VideoTracker` named (record batches; a
-   clip written twice by a retried task counts once);
+1. reads each video's clip rows back from the clip table files the driver's
+   :class:`~anomaly.extraction.commit.VideoTracker` named, ``SCORE_CHUNK`` clips
+   (plus the windows around them) at a time, so memory is bounded by the window
+   and the chunk, not by the recording's length (a clip written twice by a
+   retried task counts once);
 2. scores every clip with the head (:func:`anomaly.scoring.windows.score_clips`:
    the clip-window rule, context for sequence heads) and finds the alarms
    (:func:`anomaly.alarms.find_alarms`, through :func:`outputs.video_alarms`);
@@ -29,9 +31,9 @@ import numpy as np
 from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.alarms import AlarmSettings
-from anomaly.crops import score_clip_crops
+from anomaly.crops import score_crops
 from anomaly.scoring import outputs
-from anomaly.scoring.windows import clip_times, score_clips, window_clips
+from anomaly.scoring.windows import clip_times, halo_clips, score_clip_range, window_clips
 
 logger = logging.getLogger(__name__)
 
@@ -74,32 +76,53 @@ def creation_time(uri: str) -> str:
         return ""
 
 
-def read_clip_features(
-    out: str, videos: Sequence[dict], dim: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``id -> ((clips, D) features, seen mask)`` of the full-frame clips of ``videos`` from the clip table."""
-    gathered = {
-        video["video_id"]: (
-            np.zeros((video["num_clips"], dim), np.float32),
-            np.zeros(video["num_clips"], bool),
-        )
-        for video in videos
-    }
-    files = sorted({path for video in videos for path in video["files"]})
-    columns = ["video_id", "cell", "clip_index", "features"]
-    for batch in feature_store.iter_clip_batches(out, files, list(gathered), columns=columns):
-        vids = np.asarray(batch.column("video_id").to_pylist(), dtype=object)
+# Clips scored per read of the clip table: a task holds (SCORE_CHUNK + 2 halos) x D features of one
+# video at a time, whatever the recording's length (a 24-h C3D recording is ~160,000 clips x 4096).
+SCORE_CHUNK = 4096
+
+
+def read_clip_range(out: str, video: dict, dim: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """``((hi - lo, D) features, seen mask)`` of the full-frame clips ``lo .. hi`` of one video."""
+    features = np.zeros((hi - lo, dim), np.float32)
+    seen = np.zeros(hi - lo, bool)
+    columns = ["cell", "clip_index", "features"]
+    for batch in feature_store.iter_clip_batches(
+        out, video["files"], [video["video_id"]], columns=columns, clip_range=(lo, hi)
+    ):
         cells = batch.column("cell").to_numpy()
         index = batch.column("clip_index").to_numpy()
         flat = batch.column("features").flatten().to_numpy(zero_copy_only=False)
         feats = flat.reshape(len(batch), -1) if len(batch) else flat.reshape(0, dim)
-        for video_id in set(vids.tolist()):
-            features, seen = gathered[video_id]
-            rows = np.flatnonzero((vids == video_id) & (cells == -1))
-            rows = rows[(index[rows] >= 0) & (index[rows] < len(seen))]
-            features[index[rows]] = feats[rows]  # a duplicate clip overwrites with the same features
-            seen[index[rows]] = True
-    return gathered
+        rows = np.flatnonzero((cells == -1) & (index >= lo) & (index < hi))
+        features[index[rows] - lo] = feats[rows]  # a duplicate clip overwrites with the same features
+        seen[index[rows] - lo] = True
+    return features, seen
+
+
+def score_video(out: str, video: dict, model, rules: ScoreRules, fps: float) -> tuple[np.ndarray, int]:
+    """``(scores, clips found)`` of one video, read and scored ``SCORE_CHUNK`` clips at a time."""
+    n = int(video["num_clips"])
+    window = rules.window(fps)
+    halo = halo_clips(window, n, rules.context)
+    scores = np.zeros(n, np.float32)
+    found = 0
+    for start in range(0, n, SCORE_CHUNK):
+        end = min(n, start + SCORE_CHUNK)
+        lo, hi = max(0, start - halo), min(n, end + halo)
+        features, seen = read_clip_range(out, video, rules.dim * rules.crops, lo, hi)
+        found += int(seen[start - lo : end - lo].sum())
+        if not seen.all():
+            continue  # incomplete: counted, not scored
+        if rules.crops > 1:
+            features = features.reshape(len(features), rules.crops, rules.dim)
+        scores[start:end] = score_crops(
+            lambda f, lo=lo, start=start, end=end: score_clip_range(
+                model, f, lo=lo, n=n, window=window, start=start, end=end, context=rules.context
+            ),
+            features,
+            crop_scores=rules.crop_scores,
+        )
+    return scores, found
 
 
 def score_videos_task(out: str, videos: Sequence[dict], model, rules: ScoreRules) -> dict:
@@ -109,36 +132,23 @@ def score_videos_task(out: str, videos: Sequence[dict], model, rules: ScoreRules
     "files"}`` (from the driver's tracker). Returns ``{"part": uri or None,
     "videos": [{"video_id", "source_uri", "num_clips", "alarms"}], "failed":
     [(id, uri, reason)], "timelines": [uri]}``, where ``alarms`` are :func:`outputs.alarm_record` dicts.
-    Runs as a Ray task (or in-process).
+    Runs as a Ray task (or in-process). Memory: one video's scores and ``SCORE_CHUNK`` clips' features.
     """
     import torch
 
-    torch.set_num_threads(1)  # a zero-CPU task next to decode tasks and actors: do not oversubscribe
-    gathered = read_clip_features(out, videos, rules.dim * rules.crops)
+    torch.set_num_threads(1)  # a task with a share of a CPU next to decode tasks and actors
     tables, index, failed, timelines = [], [], [], []
     for video in videos:
-        video_id, uri = video["video_id"], video["uri"]
-        features, seen = gathered[video_id]
-        if seen.size == 0:
+        video_id, uri, n = video["video_id"], video["uri"], int(video["num_clips"])
+        if n == 0:
             failed.append((video_id, uri, "no clips: the video has no decodable frames"))
             continue
-        if not seen.all():
-            failed.append(
-                (video_id, uri, f"incomplete: {int(seen.sum())} of {seen.size} clips in the clip table")
-            )
-            continue
         fps = video["fps"] if np.isfinite(video["fps"]) and video["fps"] > 0 else (rules.fps_default or 0.0)
-        if rules.crops > 1:
-            features = features.reshape(len(features), rules.crops, rules.dim)
-        scores = score_clip_crops(
-            score_clips,
-            model,
-            features,
-            rules.window(fps),
-            context=rules.context,
-            crop_scores=rules.crop_scores,
-        )
-        times = clip_times(seen.size, video["num_frames"], rules.clip_len, rules.stride, fps)
+        scores, found = score_video(out, video, model, rules, fps)
+        if found < n:
+            failed.append((video_id, uri, f"incomplete: {found} of {n} clips in the clip table"))
+            continue
+        times = clip_times(n, video["num_frames"], rules.clip_len, rules.stride, fps)
         created = outputs.parse_creation_time(creation_time(uri))
         table = outputs.video_rows(
             video_id, uri, times, scores, fps=fps, num_frames=video["num_frames"], created=created
@@ -146,9 +156,7 @@ def score_videos_task(out: str, videos: Sequence[dict], model, rules: ScoreRules
         alarms = outputs.video_alarms(video_id, table, rules.alarms)  # clip rows in clip order
         records = [outputs.alarm_record(alarm, extra) for alarm, extra in alarms]
         tables.append(table)
-        index.append(
-            {"video_id": video_id, "source_uri": uri, "num_clips": int(seen.size), "alarms": records}
-        )
+        index.append({"video_id": video_id, "source_uri": uri, "num_clips": n, "alarms": records})
         if alarms:
             timelines.append((table, alarms))
     drawn = []

@@ -103,9 +103,17 @@ def read_rows(
     """The store's rows matching ``where`` as a lazy Ray dataset (read by Ray's tasks)."""
     filesystem, _ = uris.pyarrow_filesystem(inputs.store)
     read = list(dict.fromkeys([*columns, *FILTER_COLUMNS]))
-    dataset = ray.data.read_parquet(
-        list(inputs.files), filesystem=filesystem, columns=read, num_cpus=READ_CPUS, shuffle=shuffle
-    )
+    # Ray Data's V1 Parquet read: V2 reads footers in actors that are not replaced when their node
+    # is lost (its ListFiles task then fails the whole fit; checked with a worker node removed
+    # mid-run in tests/test_multinode.py), while V1's read tasks are retried elsewhere.
+    context = ray.data.DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        dataset = ray.data.read_parquet(
+            list(inputs.files), filesystem=filesystem, columns=read, num_cpus=READ_CPUS, shuffle=shuffle
+        )
+    finally:
+        context.use_datasource_v2 = v2
     return dataset.filter(expr=where, num_cpus=READ_CPUS).select_columns(columns)
 
 

@@ -43,7 +43,7 @@ class EpochReportCallback(TuneReportCallback):
         super().after_report(run_context, metrics, checkpoint)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0.01)  # not 0: a 0-CPU actor is placed on a 0-CPU head (docs/cluster.md)
 class WorkerGroups:
     """The placement groups of each trial's Train worker groups, so the driver can release them."""
 

@@ -1,0 +1,194 @@
+"""The autoscaler itself: Ray's fake multi-node provider launches a GPU worker for an extraction that waits.
+
+``RAY_FAKE_CLUSTER=1 ray start --head --num-cpus=0 --autoscaling-config=FILE``, the
+node types taken from ``cluster.yaml`` (their CPUs and GPUs from the instance
+types, fake GPUs), GPU workers at zero. An extraction submitted with ``ray job
+submit`` and ``--num-gpus-per-actor 1 --device cpu`` first waits; the autoscaler
+launches a GPU worker on the demand the job states; the job completes.
+
+The GCS must be on 6379 (the fake nodes look for it there), so the test is
+skipped when that port is taken. It stops only what it started, by the process
+ids under its own temp dir (never ``ray stop``: it ends every Ray process on
+the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO, descendants, free_ports, processes
+
+from anomaly import store as feature_store
+from anomaly.synthetic import make_video
+
+CLUSTER_YAML = REPO / "cluster.yaml"
+# vCPUs and GPUs of the instance types cluster.yaml uses (as in tests/test_cluster.py).
+INSTANCE_TYPES = {
+    "g5.4xlarge": (16, 1),
+    "g5.8xlarge": (32, 1),
+    "g5.12xlarge": (48, 4),
+    "g6.8xlarge": (32, 1),
+    "m6i.2xlarge": (8, 0),
+    "c6i.4xlarge": (16, 0),
+}
+FAKE_HEAD = "ray.head.default"  # the fake provider's own name for the head's type
+
+
+def fake_config() -> dict:
+    """cluster.yaml's worker types with their resources, on Ray's fake multi-node provider."""
+    real = yaml.safe_load(CLUSTER_YAML.read_text())
+    types = {FAKE_HEAD: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}}
+    for name, node_type in real["available_node_types"].items():
+        if name == real["head_node_type"]:
+            continue
+        cpus, gpus = INSTANCE_TYPES[node_type["node_config"]["InstanceType"]]
+        resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **(node_type.get("resources") or {})}
+        types[name] = {
+            "resources": resources,
+            "node_config": {},
+            "min_workers": node_type.get("min_workers", 0),
+            "max_workers": node_type.get("max_workers", 1),
+        }
+    return {
+        "cluster_name": f"fake-{uuid.uuid4().hex[:6]}",
+        "max_workers": 2,  # two fake nodes at most on a 2-core machine
+        "idle_timeout_minutes": 1,
+        "upscaling_speed": 1.0,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "head_node_type": FAKE_HEAD,
+        "available_node_types": types,
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _ray(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, check=False, **kwargs)
+
+
+def _stop(marker: str) -> None:
+    """SIGTERM then SIGKILL every process naming ``marker`` (this head's temp dir) and their children."""
+    table = processes()
+    table.pop(os.getpid(), None)
+    pids = {pid for pid, (_, command) in table.items() if marker in command}
+    pids |= descendants(pids, table)
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+            time.sleep(0.2)
+
+
+@pytest.mark.skipif(_port_taken(6379), reason="port 6379 is taken: the fake autoscaler's GCS needs it")
+def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path):
+    temp_dir = tempfile.mkdtemp(prefix="rayfake-", dir="/tmp")
+    config = tmp_path / "autoscaler.yaml"
+    config.write_text(yaml.safe_dump(fake_config()))
+    (dashboard,) = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(
+        RAY_FAKE_CLUSTER="1",
+        AUTOSCALER_UPDATE_INTERVAL_S="1",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=uuid.uuid4().hex + uuid.uuid4().hex,
+        RAY_DATA_DISABLE_PROGRESS_BARS="1",
+        PYTHONPATH=str(REPO),
+    )
+    videos = tmp_path / "videos"
+    for i in range(2):
+        make_video(str(videos / f"cam{i}.mp4"), num_frames=24, height=32, width=32, seed=i)
+    store = tmp_path / "store"
+    try:
+        started = _ray(
+            [
+                "start",
+                "--head",
+                "--port=6379",
+                "--num-cpus=0",
+                f"--autoscaling-config={config}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+            ],
+            env,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        address = f"http://127.0.0.1:{dashboard}"
+        job_id = f"extract-{uuid.uuid4().hex[:8]}"
+        submitted = _ray(
+            [
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--submission-id",
+                job_id,
+                "--runtime-env-json",
+                json.dumps({"env_vars": {"PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
+                "--",
+                sys.executable,
+                "-m",
+                "ray_jobs.extract",
+                str(videos),
+                "--out",
+                str(store),
+                *("--backbone", "r3d_18", "--weights", "none", "--clip-len", "8", "--crop", "32,32"),
+                *("--num-gpus-per-actor", "1", "--device", "cpu", "--batch-size", "4", "--flush-every", "1"),
+                *("--decode-cpus", "1", "--wait-for-resources", "5m"),
+            ],
+            env,
+            cwd=tmp_path,
+            timeout=540,
+        )
+        logs = _ray(["job", "logs", "--address", address, job_id], env).stdout
+        assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-4000:] + logs[-4000:]
+        assert "waiting for a node with 1 CPU, 1 GPU" in logs, logs[-4000:]
+        assert "2 extracted, 0 skipped as done, 0 failed" in logs, logs[-4000:]
+        assert feature_store.video_ids(str(store)) == {"cam0", "cam1"}
+
+        from ray.util.state import list_nodes
+
+        nodes = list_nodes(address=address, limit=100, raise_on_missing_output=False)
+        gpu_nodes = [n for n in nodes if (getattr(n, "resources_total", None) or {}).get("GPU")]
+        assert gpu_nodes, nodes  # the autoscaler launched a GPU worker type on demand
+    finally:
+        _stop(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
