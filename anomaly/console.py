@@ -137,6 +137,7 @@ class Progress:
         self.interval_s = interval_s
         self.started = time.monotonic()
         self.shown_at = -float("inf")
+        self.shown_done: int | None = None
         self.done = 0
         self.note = ""
 
@@ -163,7 +164,7 @@ class Progress:
             self.stream.write("\r\033[K" + self.text())
             self.stream.flush()
         elif now - self.shown_at >= self.interval_s:
-            self.shown_at = now
+            self.shown_at, self.shown_done = now, done
             print(self.text(), file=self.stream, flush=True)
 
     def close(self, summary: str = "") -> None:
@@ -171,6 +172,6 @@ class Progress:
         line = self.text() + (f"  {summary}" if summary else "")
         if self.interactive:
             self.stream.write("\r\033[K" + line + "\n")
-        else:
+        elif summary or self.shown_done != self.done:  # not the line just printed again
             print(line, file=self.stream)
         self.stream.flush()

@@ -73,3 +73,12 @@ def test_verbose_is_a_flag_of_every_job():
             [sys.executable, "-m", f"ray_jobs.{job}", "--help"], cwd=REPO, capture_output=True, text=True
         ).stdout
         assert "--verbose" in help_text, job
+
+
+def test_progress_in_a_log_does_not_repeat_its_last_line():
+    out = io.StringIO()
+    progress = Progress("extract", 2, "videos", stream=out, interval_s=0)
+    progress.update(1)
+    progress.update(2)
+    progress.close()
+    assert [line.split("  ")[1] for line in out.getvalue().splitlines()] == ["1/2 videos", "2/2 videos"]

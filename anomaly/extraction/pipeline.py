@@ -86,6 +86,8 @@ def sampling_of(settings: ExtractionSettings, spec: BackboneSpec) -> ClipSamplin
 class _Committer(VideoSink):
     """Extraction's sink: complete videos -> pooling tasks (bags, one part file per batch) -> the report."""
 
+    label = "extract"
+
     def __init__(self, store, settings, spec, truth, todo, report) -> None:
         super().__init__(
             out=store, todo=todo, flush_every=settings.flush_every, keep_clips=settings.keep_clips
@@ -137,14 +139,14 @@ class _Committer(VideoSink):
         if result["part"]:
             self.report.part_files.append(result["part"])
             self.clear_failures(self.todo[v] for v in result["committed"])
-            logger.info("committed %d videos to %s", len(result["committed"]), result["part"])
+            logger.debug("committed %d videos to %s", len(result["committed"]), result["part"])
         for video_id in result["committed"]:
             if self.report.first_commit_seconds is None:
                 self.report.first_commit_seconds = time.monotonic() - self.started
             self.report.extracted.append(video_id)
             self.report.num_clips += self.clips.pop(video_id, 0)
             self.settle(video_id)
-            logger.info("%s %s (%.1f s elapsed)", self.progress(), video_id, time.monotonic() - self.started)
+            logger.debug("%s %s (%.1f s elapsed)", self.progress(), video_id, time.monotonic() - self.started)
 
     def fail(self, video_id: str, uri: str, reason: str, stage: str) -> None:
         super().fail(video_id, uri, reason, stage)

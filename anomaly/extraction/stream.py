@@ -40,6 +40,7 @@ import numpy as np
 
 from anomaly import store as feature_store
 from anomaly.cluster import TASK_CPUS, tasks_in_flight, wait_for_resources
+from anomaly.console import Progress
 from anomaly.errors import first_line
 from anomaly.extraction.commit import VideoTracker, write_clip_rows
 from anomaly.extraction.decode import ClipSampling, decode_window, plan_video
@@ -139,6 +140,7 @@ class VideoSink:
     """
 
     stage = "group"
+    label = "videos"  # the progress line's name for the job
 
     def __init__(self, *, out: str, todo: Mapping[str, str], flush_every: int, keep_clips: bool) -> None:
         import ray
@@ -158,6 +160,7 @@ class VideoSink:
         # URIs whose latest record is a failure, read once: a success clears only these (an append),
         # so a job without earlier failures writes no failure log at all.
         self.failed_before = set(feature_store.read_failures(out).column("uri").to_pylist())
+        self.bar = Progress(self.label, len(todo), "videos")
 
     # --- what differs per job
     def entry(self, video_id: str, video, num_clips: int) -> dict | None:
@@ -178,9 +181,14 @@ class VideoSink:
             self.file_videos.setdefault(path, set()).add(video_id)
             self.video_files.setdefault(video_id, set()).add(path)
 
+    def note(self) -> str:
+        """What the progress line says besides counts and rates."""
+        return f"{len(self.failed)} failed" if self.failed else ""
+
     def settle(self, video_id: str) -> None:
         """The video is committed or failed: clip files no other open video needs are removed."""
         self.settled += 1
+        self.bar.update(self.settled, note=self.note())
         files = self.video_files.pop(video_id, set())
         if self.keep_clips:
             return
@@ -261,6 +269,7 @@ class VideoSink:
             self.collect(wait=True)
         self.flush_failures()
         feature_store.write_failure_summary(self.out)
+        self.bar.close()
 
 
 def run(ds, tracker: VideoTracker, sink: VideoSink) -> bool:

@@ -410,7 +410,7 @@ def load_backbone(
         model = spec.build()
     if weights is None or str(weights).strip().lower() in _NO_WEIGHTS:
         tag = "random"
-        logger.info("backbone %s: random initialisation (seed %d)", name, RANDOM_INIT_SEED)
+        logger.debug("backbone %s: random initialisation (seed %d)", name, RANDOM_INIT_SEED)
     else:
         uri = str(weights)
         try:

@@ -185,6 +185,12 @@ def prepare(job: ScoringJob):
 class _Scorer(VideoSink):
     """Scoring's sink: complete videos -> scoring tasks (head, alarms, one scores part) -> the report."""
 
+    label = "score"
+
+    def note(self) -> str:
+        alarms = f"{self.alarms_so_far} alarms"
+        return f"{alarms}, {len(self.failed)} failed" if self.failed else alarms
+
     def __init__(self, out: str, rules: ScoreRules, model, todo: dict[str, str], report, flush_every) -> None:
         super().__init__(out=out, todo=todo, flush_every=flush_every, keep_clips=False)
         self.rules, self.report = rules, report
@@ -210,7 +216,7 @@ class _Scorer(VideoSink):
             self.fail(video_id, uri, reason, "group")
         if result["part"]:
             self.clear_failures(video["source_uri"] for video in result["videos"])
-            logger.info("committed %d videos to %s", len(result["videos"]), result["part"])
+            logger.debug("committed %d videos to %s", len(result["videos"]), result["part"])
         for uri in result["timelines"]:
             self.report.written[f"timeline {uri.rsplit('/', 1)[-1]}"] = uri
         for video in result["videos"]:
@@ -219,7 +225,7 @@ class _Scorer(VideoSink):
             self.alarms_so_far += len(video["alarms"])
             self.settle(video["video_id"])
             elapsed = time.monotonic() - self.started
-            logger.info(
+            logger.debug(
                 "%s %s: %d clips, %d alarms; %.1f clips/s, %d alarms so far",
                 self.progress(),
                 video["video_id"],
