@@ -34,20 +34,31 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
 
 
-# Library parameters whose flag is spelled otherwise; every other parameter ``name`` is ``--name``
-# with dashes. The one table from the library's names to the commands' flags.
-FLAG_NAMES = {
-    "decode_num_cpus": "--decode-cpus",
-    "fps": "--fps-default",
-    "min_duration_s": "--min-duration",
-    "merge_gap_s": "--merge-gap",
-    "window_s": "--window",
+# Library parameters whose flag is spelled otherwise: every parameter ``name`` is ``--name`` with
+# dashes, or one of these (the first a command has). The one table from library names to flags.
+FLAG_ALIASES = {
+    "decode_num_cpus": ("--decode-cpus",),
+    "fps": ("--fps-default",),
+    "min_duration_s": ("--min-duration",),
+    "merge_gap_s": ("--merge-gap",),
+    "window_seconds": (
+        "--window",
+    ),  # scoring's clip window; extraction's --window-seconds is the dashed name
 }
 
 
-def flag_for(parameter: str) -> str:
-    """The command-line flag that sets a library parameter (``decode_num_cpus`` -> ``--decode-cpus``)."""
-    return FLAG_NAMES.get(parameter, "--" + parameter.replace("_", "-"))
+def flag_candidates(parameter: str) -> tuple[str, ...]:
+    """The flags that may set a library parameter (``decode_num_cpus`` -> ``--decode-num-cpus``, ``--decode-cpus``)."""
+    return ("--" + parameter.replace("_", "-"), *FLAG_ALIASES.get(parameter, ()))
+
+
+def flag_for(parameter: str, args: argparse.Namespace | None = None) -> str | None:
+    """The flag of this command (``args``) that sets ``parameter``; without ``args``, its usual flag."""
+    candidates = flag_candidates(parameter)
+    if args is None:
+        return candidates[-1] if parameter in FLAG_ALIASES else candidates[0]
+    flags = {"--" + dest.replace("_", "-") for dest in vars(args)}
+    return next((flag for flag in candidates if flag in flags), None)
 
 
 def flag_message(exc: AnomalyError, args: argparse.Namespace) -> str:
@@ -56,17 +67,15 @@ def flag_message(exc: AnomalyError, args: argparse.Namespace) -> str:
     A parameter is shown as a flag when this command has that flag; otherwise (a library
     name no flag sets, a file) the error reads as the library wrote it.
     """
-    flags = {flag_for(dest) for dest in vars(args)} | {"--" + dest.replace("_", "-") for dest in vars(args)}
     if isinstance(exc, SettingError):
-        flag = flag_for(exc.parameter)
-        if flag in flags:
+        flag = flag_for(exc.parameter, args)
+        if flag:
             value = exc.value
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
             return f"{flag}={shown}: {exc.what}"
         return str(exc)
-    if exc.where.isidentifier() and flag_for(exc.where) in flags:
-        return f"{flag_for(exc.where)}: {exc.what}"
-    return str(exc)
+    flag = flag_for(exc.where, args) if exc.where.isidentifier() else None
+    return f"{flag}: {exc.what}" if flag else str(exc)
 
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser, argv=None) -> None:

@@ -40,12 +40,10 @@ def parse_duration(text: str | float | int) -> float:
     else:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
         if not match:
-            raise AnomalyError(
-                "--wait-for-resources", f"expected a duration like 90s, 15m or 1h, got {text!r}"
-            )
+            raise AnomalyError("wait_for_resources", f"expected a duration like 90s, 15m or 1h, got {text!r}")
         seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
     if seconds < 0:
-        raise AnomalyError("--wait-for-resources", f"must be >= 0, got {text!r}")
+        raise AnomalyError("wait_for_resources", f"must be >= 0, got {text!r}")
     return seconds
 
 
@@ -106,7 +104,7 @@ def wait_for_resources(
                 return waited
             if waited >= timeout_s:
                 raise AnomalyError(
-                    "--wait-for-resources",
+                    "wait_for_resources",
                     f"{what} waited {waited:.0f} s for a node with {_describe(missing[0])}, "
                     f"but none joined the Ray cluster (has {_describe(ray.cluster_resources()) or 'nothing'})",
                 )

@@ -50,7 +50,7 @@ def ten_crop(frames: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def check_crops(crops: object, where: str = "--crops") -> int:
+def check_crops(crops: object, where: str = "crops") -> int:
     from anomaly.errors import AnomalyError
 
     if crops not in (1, 10) or isinstance(crops, bool):

@@ -114,22 +114,22 @@ class ExtractionSettings:
         spec = self.spec()
         checks = [
             (
-                "--stride",
+                "stride",
                 self.stride,
                 self.stride is None or (isinstance(self.stride, int) and self.stride >= 1),
             ),
             (
-                "--batch-size",
+                "batch_size",
                 self.batch_size,
                 self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
             ),
-            ("--wait-for-resources", self.wait_for_resources, self.wait_for_resources >= 0),
-            ("--num-gpus-per-actor", self.num_gpus_per_actor, self.num_gpus_per_actor >= 0),
-            ("--flush-every", self.flush_every, isinstance(self.flush_every, int) and self.flush_every >= 1),
-            ("--fps-default", self.fps, self.fps is None or self.fps > 0),
-            ("--grid", self.grid, isinstance(self.grid, int) and 1 <= self.grid <= 8),
-            ("--window-seconds", self.window_seconds, self.window_seconds >= 0),
-            ("--decode-cpus", self.decode_num_cpus, self.decode_num_cpus > 0),
+            ("wait_for_resources", self.wait_for_resources, self.wait_for_resources >= 0),
+            ("num_gpus_per_actor", self.num_gpus_per_actor, self.num_gpus_per_actor >= 0),
+            ("flush_every", self.flush_every, isinstance(self.flush_every, int) and self.flush_every >= 1),
+            ("fps", self.fps, self.fps is None or self.fps > 0),
+            ("grid", self.grid, isinstance(self.grid, int) and 1 <= self.grid <= 8),
+            ("window_seconds", self.window_seconds, self.window_seconds >= 0),
+            ("decode_num_cpus", self.decode_num_cpus, self.decode_num_cpus > 0),
         ]
         for where, value, ok in checks:
             if not ok:
@@ -141,7 +141,7 @@ class ExtractionSettings:
             return spec
         low, high = self.concurrency
         if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
-            raise AnomalyError("--concurrency", f"expected 1 <= MIN <= MAX, got {low},{high}")
+            raise AnomalyError("concurrency", f"expected 1 <= MIN <= MAX, got {low},{high}")
         return spec
 
 

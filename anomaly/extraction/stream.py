@@ -62,7 +62,7 @@ def model_stage(ds, settings: ExtractionSettings, spec: BackboneSpec, post=None)
     low, high = settings.actor_pool()
     if settings.num_gpus_per_actor > 0 and not settings.on_gpu:
         logger.warning(
-            "--device cpu with --num-gpus-per-actor %g: each model actor reserves %g GPU but runs on CPU",
+            "device cpu with num_gpus_per_actor %g: each model actor reserves %g GPU but runs on CPU",
             settings.num_gpus_per_actor,
             settings.num_gpus_per_actor,
         )

@@ -119,29 +119,29 @@ class BackboneSpec:
         the same share of the frame. Fixed-input architectures refuse any
         change; sizes below ``min_input`` are refused.
         """
-        new_crop = self.crop if crop is None else _int_pair(crop, "--crop")
-        new_len = self.clip_len if clip_len is None else _positive_int(clip_len, "--clip-len")
+        new_crop = self.crop if crop is None else _int_pair(crop, "crop")
+        new_len = self.clip_len if clip_len is None else _positive_int(clip_len, "clip_len")
         if self.fixed_input:
             if new_crop != self.crop:
                 raise AnomalyError(
-                    "--crop",
+                    "crop",
                     f"backbone {self.name!r} only accepts its native {self.crop[0]}x{self.crop[1]} crop, "
                     f"not {new_crop[0]}x{new_crop[1]}",
                 )
             if new_len != self.clip_len:
                 raise AnomalyError(
-                    "--clip-len",
+                    "clip_len",
                     f"backbone {self.name!r} only accepts its native {self.clip_len} frames, not {new_len}",
                 )
             return self
         min_t, min_h, min_w = self.min_input
         if new_len < min_t:
             raise AnomalyError(
-                "--clip-len", f"backbone {self.name!r} needs at least {min_t} frames per clip, got {new_len}"
+                "clip_len", f"backbone {self.name!r} needs at least {min_t} frames per clip, got {new_len}"
             )
         if new_crop[0] < min_h or new_crop[1] < min_w:
             raise AnomalyError(
-                "--crop",
+                "crop",
                 f"backbone {self.name!r} needs a crop of at least {min_h}x{min_w}, "
                 f"got {new_crop[0]}x{new_crop[1]}",
             )
@@ -387,7 +387,7 @@ def get_backbone(name: str) -> BackboneSpec:
         return _registry()[name]
     except (KeyError, TypeError):
         choices = ", ".join(available_backbones())
-        raise AnomalyError("--backbone", f"unknown backbone {name!r}; choose one of: {choices}") from None
+        raise AnomalyError("backbone", f"unknown backbone {name!r}; choose one of: {choices}") from None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -38,9 +38,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise AnomalyError("--device", f"not a device: {device!r} ({exc})") from None
+        raise AnomalyError("device", f"not a device: {device!r} ({exc})") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AnomalyError("--device", f"{device!r} requested but this process sees no CUDA GPU")
+        raise AnomalyError("device", f"{device!r} requested but this process sees no CUDA GPU")
     return resolved
 
 
@@ -112,7 +112,7 @@ class ClipFeatureExtractor:
         if require_gpu and self.device.type != "cuda":
             # Ray reserved a GPU for this actor but torch cannot use it: refuse a 100x slower CPU run.
             raise AnomalyError(
-                "--num-gpus-per-actor",
+                "num_gpus_per_actor",
                 f"GPUs were asked for, but torch on this node sees no CUDA device (device {self.device}, "
                 f"torch {torch.__version__}, CUDA build {torch.version.cuda})",
             )

@@ -121,9 +121,7 @@ def extraction_settings(payload: dict, **overrides) -> ExtractionSettings:
     meta = stored_metadata(payload) or StoreMetadata(backbone="")
     backbone = overrides.pop("backbone", None) or meta.backbone
     if not backbone or backbone in ("synthetic", "imported"):
-        raise AnomalyError(
-            "--backbone", "the checkpoint does not record an extractor backbone; pass --backbone"
-        )
+        raise AnomalyError("backbone", "the checkpoint does not record an extractor backbone; name one")
     values = {
         "clip_len": meta.clip_len,
         "stride": meta.stride,
@@ -134,7 +132,7 @@ def extraction_settings(payload: dict, **overrides) -> ExtractionSettings:
     expected = meta.weights_sha256
     if values.get("weights") in (None, "none") and expected not in (None, "random"):
         raise AnomalyError(
-            "--weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"
+            "weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"
         )
     return ExtractionSettings(backbone=backbone, **values)
 
@@ -173,12 +171,12 @@ def prepare(job: ScoringJob):
     check_feature_dim(job.checkpoint, settings.backbone, spec.feature_dim, model.feature_dim)
     job.alarms.validate()
     if job.window_clips is not None and job.window_clips < 1:
-        raise AnomalyError("--window-clips", f"must be >= 1, got {job.window_clips}")
+        raise AnomalyError("window_clips", f"must be >= 1, got {job.window_clips}")
     if not job.window_seconds > 0:
-        raise AnomalyError("--window", f"must be > 0 seconds, got {job.window_seconds}")
+        raise AnomalyError("window_seconds", f"must be > 0 seconds, got {job.window_seconds}")
     weights = weights_tag(settings)
     meta = stored_metadata(payload)
-    check_weights(settings.weights or "--weights", weights, meta.weights_sha256 if meta else None)
+    check_weights(settings.weights or "weights", weights, meta.weights_sha256 if meta else None)
     return model, payload, spec, weights
 
 

@@ -105,13 +105,11 @@ def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if not values["backbone"] or values["backbone"] in ("synthetic", "imported"):
-        raise AnomalyError(
-            "--backbone", "the checkpoint does not record an extractor backbone; pass --backbone"
-        )
+        raise AnomalyError("backbone", "the checkpoint does not record an extractor backbone; name one")
     expected = meta.weights_sha256
     if values["weights"] in (None, "none") and expected not in (None, "random"):
         raise AnomalyError(
-            "--weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"
+            "weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"
         )
     return ScoringSettings(**values, expected_weights=expected)
 
@@ -156,7 +154,7 @@ def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int,
         device=settings.device,
         crops=settings.crops,
     )
-    check_weights(settings.weights or "--weights", extractor.weights_sha256, settings.expected_weights)
+    check_weights(settings.weights or "weights", extractor.weights_sha256, settings.expected_weights)
     spec = extractor.spec
     reader = open_video(uri)
     size = spec.resized_shape(reader.info.height, reader.info.width)
