@@ -58,7 +58,9 @@ def main() -> None:
                 metrics = evaluate(store, run, f"{run}-eval", timelines=False)
                 seconds = time.perf_counter() - started
                 results[mode].append((metrics["frame_auc"], seconds, int(history[0]["steps"])))
-                print(f"seed {seed} {mode}: frame AUC {metrics['frame_auc']:.4f}, {seconds:.0f} s", flush=True)
+                print(
+                    f"seed {seed} {mode}: frame AUC {metrics['frame_auc']:.4f}, {seconds:.0f} s", flush=True
+                )
     ray.shutdown()
     print("| crops | seeds | frame AUC (mean ± std) | steps per epoch | wall s / run |")
     print("| --- | --- | --- | --- | --- |")
