@@ -409,12 +409,20 @@ class StoreMetadata:
             raise AnomalyError(where, f"not store metadata: {first_line(exc)}") from exc
 
     def clashes(self, other: StoreMetadata) -> list[str]:
-        """``key=store vs this run`` for each setting that must agree and differs (unset in ``other``: no clash)."""
-        return [
+        """``key=store vs this run`` for each setting that must agree and differs (unset in ``other``: no clash).
+
+        ``crops`` is left unset by one-crop runs (so older stores still match), so a run that
+        states its features (``feature_dim``) is compared as 1 crop: one-crop rows never enter a
+        ten-crop store, nor ten-crop rows a one-crop store.
+        """
+        out = [
             f"{key}={_as_json(getattr(self, key))!r} (store) vs {_as_json(getattr(other, key))!r} (this run)"
             for key in COMPATIBILITY_KEYS
             if getattr(other, key) is not None and getattr(self, key) != getattr(other, key)
         ]
+        if other.crops is None and other.feature_dim is not None and (self.crops or 1) != 1:
+            out.append(f"crops={self.crops!r} (store) vs 1 (this run)")
+        return out
 
 
 def _as_json(value: Any) -> Any:

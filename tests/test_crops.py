@@ -227,3 +227,17 @@ def test_scoring_a_ten_crop_model_averages_crop_scores(videos, ten_crop_checkpoi
     assert not report.failed
     table = read_scores(out).sort_by("clip_index")
     np.testing.assert_allclose(table.column("score").to_numpy(), single.clip_scores, rtol=1e-4, atol=1e-5)
+
+
+def test_one_crop_and_ten_crop_runs_do_not_share_a_store(tmp_path):
+    ten = feature_store.StoreMetadata(backbone="i3d_r50", feature_dim=2048, crops=10)
+    one = feature_store.StoreMetadata(backbone="i3d_r50", feature_dim=2048)
+    feature_store.ensure_metadata(str(tmp_path / "ten"), ten)
+    with pytest.raises(AnomalyError, match=r"crops=10 \(store\) vs 1 \(this run\)"):
+        feature_store.ensure_metadata(str(tmp_path / "ten"), one)
+    feature_store.ensure_metadata(str(tmp_path / "one"), one)
+    with pytest.raises(AnomalyError, match=r"crops=10 \(this run\)|crops=None \(store\) vs 10"):
+        feature_store.ensure_metadata(str(tmp_path / "one"), ten)
+    feature_store.ensure_metadata(
+        str(tmp_path / "ten"), feature_store.StoreMetadata(backbone="i3d_r50")
+    )  # importer

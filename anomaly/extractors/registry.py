@@ -272,8 +272,8 @@ _HARA_2017_CLASSES = (400,)
 _HARA_2020_CLASSES = (700, 339, 1039, 800, 439, 1139, 100)
 HARA_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
 _HARA_REPRODUCES = {
-    (34, 2017): "Dubey et al. 2020 ranking-loss reproduction, 32x512 per video (ucf_crime_r3d34)",
-    (152, 2020): "the UCF-Crime reproductions that replaced C3D by r3d152_KM_200ep (2048-d)",
+    (34, 2017): "Dubey et al. 2020 ranking-loss reproduction, 32x512 per video as ucf_crime_r3d34",
+    (152, 2020): "the UCF-Crime reproductions that replaced C3D by r3d152_KM_200ep",
 }
 
 
@@ -329,7 +329,7 @@ def _registry() -> dict[str, BackboneSpec]:
             min_input=(16, 16, 16),
             head_prefixes=("fc7.", "fc8."),
             source="C3D Caffe Sports-1M convention (Tran et al. 2015), DavideA/c3d-pytorch layout",
-            reproduces="Sultani et al. 2018 C3D fc6 features (32x4096 text files)",
+            reproduces="Sultani et al. 2018 C3D fc6 features, 32x4096 text files",
         )
     )
     specs.append(
@@ -363,7 +363,7 @@ def _registry() -> dict[str, BackboneSpec]:
             head_prefixes=("fc.",),
             source="GowthamGottimukkala/I3D_Feature_Extraction_resnet preprocessing, "
             "Tushar-N/pytorch-resnet3d I3Res50 layout",
-            reproduces="RTFM, MGFN, UR-DMU … UCF-Crime I3D features (ten crops x 2048, 16-frame clips)",
+            reproduces="RTFM, MGFN, UR-DMU and later UCF-Crime I3D features, with --crops 10",
         )
     )
     return {spec.name: spec for spec in sorted(specs, key=lambda s: s.name)}

@@ -41,7 +41,7 @@ from anomaly.errors import AnomalyError
 SECTIONS = ("base", "search", "tune")
 METRICS = ("val_auc", "val_frame_auc", "val_video_auc", "loss")
 # The validation split and normalisation are prepared once from the base config and shared.
-NOT_SEARCHABLE = ("seed", "val_fraction")
+NOT_SEARCHABLE = ("seed", "val_fraction", "crops")  # crops: the bags themselves differ
 OR_ZERO_DEFAULT = 0.25
 # name -> number of arguments (None: a non-empty list of values)
 DISTRIBUTIONS: dict[str, int | None] = {
