@@ -184,11 +184,12 @@ def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path
         assert "2 extracted, 0 skipped as done, 0 failed" in logs, logs[-4000:]
         assert feature_store.video_ids(str(store)) == {"cam0", "cam1"}
 
-        from ray.util.state import list_nodes
-
-        nodes = list_nodes(address=address, limit=100, raise_on_missing_output=False)
-        gpu_nodes = [n for n in nodes if (getattr(n, "resources_total", None) or {}).get("GPU")]
-        assert gpu_nodes, nodes  # the autoscaler launched a GPU worker type on demand
+        listed = _ray(["list", "nodes", "--address", address, "--detail", "--format", "json"], env)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        nodes = json.loads(listed.stdout)
+        gpu_nodes = [n for n in nodes if (n.get("resources_total") or {}).get("GPU")]
+        assert gpu_nodes, listed.stdout[-3000:]  # the autoscaler launched a GPU worker type on demand
+        assert any(n.get("is_head_node") and not (n.get("resources_total") or {}).get("CPU") for n in nodes)
     finally:
         _stop(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
