@@ -9,8 +9,6 @@
 - :data:`TASK_CPUS`: every short task of a job (commit, scoring, writing clip
   rows, header reads) asks for this share of a CPU, never 0: Ray places a task
   that asks for 0 CPUs on a 0-CPU head, beside the GCS, with no memory limit.
-- :func:`max_gpus`: the GPUs the cluster has, or can get (the autoscaler's
-  maximum), for the default size of the model actor pool.
 - :func:`tasks_in_flight`: how many commit or scoring tasks a driver keeps
   running at once, from the cluster's CPUs (not a constant).
 """
@@ -124,22 +122,6 @@ def wait_for_resources(
             from ray.autoscaler.sdk import request_resources
 
             request_resources(bundles=[])
-
-
-def max_gpus() -> int:
-    """GPUs the cluster has now, or the autoscaler's maximum if larger (0 without either)."""
-    import ray
-
-    now = int(ray.cluster_resources().get("GPU", 0))
-    try:  # the autoscaler's configured maximum (GCS cluster config; absent without an autoscaler)
-        from ray._private.state import state
-
-        limit = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0) or 0
-    except Exception:  # noqa: BLE001 - an older or autoscaler-less cluster: what is there now
-        limit = 0
-    if limit > 10_000:  # "unbounded" node types report sys.maxsize
-        limit = now
-    return max(now, int(limit))
 
 
 def tasks_in_flight(cpus_per_task: float = TASK_CPUS, *, share: float = 0.25, floor: int = 2) -> int:

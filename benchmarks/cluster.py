@@ -37,6 +37,8 @@ def rss_mib() -> float:
 def planning(windows: int, videos: int, mode: str) -> dict:
     import ray
 
+    from anomaly.extraction.stream import MAX_PLAN_BLOCKS, VIDEOS_PER_PLAN_BLOCK  # imports torch: not timed
+
     rows_per_video = windows // videos
     before, started = rss_mib(), time.perf_counter()
     if mode == "old":
@@ -60,8 +62,6 @@ def planning(windows: int, videos: int, mode: str) -> dict:
         rows.sort(key=lambda row: (row["video_id"], row["window"]))
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     else:
-        from anomaly.extraction.stream import MAX_PLAN_BLOCKS, VIDEOS_PER_PLAN_BLOCK
-
         items = [{"video_id": f"v{v:05d}", "uri": f"s3://b/v{v:05d}.mp4"} for v in range(videos)]
         blocks = min(len(items), max(1, min(MAX_PLAN_BLOCKS, -(-len(items) // VIDEOS_PER_PLAN_BLOCK))))
         ds = ray.data.from_items(items, override_num_blocks=max(blocks, min(len(items), 64)))
@@ -131,17 +131,23 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=400)
     parser.add_argument("--old-ref", default="f5f302e", help="git ref of the store module before issue 20")
     parser.add_argument("--skip-planning", action="store_true")
+    parser.add_argument("--skip-commits", action="store_true")
     args = parser.parse_args()
     results = []
     if not args.skip_planning:
         import ray
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.data.from_items(
+            [{"video_id": f"w{i}", "uri": "s3://b/w"} for i in range(64)], override_num_blocks=64
+        )  # warm-up
         for windows in args.windows:
             for mode in ("old", "new"):
                 results.append(planning(windows, args.videos, mode))
                 print(json.dumps(results[-1]), flush=True)
         ray.shutdown()
+    if args.skip_commits:
+        return
     from anomaly import store as new_store
 
     old_store = load_old_store(args.old_ref)

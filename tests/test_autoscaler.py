@@ -120,7 +120,8 @@ def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path
     temp_dir = tempfile.mkdtemp(prefix="rayfake-", dir="/tmp")
     config = tmp_path / "autoscaler.yaml"
     config.write_text(yaml.safe_dump(fake_config()))
-    (dashboard,) = free_ports(1)
+    # Every port but the GCS's of our own choosing: another Ray on this machine may hold the defaults.
+    dashboard, agent_http, agent_grpc, metrics, env_agent, client = free_ports(6)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(
         RAY_FAKE_CLUSTER="1",
@@ -145,6 +146,11 @@ def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path
                 "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dashboard}",
+                f"--dashboard-agent-listen-port={agent_http}",
+                f"--dashboard-agent-grpc-port={agent_grpc}",
+                f"--metrics-export-port={metrics}",
+                f"--runtime-env-agent-port={env_agent}",
+                f"--ray-client-server-port={client}",
                 f"--temp-dir={temp_dir}",
                 "--disable-usage-stats",
             ],
@@ -153,42 +159,44 @@ def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path
         assert started.returncode == 0, started.stdout + started.stderr
         address = f"http://127.0.0.1:{dashboard}"
         job_id = f"extract-{uuid.uuid4().hex[:8]}"
-        submitted = _ray(
-            [
-                "job",
-                "submit",
-                "--address",
-                address,
-                "--submission-id",
-                job_id,
-                "--runtime-env-json",
-                json.dumps({"env_vars": {"PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
-                "--",
-                sys.executable,
-                "-m",
-                "ray_jobs.extract",
-                str(videos),
-                "--out",
-                str(store),
-                *("--backbone", "r3d_18", "--weights", "none", "--clip-len", "8", "--crop", "32,32"),
-                *("--num-gpus-per-actor", "1", "--device", "cpu", "--batch-size", "4", "--flush-every", "1"),
-                *("--decode-cpus", "1", "--wait-for-resources", "5m"),
-            ],
-            env,
-            cwd=tmp_path,
-            timeout=540,
-        )
+        submit = [
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--submission-id",
+            job_id,
+            "--runtime-env-json",
+            json.dumps({"env_vars": {"PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}),
+            "--",
+            sys.executable,
+            "-m",
+            "ray_jobs.extract",
+            str(videos),
+            "--out",
+            str(store),
+            *("--backbone", "r3d_18", "--weights", "none", "--clip-len", "8", "--crop", "32,32"),
+            *("--num-gpus-per-actor", "1", "--device", "cpu", "--batch-size", "4", "--flush-every", "1"),
+            *("--decode-cpus", "1", "--wait-for-resources", "5m"),
+        ]
+        deadline = time.monotonic() + 120
+        while True:  # the job server answers before its agent is up on a loaded machine: try again
+            submitted = _ray(submit, env, cwd=tmp_path, timeout=540)
+            if "No available agent" not in submitted.stdout + submitted.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         logs = _ray(["job", "logs", "--address", address, job_id], env).stdout
         assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-4000:] + logs[-4000:]
         assert "waiting for a node with 1 CPU, 1 GPU" in logs, logs[-4000:]
         assert "2 extracted, 0 skipped as done, 0 failed" in logs, logs[-4000:]
         assert feature_store.video_ids(str(store)) == {"cam0", "cam1"}
 
-        from ray.util.state import list_nodes
-
-        nodes = list_nodes(address=address, limit=100, raise_on_missing_output=False)
-        gpu_nodes = [n for n in nodes if (getattr(n, "resources_total", None) or {}).get("GPU")]
-        assert gpu_nodes, nodes  # the autoscaler launched a GPU worker type on demand
+        listed = _ray(["list", "nodes", "--address", address, "--detail", "--format", "json"], env)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        nodes = json.loads(listed.stdout)
+        gpu_nodes = [n for n in nodes if (n.get("resources_total") or {}).get("GPU")]
+        assert gpu_nodes, listed.stdout[-3000:]  # the autoscaler launched a GPU worker type on demand
+        assert any(n.get("is_head_node") and not (n.get("resources_total") or {}).get("CPU") for n in nodes)
     finally:
         _stop(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

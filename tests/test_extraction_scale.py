@@ -129,6 +129,12 @@ def test_pooling_counts_a_clip_written_twice_once(tmp_path):
     np.testing.assert_allclose(stored, pool_segments(feats), rtol=1e-5, atol=1e-6)
     clips = feature_store.read_clips(store)
     assert clips.column("clip_index").to_pylist() == list(range(40))  # one row per clip, sorted
+    # A commit task retried after its write succeeded writes the same part file again: no duplicate.
+    again = commit_videos(
+        store, [{"row": {**row, "source_uri": "/v.mp4"}, "num_clips": 40, "cells": 0, "files": paths}], 16
+    )
+    assert again["part"] == result["part"] and feature_store.read_table(store).num_rows == 1
+    assert feature_store.part_files(store) == [uris.filesystem(result["part"])[1]]
 
 
 def test_two_runs_with_other_settings_at_once_one_is_refused(tmp_path, s3_bucket):

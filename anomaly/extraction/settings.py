@@ -35,8 +35,8 @@ class ExtractionSettings:
     them runs the backbone at another size (CPU demos, tests).
     ``stride``: frames between clip starts; ``None`` = ``clip_len`` (non-overlapping clips, as Sultani et al.).
     ``concurrency``: ``(min, max)`` model actors (Ray Data's ``ActorPoolStrategy``); ``None``: one
-    actor on CPU, and on GPU a pool from 1 up to every GPU the cluster has or its autoscaler can add
-    (:meth:`actor_pool`), which Ray Data shrinks when idle.
+    actor on CPU, and on GPU an unbounded pool from 1 that Ray Data grows to every GPU the cluster
+    has or its autoscaler can add, and shrinks when idle (:meth:`actor_pool`).
     ``batch_size``: clips per model call; ``None``: 16 on CPU, the backbone's GPU default on GPU
     (:data:`GPU_BATCH_SIZES`).
     ``wait_for_resources``: seconds a job waits for nodes holding one model actor and one decode
@@ -85,15 +85,15 @@ class ExtractionSettings:
             return self.batch_size
         return GPU_BATCH_SIZES.get(self.backbone, 32) if self.on_gpu else CPU_BATCH_SIZE
 
-    def actor_pool(self) -> tuple[int, int]:
-        """``(min, max)`` model actors: the setting, else 1 on CPU, else 1..every GPU (needs Ray)."""
+    def actor_pool(self) -> tuple[int, int | None]:
+        """``(min, max)`` model actors: the setting, else 1 on CPU, else 1..unbounded on GPU.
+
+        Unbounded: Ray Data grows the pool while work queues up, to every GPU the cluster has
+        or its autoscaler can add (Ray Data asks the autoscaler), and shrinks it when idle.
+        """
         if self.concurrency is not None:
             return self.concurrency
-        if self.num_gpus_per_actor <= 0:
-            return (1, 1)
-        from anomaly.cluster import max_gpus
-
-        return (1, max(1, int(max_gpus() // self.num_gpus_per_actor)))
+        return (1, 1) if self.num_gpus_per_actor <= 0 else (1, None)
 
     def actor_bundle(self) -> dict[str, float]:
         """What one model actor reserves (the job waits for a node that holds it)."""

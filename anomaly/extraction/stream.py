@@ -67,9 +67,9 @@ def model_stage(ds, settings: ExtractionSettings, spec: BackboneSpec, post=None)
             settings.num_gpus_per_actor,
         )
     logger.info(
-        "model actors: %d..%d, %g GPU and %g CPU each, batches of %d clips",
+        "model actors: %d..%s, %g GPU and %g CPU each, batches of %d clips",
         low,
-        high,
+        "every GPU" if high is None else high,
         settings.num_gpus_per_actor,
         settings.num_cpus_per_actor,
         settings.effective_batch_size(),
