@@ -33,6 +33,8 @@ from helpers import REPO, descendants, free_ports, processes
 from anomaly import store as feature_store
 from anomaly.synthetic import make_video
 
+pytestmark = pytest.mark.slow  # starts Ray heads, clusters or subprocesses
+
 CLUSTER_YAML = REPO / "cluster.yaml"
 # vCPUs and GPUs of the instance types cluster.yaml uses (as in tests/test_cluster.py).
 INSTANCE_TYPES = {

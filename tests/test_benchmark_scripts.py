@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 
+import pytest
 from helpers import REPO
+
+pytestmark = pytest.mark.slow  # starts Ray heads, clusters or subprocesses
 
 
 def test_gpu_script_smoke_run_prints_every_figure(tmp_path):

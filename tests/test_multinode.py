@@ -28,6 +28,8 @@ from anomaly.scoring import outputs
 from anomaly.synthetic import make_video, make_video_set, write_annotations
 from anomaly.synthetic.features import make_feature_store
 
+pytestmark = pytest.mark.slow  # starts Ray heads, clusters or subprocesses
+
 TINY = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "8", "--crop", "32,32", "--device", "cpu"]
 STORE_META = {
     "backbone": "r3d_18",
