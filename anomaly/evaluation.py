@@ -182,15 +182,7 @@ def evaluate(
         checkpoint=checkpoint,
         crops=scores_crops(store, payload),
     )
-    metrics = evaluate_frames(
-        scores,
-        bags.labels,
-        bags.num_frames,
-        bags.intervals,
-        bags.classes,
-        protocol=protocol,
-        clip_len=clip_len,
-    )
+    metrics = evaluate_frames(scores, *bags.frame_truth(), protocol=protocol, clip_len=clip_len)
     metrics.update(
         evaluation_protocol=describe(protocol, clip_len),
         coverage=coverage(bags, truth, split),

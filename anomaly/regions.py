@@ -195,14 +195,7 @@ def localization_metrics(
     out: dict = {}
     if any(datasets):
         out["per_dataset"] = per_dataset_metrics(
-            datasets,
-            scores,
-            bags.labels,
-            bags.num_frames,
-            bags.intervals,
-            bags.classes,
-            protocol=protocol,
-            clip_len=clip_len,
+            datasets, scores, *bags.frame_truth(), protocol=protocol, clip_len=clip_len
         )
     # Cell scores, streamed: the grid features (cells x 32 x D per video) are never all in memory.
     position = {vid: k for k, vid in enumerate(bags.video_ids)}

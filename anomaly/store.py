@@ -308,6 +308,10 @@ class Bags:
     def feature_dim(self) -> int:
         return int(self.features.shape[-1])
 
+    def frame_truth(self) -> tuple:
+        """``(labels, num_frames, intervals, classes)``: what frame-level metrics need besides scores."""
+        return self.labels, self.num_frames, self.intervals, self.classes
+
     def subset(self, index: Iterable[int]) -> Bags:
         idx = np.asarray(list(index), dtype=np.int64)
         return Bags(

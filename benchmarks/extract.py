@@ -183,10 +183,9 @@ def model_rate(settings: ExtractionSettings, batches: int = 6) -> float:
     model = ClipFeatureExtractor(
         settings.backbone, None, crop=spec.crop, clip_len=spec.clip_len, device=settings.device
     )
-    clips = np.random.default_rng(0).integers(
-        0, 256, (settings.batch_size, spec.clip_len, *spec.crop, 3), np.uint8
-    )
-    model({"clip": clips})
+    size = settings.effective_batch_size()
+    clips = np.random.default_rng(0).integers(0, 256, (size, spec.clip_len, *spec.crop, 3), np.uint8)
+    model({"clip": clips})  # warm-up (cuDNN autotune, allocator)
     seconds = []
     for _ in range(batches):
         started = time.perf_counter()
@@ -195,7 +194,7 @@ def model_rate(settings: ExtractionSettings, batches: int = 6) -> float:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     torch.set_num_threads(threads)
-    return settings.batch_size / float(np.median(seconds))
+    return size / float(np.median(seconds))
 
 
 def _pair(text: str) -> tuple[int, int]:

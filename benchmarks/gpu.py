@@ -26,31 +26,15 @@ import tempfile
 import time
 from dataclasses import replace
 
-import numpy as np
-
 BACKBONES = ("c3d", "i3d", "r3d_18")
 SMOKE_CLIP_LEN = {"c3d": 16}  # the shortest clip each backbone takes (others: 8)
 
 
 def model_only(settings, spec, batches: int) -> float:
-    import torch
+    """Clips/s of the model alone (benchmarks/extract.py's measurement, one home)."""
+    from extract import model_rate  # benchmarks/ is this script's folder
 
-    from anomaly.extractors import ClipFeatureExtractor
-
-    model = ClipFeatureExtractor(
-        settings.backbone, None, crop=spec.crop, clip_len=spec.clip_len, device=settings.device
-    )
-    size = settings.effective_batch_size()
-    clips = np.random.default_rng(0).integers(0, 256, (size, spec.clip_len, *spec.crop, 3), np.uint8)
-    model({"clip": clips})  # warm-up (cuDNN autotune, allocator)
-    seconds = []
-    for _ in range(batches):
-        started = time.perf_counter()
-        model({"clip": clips})
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
-    return size / float(np.median(seconds))
+    return model_rate(settings, batches)
 
 
 def pipeline(settings, folder: str, store: str) -> tuple[float, int]:

@@ -23,6 +23,25 @@ import numpy as np
 FAST_X264 = {"preset": "ultrafast", "threads": "1"}
 REPO = Path(__file__).resolve().parents[1]
 
+# vCPUs and GPUs of the instance types cluster.yaml may use (AWS's published figures).
+INSTANCE_TYPES = {
+    "g5.4xlarge": (16, 1),
+    "g5.8xlarge": (32, 1),
+    "g5.12xlarge": (48, 4),
+    "g6.8xlarge": (32, 1),
+    "m6i.2xlarge": (8, 0),
+    "c6i.4xlarge": (16, 0),
+}
+# _store.json of the tests' tiny random-weight r3d_18 extraction (tiny_settings), for checkpoints.
+TINY_STORE_META = {
+    "backbone": "r3d_18",
+    "feature_dim": 512,
+    "weights_sha256": "random",
+    "clip_len": 8,
+    "stride": 8,
+    "crop": [32, 32],
+}
+
 
 def write_h264(
     path: Path | str,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, descendants, free_ports, processes
+from helpers import INSTANCE_TYPES, REPO, descendants, free_ports, processes
 
 from anomaly import store as feature_store
 from anomaly.synthetic import make_video
@@ -36,15 +36,6 @@ from anomaly.synthetic import make_video
 pytestmark = pytest.mark.slow  # starts Ray heads, clusters or subprocesses
 
 CLUSTER_YAML = REPO / "cluster.yaml"
-# vCPUs and GPUs of the instance types cluster.yaml uses (as in tests/test_cluster.py).
-INSTANCE_TYPES = {
-    "g5.4xlarge": (16, 1),
-    "g5.8xlarge": (32, 1),
-    "g5.12xlarge": (48, 4),
-    "g6.8xlarge": (32, 1),
-    "m6i.2xlarge": (8, 0),
-    "c6i.4xlarge": (16, 0),
-}
 FAKE_HEAD = "ray.head.default"  # the fake provider's own name for the head's type
 
 

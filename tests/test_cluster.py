@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import descendants, free_ports, processes
+from helpers import INSTANCE_TYPES, descendants, free_ports, processes
 from packaging.requirements import Requirement
 
 from anomaly.synthetic.features import make_feature_store
@@ -23,15 +23,6 @@ CLUSTER_YAML = REPO / "cluster.yaml"
 
 
 DOCKERFILE = REPO / "Dockerfile"
-# vCPUs and GPUs of the instance types cluster.yaml may use (AWS's published figures).
-INSTANCE_TYPES = {
-    "g5.4xlarge": (16, 1),
-    "g5.8xlarge": (32, 1),
-    "g5.12xlarge": (48, 4),
-    "g6.8xlarge": (32, 1),
-    "m6i.2xlarge": (8, 0),
-    "c6i.4xlarge": (16, 0),
-}
 MIN_VCPUS_PER_GPU = 16  # decoding for one A10G-class GPU
 
 

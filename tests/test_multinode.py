@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, free_ports, job_command
+from helpers import REPO, TINY_STORE_META, free_ports, job_command
 
 from anomaly import store as feature_store
 from anomaly.checkpoints import checkpoint_payload
@@ -31,14 +31,7 @@ from anomaly.synthetic.features import make_feature_store
 pytestmark = pytest.mark.slow  # starts Ray heads, clusters or subprocesses
 
 TINY = ["--backbone", "r3d_18", "--weights", "none", "--clip-len", "8", "--crop", "32,32", "--device", "cpu"]
-STORE_META = {
-    "backbone": "r3d_18",
-    "feature_dim": 512,
-    "weights_sha256": "random",
-    "clip_len": 8,
-    "stride": 8,
-    "crop": [32, 32],
-}
+STORE_META = TINY_STORE_META
 # Ray's own bookkeeping actors may live on the head: Ray Data's, and Ray Train's controller with the
 # actors it keeps beside it (Ray attaches them to the driver's node). They are not the job's work;
 # everything else must not be there.

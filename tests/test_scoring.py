@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import job_env, run_and_kill
+from helpers import TINY_STORE_META, job_env, run_and_kill
 
 from anomaly import cli
 from anomaly import store as feature_store
@@ -32,14 +32,7 @@ from anomaly.segments import pool_segments
 from anomaly.synthetic import make_video
 from ray_jobs import score as score_job
 
-STORE_META = {
-    "backbone": "r3d_18",
-    "feature_dim": 512,
-    "weights_sha256": "random",
-    "clip_len": 8,
-    "stride": 8,
-    "crop": [32, 32],
-}
+STORE_META = TINY_STORE_META
 
 
 def _save_run(folder: Path, model: torch.nn.Module) -> Path:

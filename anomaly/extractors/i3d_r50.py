@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from anomaly.extractors.resnet3d import Bottleneck
+
 FEATURE_DIM = 2048
 STAGES = (
     (64, (1, 1, 1), 1),
@@ -37,9 +39,11 @@ STAGES = (
 )
 
 
-class InflatedBottleneck(nn.Module):
+class InflatedBottleneck(Bottleneck):
+    """The 3D-ResNets bottleneck's forward with I3D's inflated convolutions (temporal kernel on conv1)."""
+
     def __init__(self, cin: int, planes: int, stride: int, temporal: int, downsample: bool) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.conv1 = nn.Conv3d(
             cin, planes, kernel_size=(1 + 2 * temporal, 1, 1), padding=(temporal, 0, 0), bias=False
         )
@@ -59,13 +63,6 @@ class InflatedBottleneck(nn.Module):
             if downsample
             else None
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
 
 
 class I3DResNet50(nn.Module):
