@@ -247,6 +247,13 @@ class _Scene:
             self.canvas.person(img, y, x, scale, color)
 
 
+def scene_renderer(
+    *, height: int, width: int, event: str | None, interval: tuple[int, int] | None, seed: int = 0
+):
+    """``t -> (H, W, 3) uint8`` frame of the scene :func:`make_video` draws (for live streams of it)."""
+    return _Scene(np.random.default_rng(seed), height, width, event, interval).render
+
+
 # --------------------------------------------------------------------------- encoding
 
 
