@@ -240,7 +240,9 @@ class LiveService:
                 taken = await camera.actor.take.remote(16, 1.0)
                 camera.status, camera.note, failures = taken["status"], "", 0
                 clips = taken["clips"]
-                if not clips:
+                if not clips:  # a stream that stopped: its open alarm closes after the merge gap
+                    for kind, alarm in camera.scorer.expire(time.time()):
+                        self._publish(kind, alarm)
                     continue
                 features = await asyncio.gather(*[self.backbone.features.remote(c["frames"]) for c in clips])
                 for clip, feats in zip(clips, features, strict=True):

@@ -74,6 +74,12 @@ class AlarmTracker:
         """The stream ended: close an open alarm (and one that just reached its minimum duration)."""
         return self._update(float("inf"), final=True)
 
+    def expire(self, now: float) -> list:
+        """No clip came (a stream that stopped): close an open alarm once ``now`` is past its merge gap."""
+        if self._open is None or now - self._open.last_end <= self.settings.merge_gap_s:
+            return []
+        return self._update(now, final=False)
+
     def _alarms(self, settings: AlarmSettings) -> list[Alarm]:
         if not self._score:
             return []
@@ -153,3 +159,6 @@ class CameraScorer:
 
     def close(self) -> list:
         return self.tracker.close()
+
+    def expire(self, now: float) -> list:
+        return self.tracker.expire(now)
