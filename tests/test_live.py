@@ -13,6 +13,8 @@ fails with what it was waiting for.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -375,3 +377,70 @@ def test_ctrl_c_leaves_complete_alarm_files(ray_cluster, demo_run, tmp_path):
         open_alarm[0]["start"]
     ]  # the open one, closed and written
     assert rows[0]["end"] > rows[0]["start"] and rows[0]["peak_score"] > 0.5
+
+
+RTSP_SERVER = shutil.which("rtsp-server-perl")
+
+
+@pytest.mark.skipif(
+    RTSP_SERVER is None, reason="no RTSP server: apt-get install rtsp-server-perl (.ci/run installs it)"
+)
+def test_an_rtsp_camera_from_a_real_rtsp_server(tmp_path, demo_run):
+    """Debian's rtsp-server-perl relays a camera PyAV pushes to it (RECORD, RTP over UDP) to the reader."""
+    from anomaly.extractors import ClipFeatureExtractor, get_backbone
+    from anomaly.synthetic.stream import SyntheticCamera
+
+    client_port, source_port = free_port(), free_port()
+    rtp_port = 20000 + 2 * (os.getpid() % 5000)  # the server's UDP ports, spread across test runs
+    server = subprocess.Popen(
+        [RTSP_SERVER, "--clientport", str(client_port), "--serverport", str(source_port),
+         "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
+         "--rtp_start_port", str(rtp_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    cam = SyntheticCamera(first_event_s=8.0, event_s=3.0, period_s=10_000)
+    reader = None
+    try:
+        poll("the RTSP server to listen", lambda: server.poll() is None and _listening(source_port), 30)
+        cam.push(f"rtsp://127.0.0.1:{source_port}/cam", options={"rtsp_transport": "udp"})
+        spec = get_backbone("r3d_18").with_input_size(crop=(32, 32), clip_len=8)
+        url = f"rtsp://viewer:rtsp-secret@127.0.0.1:{client_port}/cam"
+        config = ReaderConfig(clip_len=8, stride=8, resize=spec.resize, crop=spec.crop, stale_after_s=2.0)
+        poll("the pushed stream to be announced", lambda: _listening(client_port), 30)
+        reader = CameraReader("rtsp", url, config)
+        model, _ = load_scorer(str(demo_run))
+        extractor = ClipFeatureExtractor("r3d_18", None, crop=(32, 32), clip_len=8, device="cpu")
+        scorer = CameraScorer("rtsp", model, DEMO_WINDOW_CLIPS)
+        opened = []
+
+        def step():
+            taken = reader.take(16, 0.5)
+            for clip in taken["clips"]:
+                feats = extractor({"clip": clip["frames"][None]})["features"][0]
+                opened.extend(
+                    a
+                    for kind, a in scorer.add(feats, clip["start_time"], clip["end_time"])[1]
+                    if kind == "opened"
+                )
+            assert "rtsp-secret" not in json.dumps(taken["status"])
+            return opened
+
+        poll("an alarm on the RTSP camera's event", step, 90)
+        assert cam.event_times and opened[0].start >= cam.event_times[0] - CLIP_S - 1.0
+        assert reader.status()["state"] == "live" and reader.status()["url"].startswith("rtsp://***@")
+        server.terminate()
+        server.wait(10)
+        poll("the RTSP camera to go stale", lambda: reader.status()["state"] in ("stale", "failed"), 60)
+    finally:
+        if reader is not None:
+            reader.stop()
+        cam.close()
+        if server.poll() is None:
+            server.kill()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

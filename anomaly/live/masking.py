@@ -43,9 +43,10 @@ def mask_text(text: str, url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return text
-    for secret in (parts.password, parts.username):
-        if secret:
-            text = text.replace(secret, MASK)
+    if parts.username and parts.password:  # user info as written, then the password on its own
+        text = text.replace(f"{parts.username}:{parts.password}@", MASK + "@")
+    if parts.password and len(parts.password) >= 3:  # (a 1-2 character password would mask half the text)
+        text = text.replace(parts.password, MASK)
     for key, value in parse_qsl(parts.query):
         if value and SECRET_KEYS.search(key):
             text = text.replace(value, MASK)

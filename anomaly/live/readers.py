@@ -76,6 +76,9 @@ class ReaderConfig:
     backoff_max_s: float = 8.0
     max_clips: int = 64  # clips held for the ingress; older ones are dropped (and counted) beyond this
     realtime: bool | None = None  # pace at the stream's frame rate; None: files yes, network streams no
+    rtsp_transport: str | None = (
+        None  # "tcp" or "udp"; None: FFmpeg's default (UDP, then TCP if nothing comes)
+    )
 
 
 @dataclass
@@ -190,8 +193,10 @@ class CameraReader:
         """The open container, or AnomalyError with a one-line reason."""
         url = self._url
         options = {}
-        if url.lower().startswith(("rtsp://", "rtsps://")):
-            options["rtsp_transport"] = "tcp"
+        if url.lower().startswith(("rtsp://", "rtsps://")) and self.config.rtsp_transport:
+            options["rtsp_transport"] = self.config.rtsp_transport
+        if is_network_stream(url):  # start within a second, not after FFmpeg's 5 s of probing
+            options.update({"analyzeduration": "1000000", "fflags": "nobuffer"})
         try:
             if is_network_stream(url) or "://" not in url or url.startswith("file://"):
                 target = url[len("file://") :] if url.startswith("file://") else url

@@ -130,32 +130,51 @@ class SyntheticCamera:
         sink = _SocketSink(wfile)
         options = {"flush_packets": "1"}
         with av.open(sink, "w", format="mpegts", options=options, buffer_size=4096) as container:
-            stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
-            stream.options = {
-                "preset": "ultrafast",
-                "tune": "zerolatency",
-                "threads": "1",
-                "g": str(max(1, int(self.fps))),
-            }
-            frame_no = int((time.time() - self.t0) * self.fps)
-            pts = 0
-            while not self._closed.is_set():
-                due = self.t0 + frame_no / self.fps
-                wait = due - time.time()
-                if wait > 0 and self._closed.wait(wait):
-                    break
-                frame = av.VideoFrame.from_ndarray(self._frame(frame_no), format="rgb24")
-                frame.pts = pts
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-                sink.flush()
-                event = self.in_event(frame_no)
-                if event is not None and event not in self._sent_events:
-                    self._sent_events.add(event)
-                    self.event_times.append(time.time())
-                frame_no += 1
-                pts += 1
+            self._stream_into(container, sink.flush)
+
+    def push(
+        self, url: str, *, container_format: str = "rtsp", options: dict | None = None
+    ) -> threading.Thread:
+        """Also push the camera to ``url`` (e.g. an RTSP server's ANNOUNCE/RECORD port) until closed."""
+
+        def run() -> None:
+            try:
+                with av.open(url, "w", format=container_format, options=options or {}) as container:
+                    self._stream_into(container, lambda: None)
+            except (OSError, av.FFmpegError) as exc:
+                logger.warning("push to %s ended: %s", url, exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def _stream_into(self, container, flush) -> None:
+        stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
+        stream.options = {
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            "threads": "1",
+            "g": str(max(1, int(self.fps))),
+        }
+        frame_no = int((time.time() - self.t0) * self.fps)
+        pts = 0
+        while not self._closed.is_set():
+            due = self.t0 + frame_no / self.fps
+            wait = due - time.time()
+            if wait > 0 and self._closed.wait(wait):
+                break
+            frame = av.VideoFrame.from_ndarray(self._frame(frame_no), format="rgb24")
+            frame.pts = pts
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            flush()
+            event = self.in_event(frame_no)
+            if event is not None and event not in self._sent_events:
+                self._sent_events.add(event)
+                self.event_times.append(time.time())
+            frame_no += 1
+            pts += 1
 
     def close(self) -> None:
         """Stop serving: open connections end (a camera killed), the port is released."""
