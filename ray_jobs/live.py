@@ -105,6 +105,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--fail-after", type=cli.positive_float, default=30.0, help="seconds stale before failed"
     )
     parser.add_argument(
+        "--rtsp-transport",
+        choices=("tcp", "udp"),
+        default=None,
+        help="RTSP transport (default: UDP, then TCP)",
+    )
+    parser.add_argument(
         "--duration", type=cli.positive_float, default=None, help="stop after this many seconds"
     )
     parser.add_argument(
@@ -146,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
         "reader_cpus": args.reader_cpus,
         "stale_after_s": args.stale_after,
         "fail_after_s": args.fail_after,
+        "rtsp_transport": args.rtsp_transport,
     }
 
 

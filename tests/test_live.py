@@ -444,3 +444,24 @@ def _listening(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_bad_flags_are_one_line_errors(demo_run, capsys):
+    from anomaly import cli
+    from ray_jobs import live
+
+    for argv, expected in (
+        (["--camera", "rtsp://u:secret-pw@h/x"], "error: --checkpoint: required"),
+        (
+            ["--checkpoint", str(demo_run), "--camera", "rtsp://u:secret-pw@h/x"],
+            "error: --camera: expected ID=URL",
+        ),
+        (["--checkpoint", str(demo_run), "--camera", "a=x", "--camera", "a=y"], "given twice"),
+        (["--checkpoint", str(demo_run), "--threshold", "2"], "error: --threshold: must be"),
+        (["--checkpoint", str(demo_run), "--merge-gap", "-1"], "error: --merge-gap: must be >= 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(live.main, live.get_args_parser(), argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+        assert "secret-pw" not in err

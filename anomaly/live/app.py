@@ -76,6 +76,7 @@ class LiveConfig:
     reader_cpus: float = 0.25
     stale_after_s: float = 2.0
     fail_after_s: float = 30.0
+    rtsp_transport: str | None = None  # "tcp" or "udp"; None: FFmpeg's default (UDP, then TCP)
     fps_default: float = 25.0  # for the window in clips when a camera does not say its rate yet
 
     @classmethod
@@ -185,6 +186,7 @@ class LiveService:
             crop=self.spec.crop,
             stale_after_s=self.config.stale_after_s,
             fail_after_s=self.config.fail_after_s,
+            rtsp_transport=self.config.rtsp_transport,
         )
         self.reader_cls = reader_actor(self.config.reader_cpus)
         self.parts = PartWriter(self.config.out)
