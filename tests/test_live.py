@@ -465,3 +465,41 @@ def test_bad_flags_are_one_line_errors(demo_run, capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
         assert "secret-pw" not in err
+
+
+def test_a_corrupt_stream_is_failed_with_a_reason():
+    """An HTTP "camera" sending bytes that are no video: failed, with FFmpeg's one-line reason."""
+    import http.server
+
+    class Garbage(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            rng = np.random.default_rng(0)
+            try:
+                for _ in range(200):
+                    self.wfile.write(rng.integers(0, 256, size=4096, dtype=np.uint8).tobytes())
+                    time.sleep(0.01)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reader = CameraReader(
+        "noise", f"http://127.0.0.1:{server.server_address[1]}/x.ts",
+        ReaderConfig(clip_len=8, stride=8, resize=(36,), crop=(32, 32), open_timeout_s=5, read_timeout_s=3),
+    )  # fmt: skip
+    try:
+        status = poll(
+            "the corrupt camera to be failed", lambda: (s := reader.status())["state"] == "failed" and s, 60
+        )
+        assert status["reason"] and "\n" not in status["reason"], status
+        assert reader.take(16, 0.1)["clips"] == []
+    finally:
+        reader.stop()
+        server.shutdown()
+        server.server_close()

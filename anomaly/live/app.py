@@ -270,10 +270,8 @@ class LiveService:
     def _score(self, camera: _Camera, clip: dict, feats) -> None:
         if clip["connect"] != camera.connect:  # a new connection: no window across the gap
             camera.connect = clip["connect"]
-            camera.scorer.reset_window()
-            fps = camera.status.get("fps") or 0.0
-            if fps and not self.settings.window_clips:
-                camera.scorer.window = self.settings.window(fps)
+            fps = clip.get("fps") or camera.status.get("fps") or 0.0
+            camera.scorer.reset_window(self.settings.window(fps) if fps else None)
         period = (clip["end_time"] - clip["start_time"]) / max(1, self.spec.clip_len)
         next_start = clip["start_time"] + self.settings.stride * period
         score, events = camera.scorer.add(feats, clip["start_time"], clip["end_time"], next_start)

@@ -303,6 +303,7 @@ class CameraReader:
             "start_frame": start,
             "start_time": first_t,
             "end_time": last_t + period,
+            "fps": declared_fps or (1.0 / period if period > 0 else 0.0),
             "frames": frames,
         }
         self._clip_index += 1

@@ -144,9 +144,12 @@ class CameraScorer:
         self.tracker = AlarmTracker(camera, settings or AlarmSettings())
         self.last_score: float | None = None
 
-    def reset_window(self) -> None:
-        """A new connection: the window restarts (no context across a gap in the stream)."""
-        self._features.clear()
+    def reset_window(self, window: int | None = None) -> None:
+        """A new connection: the window restarts (no context across a gap), ``window`` clips long if given."""
+        if window is not None:
+            self.window = max(1, int(window))
+            self.history = (2 * self.context + 1) * self.window
+        self._features = deque(maxlen=self.history)
 
     def add(self, features: np.ndarray, start_s: float, end_s: float, next_start_s: float | None = None):
         """Score one clip on its trailing window; returns ``(score, alarm events)``."""
