@@ -183,6 +183,9 @@ def main() -> int:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--skip", choices=("latency", "cameras"), default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--checkpoint", default=None, help="a toy head fitted before (default: fit one, ~1 min)"
+    )
     args = parser.parse_args()
 
     import ray
@@ -192,8 +195,8 @@ def main() -> int:
 
     folder = tempfile.mkdtemp(prefix="bench-live-")
     t0 = time.time()
-    run = fit_demo_checkpoint(os.path.join(folder, "run"))
-    print(f"toy head fitted in {time.time() - t0:.0f} s", flush=True)
+    run = args.checkpoint or fit_demo_checkpoint(os.path.join(folder, "run"))
+    print(f"toy head {run} ready in {time.time() - t0:.0f} s", flush=True)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -25,7 +25,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from anomaly.synthetic.videos import scene_renderer
+from anomaly.synthetic.videos import make_scene
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,7 @@ class SyntheticCamera:
         self.fps, self.height, self.width = fps, height, width
         self.first_event_s, self.event_s, self.period_s = first_event_s, event_s, period_s
         self.event = event
-        period = int(round(period_s * fps))
-        start = int(round(first_event_s * fps)) % period
-        self._period = period
-        self._render = scene_renderer(
-            height=height,
-            width=width,
-            event=event,
-            interval=(start, min(period, start + int(round(event_s * fps)))) if event else None,
-            seed=seed,
-        )
+        self._scene = make_scene(height=height, width=width, event=event, seed=seed)
         self._render_lock = threading.Lock()
         self.event_times: list[float] = []  # wall time the first anomalous frame of each event was sent
         self._sent_events: set[int] = set()
@@ -121,10 +112,15 @@ class SyntheticCamera:
         return self.t0 + self.first_event_s + k * self.period_s
 
     def _frame(self, frame_no: int) -> np.ndarray:
-        t = (frame_no - int(round(self.first_event_s * self.fps))) % self._period
-        t = (t + int(round(self.first_event_s * self.fps))) % self._period
+        """Frame ``frame_no``: the street goes on continuously; the event is drawn during its seconds."""
+        event = self.in_event(frame_no)
         with self._render_lock:
-            return self._render(t)
+            if event is None:
+                self._scene.interval = None
+            else:
+                start = int(round((self.first_event_s + event * self.period_s) * self.fps))
+                self._scene.interval = (start, start + int(round(self.event_s * self.fps)))
+            return self._scene.render(frame_no)
 
     def _serve(self, wfile) -> None:
         sink = _SocketSink(wfile)

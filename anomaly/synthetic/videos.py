@@ -247,11 +247,13 @@ class _Scene:
             self.canvas.person(img, y, x, scale, color)
 
 
-def scene_renderer(
-    *, height: int, width: int, event: str | None, interval: tuple[int, int] | None, seed: int = 0
-):
-    """``t -> (H, W, 3) uint8`` frame of the scene :func:`make_video` draws (for live streams of it)."""
-    return _Scene(np.random.default_rng(seed), height, width, event, interval).render
+def make_scene(*, height: int, width: int, event: str | None, seed: int = 0):
+    """The scene :func:`make_video` draws, for live streams of it: ``scene.render(t)`` is frame ``t``.
+
+    Set ``scene.interval = (start, end)`` (frames) before rendering to put the event there, or
+    None for none; the street and its walkers go on unchanged either way.
+    """
+    return _Scene(np.random.default_rng(seed), height, width, event, None)
 
 
 # --------------------------------------------------------------------------- encoding
