@@ -7,7 +7,7 @@
    from the first anomalous frame leaving the camera's socket to the alarm appearing on
    ``GET /alarms`` (polled every 50 ms); p50/p95 over the events; alarms that overlap no event
    are counted as false.
-2. **Cameras per replica**: 1, 2, 4, … cameras (``--max-cameras``) on one backbone replica; each
+2. **Cameras per replica**: 1, 2, 4, 6, 8, 12, … cameras (``--max-cameras``) on one backbone replica; each
    step runs ``--seconds`` s after a warm-up, and keeps up when every camera's lag (now minus the
    end of its last scored clip) did not grow by more than one clip and no clip was dropped.
 
@@ -123,9 +123,9 @@ def measure_latency(base: str, events: int, period: float) -> dict:
 
 def measure_cameras(base: str, max_cameras: int, seconds: float, warmup: float) -> list[dict]:
     steps, cams = [], {}
-    n = 1
+    counts = [n for n in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256) if n <= max_cameras]
     try:
-        while n <= max_cameras:
+        for n in counts:
             for k in range(len(cams), n):
                 cams[f"c{k}"] = SyntheticCamera(event=None, seed=k)
                 post(base, {"id": f"c{k}", "url": cams[f"c{k}"].url})
@@ -157,7 +157,6 @@ def measure_cameras(base: str, max_cameras: int, seconds: float, warmup: float) 
             steps.append(step)
             if not step["real_time"]:
                 break
-            n *= 2
     finally:
         for camera_id, cam in cams.items():
             try:

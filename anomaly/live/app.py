@@ -85,15 +85,44 @@ class LiveConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise AnomalyError("live config", f"unknown keys {unknown}; known: {sorted(names)}")
-        values = dict(data)
+        values = {
+            key: _from_text(key, value, types[key]) for key, value in data.items() for types in [_TYPES]
+        }
         if values.get("crop") is not None:
-            values["crop"] = tuple(int(v) for v in values["crop"])
-        if isinstance(values.get("cameras"), list):  # ["ID=URL", …] as on the command line
-            values["cameras"] = parse_cameras(values["cameras"])
+            crop = values["crop"]
+            values["crop"] = tuple(
+                int(v) for v in (crop.replace("x", ",").split(",") if isinstance(crop, str) else crop)
+            )
+        cameras = values.get("cameras")
+        if isinstance(cameras, str):  # `serve run … cameras=ID=URL` or a JSON list
+            cameras = json.loads(cameras) if cameras.lstrip().startswith(("[", "{")) else [cameras]
+        if isinstance(cameras, list):  # ["ID=URL", …] as on the command line
+            cameras = parse_cameras(cameras)
+        values["cameras"] = cameras or {}
         return cls(**values)
 
     def alarm_settings(self) -> AlarmSettings:
         return AlarmSettings(self.threshold, self.min_duration_s, self.merge_gap_s).validate()
+
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(LiveConfig)}
+
+
+def _from_text(key: str, value, kind) -> object:
+    """``serve run app key=value`` passes strings: numbers and flags by the field's type."""
+    if not isinstance(value, str):
+        return value
+    names = str(kind)
+    try:
+        if value.lower() in ("none", "null", "") and "None" in names:
+            return None
+        if "float" in names:
+            return float(value)
+        if "int" in names and "tuple" not in names:
+            return int(value)
+    except ValueError:
+        raise AnomalyError(key, f"expected a number, got {value!r}") from None
+    return value
 
 
 def parse_cameras(items: list[str]) -> dict[str, str]:
