@@ -85,9 +85,7 @@ class LiveConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise AnomalyError("live config", f"unknown keys {unknown}; known: {sorted(names)}")
-        values = {
-            key: _from_text(key, value, types[key]) for key, value in data.items() for types in [_TYPES]
-        }
+        values = {key: _from_text(key, value, _TYPES[key]) for key, value in data.items()}
         if values.get("crop") is not None:
             crop = values["crop"]
             values["crop"] = tuple(
