@@ -503,3 +503,19 @@ def test_a_corrupt_stream_is_failed_with_a_reason():
         reader.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_a_serve_config_file_or_serve_run_gives_the_same_settings_as_the_flags():
+    from anomaly.errors import AnomalyError
+    from anomaly.live.app import LiveConfig
+
+    text = LiveConfig.from_dict(
+        {"checkpoint": "run", "out": "o", "threshold": "0.7", "window_clips": "5", "crop": "32,32",
+         "cameras": "gate=rtsp://u:p@h/x", "clip_len": "None"}
+    )  # fmt: skip
+    assert (text.threshold, text.window_clips, text.crop, text.clip_len) == (0.7, 5, (32, 32), None)
+    assert text.cameras == {"gate": "rtsp://u:p@h/x"}
+    listed = LiveConfig.from_dict({"checkpoint": "run", "out": "o", "cameras": ["a=x.mp4", "b=y.mp4"]})
+    assert listed.cameras == {"a": "x.mp4", "b": "y.mp4"}
+    with pytest.raises(AnomalyError, match="unknown keys"):
+        LiveConfig.from_dict({"checkpoint": "run", "out": "o", "thresold": 0.7})
