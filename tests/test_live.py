@@ -519,3 +519,44 @@ def test_a_serve_config_file_or_serve_run_gives_the_same_settings_as_the_flags()
     assert listed.cameras == {"a": "x.mp4", "b": "y.mp4"}
     with pytest.raises(AnomalyError, match="unknown keys"):
         LiveConfig.from_dict({"checkpoint": "run", "out": "o", "thresold": 0.7})
+
+
+def test_the_webhook_retries_a_bounded_number_of_times_and_never_blocks():
+    import http.server
+
+    from anomaly.live.sinks import Webhook
+
+    received, attempts = [], []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            attempts.append(1)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if len(attempts) == 1:  # the first attempt fails: the event comes again
+                self.send_response(503)
+                self.end_headers()
+                return
+            received.append(body)
+            self.send_response(204)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = Webhook(f"http://127.0.0.1:{server.server_address[1]}/hook")
+        hook.post({"event": "opened", "camera": "cam1"})
+        poll("the webhook to deliver after one retry", lambda: received, 30)
+        assert received == [{"event": "opened", "camera": "cam1"}] and len(attempts) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    dead = Webhook(f"http://127.0.0.1:{free_port()}/hook", retries=2, max_queue=10)
+    started = time.perf_counter()
+    for k in range(1000):  # a dead receiver: posting returns at once, the queue stays bounded
+        dead.post({"event": "opened", "n": k})
+    assert time.perf_counter() - started < 5.0  # generous: 1000 puts into a queue
+    assert dead.queue.qsize() <= 10 and dead.dropped >= 990 - 1
+    poll("the dead webhook to give up on an event", lambda: dead.failed >= 1, 30)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anomaly import uris
-from anomaly.live.masking import mask_url
+from anomaly.live.masking import mask_text, mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,10 @@ class Webhook:
                     if attempt == self.retries:
                         self.failed += 1
                         logger.warning(
-                            "webhook %s: event dropped after %d attempts: %s", self.shown, attempt + 1, exc
+                            "webhook %s: event dropped after %d attempts: %s",
+                            self.shown,
+                            attempt + 1,
+                            mask_text(str(exc), self.url),
                         )
                     else:
                         time.sleep(0.5 * 2**attempt)
