@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 READER_NAMESPACE = "anomaly-live"
+READER_WAIT_S = 30.0  # a take() that has not answered by then: the camera's reason says why
 MAX_ALARMS_KEPT = 10_000  # alarms /alarms answers from memory (all of them are in OUT/alarms)
 
 
@@ -266,7 +267,11 @@ class LiveService:
         failures = 0
         while not camera.stopped:
             try:
-                taken = await camera.actor.take.remote(16, 1.0)
+                try:
+                    taken = await asyncio.wait_for(camera.actor.take.remote(16, 1.0), timeout=READER_WAIT_S)
+                except asyncio.TimeoutError:  # not scheduled (no CPU left for it) or restarting
+                    camera.note = f"reader not running yet (it asks for {self.config.reader_cpus} CPU)"
+                    continue
                 camera.status, camera.note, failures = taken["status"], "", 0
                 clips = taken["clips"]
                 if not clips:  # a stream that stopped: its open alarm closes after the merge gap
