@@ -38,7 +38,7 @@ from ray import serve
 from anomaly.alarms import DEFAULT_MERGE_GAP_S, DEFAULT_MIN_DURATION_S, DEFAULT_THRESHOLD, AlarmSettings
 from anomaly.errors import AnomalyError
 from anomaly.live.backbone import Backbone
-from anomaly.live.masking import mask_url
+from anomaly.live.masking import mask_text, mask_url
 from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -200,6 +200,9 @@ class LiveService:
         from anomaly.live.readers import ReaderConfig, reader_actor
         from anomaly.live.sinks import EventHub, PartWriter, Webhook
 
+        import torch
+
+        torch.set_num_threads(1)  # the head is a small MLP per clip; the backbone replicas own the cores
         self.config = LiveConfig.from_dict(config)
         self.model, payload, self.settings, self.spec = resolve(self.config)
         from anomaly.scoring.windows import context_segments
@@ -295,7 +298,8 @@ class LiveService:
                 if camera.stopped:
                     return
                 failures += 1
-                camera.note = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                camera.note = mask_text(text, camera.url)[:300]
                 logger.warning("camera %s: %s (retrying)", camera.id, camera.note)
                 await asyncio.sleep(min(10.0, 0.5 * 2**failures))
 
