@@ -197,10 +197,10 @@ app = FastAPI(title="anomaly live", docs_url=None, redoc_url=None)
 @serve.ingress(app)
 class LiveService:
     def __init__(self, backbone, config: dict) -> None:
+        import torch
+
         from anomaly.live.readers import ReaderConfig, reader_actor
         from anomaly.live.sinks import EventHub, PartWriter, Webhook
-
-        import torch
 
         torch.set_num_threads(1)  # the head is a small MLP per clip; the backbone replicas own the cores
         self.config = LiveConfig.from_dict(config)
