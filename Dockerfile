@@ -21,4 +21,4 @@ COPY --chown=ray:users anomaly ./anomaly
 COPY --chown=ray:users ray_jobs ./ray_jobs
 COPY --chown=ray:users tune_configs ./tune_configs
 RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import anomaly.training, anomaly.tuning, torch, ray; assert ray.__version__ == '2.60.0', ray.__version__"
+    && python -c "import anomaly.training, anomaly.tuning, anomaly.live.app, torch, ray; assert ray.__version__ == '2.60.0', ray.__version__"

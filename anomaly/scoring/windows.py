@@ -18,6 +18,13 @@ Heads that need context (a sequence of segments, e.g. RTFM-style or
 transformer heads, recorded as ``model:`` in the checkpoint's config) score,
 for each clip, the sequence of ``2 * context + 1`` such windows spaced one
 window apart and centred on it, and the clip takes the middle one's score.
+
+Live scoring (:mod:`anomaly.live`) cannot wait for future clips: with
+``causal=True`` clip ``i`` is scored on the *trailing* window ``[i - window + 1,
+i]`` (fewer clips at the start of a stream), and a sequence head on the
+``2 * context + 1`` trailing windows, taking the last one's score. Away from the
+ends, the causal score of clip ``i`` is the centred score of clip
+``i - causal_delay(window)``: live and batch scores agree up to that delay.
 """
 
 from __future__ import annotations
@@ -56,18 +63,31 @@ def context_segments(payload: dict, model: torch.nn.Module | None = None) -> int
     return 0 if head in PER_SEGMENT_HEADS else NUM_SEGMENTS // 2
 
 
-def window_features(clip_features: np.ndarray, window: int) -> np.ndarray:
-    """``(N, D)`` clip features -> ``(N, D)`` L2-normalised means over the centred window of each clip."""
+def causal_delay(window: int) -> int:
+    """Clips by which a trailing window lags the centred one: causal clip ``i`` = centred clip ``i - delay``."""
+    window = max(1, int(window))
+    return window - 1 - (window - 1) // 2
+
+
+def window_features(clip_features: np.ndarray, window: int, *, causal: bool = False) -> np.ndarray:
+    """``(N, D)`` clip features -> ``(N, D)`` L2-normalised means over the window of each clip.
+
+    Centred (batch) by default; ``causal``: the trailing window ending at each clip (live).
+    """
     feats = np.asarray(clip_features, dtype=np.float64)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"expected (clips, dim) features, got shape {feats.shape}")
     n = feats.shape[0]
-    window = max(1, min(int(window), n))
     index = np.arange(n)
-    low = np.clip(index - (window - 1) // 2, 0, n - window)
-    high = low + window  # shifted inward at the ends: every window holds `window` clips
+    if causal:  # only past clips: a short stream has short windows, never future ones
+        high = index + 1
+        low = np.maximum(0, high - max(1, int(window)))
+    else:
+        window = max(1, min(int(window), n))
+        low = np.clip(index - (window - 1) // 2, 0, n - window)
+        high = low + window  # shifted inward at the ends: every window holds `window` clips
     sums = np.concatenate([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
-    means = (sums[high] - sums[low]) / window
+    means = (sums[high] - sums[low]) / (high - low)[:, None]
     return l2_normalize(means.astype(np.float32))
 
 
@@ -141,15 +161,34 @@ def score_clips(
     *,
     context: int = 0,
     batch: int = 1024,
+    causal: bool = False,
 ) -> np.ndarray:
-    """One score per clip (``(N,)`` float32) with the window rule above; ``context`` > 0 for sequence heads."""
+    """One score per clip (``(N,)`` float32) with the window rule above; ``context`` > 0 for sequence heads.
+
+    ``causal``: trailing windows only (live scoring; see the module docstring). Centred
+    windows are scored by :func:`score_clip_range` over the whole video (one rule, chunked
+    or not).
+    """
     feats = np.asarray(clip_features)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"expected (clips, dim) features, got shape {feats.shape}")
     n = len(feats)
-    return score_clip_range(
-        model, feats, lo=0, n=n, window=window, start=0, end=n, context=context, batch=batch
-    )
+    if not causal:
+        return score_clip_range(
+            model, feats, lo=0, n=n, window=window, start=0, end=n, context=context, batch=batch
+        )
+    model.eval()
+    windows = window_features(feats, window, causal=True)
+    if context <= 0:
+        return _run(model, windows, batch).reshape(-1).astype(np.float32)
+    # the 2K+1 trailing windows, one window apart; the clip takes the last one's score
+    offsets = np.arange(-2 * context, 1) * max(1, int(window))
+    index = np.clip(np.arange(n)[:, None] + offsets[None, :], 0, n - 1)  # (N, 2K+1) window ends
+    rows, step = [], max(1, batch // len(offsets))
+    for start in range(0, n, step):
+        sequences = windows[index[start : start + step]]
+        rows.append(_run(model, sequences, len(sequences))[:, 2 * context])
+    return np.concatenate(rows).astype(np.float32)
 
 
 def clip_frame_scores(clip_scores: np.ndarray, num_frames: int, stride: int) -> np.ndarray:

@@ -247,6 +247,15 @@ class _Scene:
             self.canvas.person(img, y, x, scale, color)
 
 
+def make_scene(*, height: int, width: int, event: str | None, seed: int = 0):
+    """The scene :func:`make_video` draws, for live streams of it: ``scene.render(t)`` is frame ``t``.
+
+    Set ``scene.interval = (start, end)`` (frames) before rendering to put the event there, or
+    None for none; the street and its walkers go on unchanged either way.
+    """
+    return _Scene(np.random.default_rng(seed), height, width, event, None)
+
+
 # --------------------------------------------------------------------------- encoding
 
 
