@@ -39,6 +39,7 @@ def test_demo_end_to_end(tmp_path, ray_cluster, capsys):
         "Each step by hand",
     ):
         assert line in report, line
+    assert len(report.splitlines()) <= 80, report  # a short story a person reads (issue 22)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["num_videos"] == 6
     assert metrics["frame_auc"] == pytest.approx(frame_auc_again(out / "eval", metrics["store"]), abs=1e-6)
