@@ -11,6 +11,8 @@
   that asks for 0 CPUs on a 0-CPU head, beside the GCS, with no memory limit.
 - :func:`tasks_in_flight`: how many commit or scoring tasks a driver keeps
   running at once, from the cluster's CPUs (not a constant).
+- :func:`bookkeeping_cpus`: the CPU share of a job's long-lived bookkeeping actor:
+  0 where the driver's node has CPUs, a sliver where it is a 0-CPU head.
 """
 
 from __future__ import annotations
@@ -122,6 +124,21 @@ def wait_for_resources(
             from ray.autoscaler.sdk import request_resources
 
             request_resources(bundles=[])
+
+
+def bookkeeping_cpus(share: float = 0.01) -> float:
+    """CPUs a job's long-lived bookkeeping actor asks for: 0, unless the driver is on a 0-CPU head.
+
+    A 0-CPU actor is placed on a 0-CPU head; a sliver keeps it off, but a sliver held for a
+    whole job would make a local Ray whose CPUs the job's work fills exactly (2 CPUs, a trial
+    of 2) wait forever. So the sliver is asked for only where it is needed.
+    """
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == here), None)
+    has_cpus = node is None or node.get("Resources", {}).get("CPU", 0) > 0
+    return 0.0 if has_cpus else share
 
 
 def tasks_in_flight(cpus_per_task: float = TASK_CPUS, *, share: float = 0.25, floor: int = 2) -> int:

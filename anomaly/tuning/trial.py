@@ -26,6 +26,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from anomaly import uris
+from anomaly.cluster import bookkeeping_cpus
 from anomaly.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class EpochReportCallback(TuneReportCallback):
         super().after_report(run_context, metrics, checkpoint)
 
 
-@ray.remote(num_cpus=0.01)  # not 0: a 0-CPU actor is placed on a 0-CPU head (docs/cluster.md)
+@ray.remote(num_cpus=0)  # worker_groups asks for cluster.bookkeeping_cpus(): off a 0-CPU head
 class WorkerGroups:
     """The placement groups of each trial's Train worker groups, so the driver can release them."""
 
@@ -80,7 +81,7 @@ def _remove(group) -> None:
 
 def worker_groups(name: str):
     """The search's :class:`WorkerGroups` actor (named, so a resumed search's callback finds it)."""
-    return WorkerGroups.options(name=name, get_if_exists=True).remote()
+    return WorkerGroups.options(name=name, get_if_exists=True, num_cpus=bookkeeping_cpus()).remote()
 
 
 class ReleaseStoppedTrials(tune.Callback):
