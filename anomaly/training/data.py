@@ -86,7 +86,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     train_idx, val_idx = [], []
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
-        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 and fraction > 0 else 0
         val_idx.extend(idx[:n_val])
         train_idx.extend(idx[n_val:])
     return np.sort(np.array(train_idx, dtype=np.int64)), np.sort(np.array(val_idx, dtype=np.int64))
@@ -126,7 +126,8 @@ def _stream(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
 def train_datasets(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
     """Abnormal and normal training bags: two datasets, so every step can draw both labels."""
     if inputs.cached is not None:
-        return {name: inputs.cached[name].randomize_block_order() for name in TRAIN_SETS}
+        # Seeded: the same seed and store give the same block order, hence the same batches.
+        return {name: inputs.cached[name].randomize_block_order(seed=inputs.seed) for name in TRAIN_SETS}
     return {name: ds for name, ds in _stream(inputs).items() if name in TRAIN_SETS}
 
 
@@ -187,6 +188,8 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
     decide by size (None: cached when they take at most :data:`CACHE_FRACTION` of it).
     """
     table = feature_store.read_table(store, columns=["label"], split="train")
+    # Sorted by id, so the seed alone decides the validation split (not the part files' order).
+    table = table.sort_by([("video_id", "ascending"), ("label", "ascending")])
     labels = table.column("label").to_numpy().astype(np.int64)
     ids = table.column("video_id").to_pylist()
     if table.num_rows == 0:
@@ -202,7 +205,7 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         # The rows are read by Ray's tasks, which cannot tell which copy is the first.
         logger.warning("%s: duplicate video rows are trained on as often as they occur", store)
     train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
-    files = tuple(feature_store.part_files(store))
+    files = tuple(sorted(feature_store.part_files(store)))
     inputs = TrainingInputs(
         store=store,
         files=files,

@@ -60,6 +60,17 @@ def run_config(
     )
 
 
+def data_config() -> ray.train.DataConfig:
+    """Train's data settings: the shards keep their blocks' order, so one seed gives one model.
+
+    Ray Data yields finished blocks as they come by default (``preserve_order=False``), so two
+    runs with the same seed would see their bags in different orders.
+    """
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS), execution_options=options)
+
+
 def check_workers(inputs: TrainingInputs, config: TrainConfig, num_workers: int) -> None:
     """Every worker needs a share of the global batch and of each label's bags."""
     if config.batch_size < num_workers:
@@ -127,7 +138,7 @@ def fit(
             score_attribute="val_auc" if selects_by_validation(config.selection) else "epoch",
         ),
         datasets=train_datasets(inputs),
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS)),
+        dataset_config=data_config(),
     )
     write_yaml(uris.join(run_dir, "config.yaml"), config.to_dict())
     result = trainer.fit()

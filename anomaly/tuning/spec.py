@@ -40,8 +40,10 @@ from anomaly.errors import AnomalyError
 
 SECTIONS = ("base", "search", "tune")
 METRICS = ("val_auc", "val_frame_auc", "val_video_auc", "loss")
-# The validation split and normalisation are prepared once from the base config and shared.
-NOT_SEARCHABLE = ("seed", "val_fraction")
+# The validation split and normalisation statistics are prepared once from the base config and
+# shared by every trial, so a trial may not change what they depend on (a searched feature_norm
+# would feed inputs normalised with another rule's statistics: |z| ~ 138 on raw ResNet3D rows).
+NOT_SEARCHABLE = ("seed", "val_fraction", "feature_norm")
 OR_ZERO_DEFAULT = 0.25
 # name -> number of arguments (None: a non-empty list of values)
 DISTRIBUTIONS: dict[str, int | None] = {
@@ -201,7 +203,8 @@ def parse_search_spec(values: dict[str, Any], *, where: str = "search config") -
         if name in NOT_SEARCHABLE:
             raise AnomalyError(
                 where,
-                f"search.{name}: cannot be searched (the validation split is prepared once from base)",
+                f"search.{name}: cannot be searched (the validation split and normalisation statistics "
+                "are prepared once from base: run one search per value)",
             )
         if name in (values.get("base") or {}):
             raise AnomalyError(where, f"{name}: both fixed in base and searched; keep one")
