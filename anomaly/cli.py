@@ -69,13 +69,14 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray Train takes at most one report per health poll (2 s by default): short epochs would
+    # wait on it. Set for cluster runs too: Ray Train propagates this variable from the driver to
+    # its controller and workers (ray.train.v2 ENV_VARS_TO_PROPAGATE), wherever they run.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        # Ray Train takes at most one report per health poll (2 s by default): short epochs would
-        # wait on it. Local processes inherit this; on a cluster set it in the nodes' environment.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 

@@ -47,7 +47,7 @@ class TrainConfig:
     dropout: float = 0.6
     feature_norm: str = "robust"  # robust | standardize | l2 | none (anomaly.normalization)
     # Carved from train, stratified by label; 0 trains on every video (ema/last never read it).
-    val_fraction: float = 0.15
+    val_fraction: float = 0.0
     seed: int = 0  # validation split, initialisation, batch order: one seed, one model
 
     def __post_init__(self) -> None:

@@ -173,9 +173,10 @@ def test_one_seed_gives_one_model_on_real_features(r3d34_store, tmp_path):
     out, _, _ = r3d34_store
     features = torch.from_numpy(np.array(store.load_bags(str(out), split="test").features))
     scores = []
-    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+    # Run c also trains on every video (val_fraction 0, the default): no validation split at all.
+    for name, seed, val in (("a", 7, 0.3), ("b", 7, 0.3), ("c", 8, 0.0)):
         config = tmp_path / f"{name}.yaml"
-        config.write_text(f"max_epochs: 2\nbatch_size: 4\nval_fraction: 0.3\nseed: {seed}\n")
+        config.write_text(f"max_epochs: 2\nbatch_size: 4\nval_fraction: {val}\nseed: {seed}\n")
         run = tmp_path / name
         args = train_job.get_args_parser().parse_args(
             ["--features", str(out), "--out", str(run), "--config", str(config), "--max-failures", "0"]
@@ -184,6 +185,8 @@ def test_one_seed_gives_one_model_on_real_features(r3d34_store, tmp_path):
         model, payload = load_scorer(str(run))
         assert payload["config"]["seed"] == seed
         assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == seed
+        if val == 0:
+            assert np.isnan(payload["metrics"]["val_auc"]) and payload["epoch"] == 1
         with torch.no_grad():
             scores.append(model(features))
     assert torch.equal(scores[0], scores[1])

@@ -108,7 +108,9 @@ def read_rows(
 
 
 def _train_rows(inputs: TrainingInputs, label: int | None = None) -> Expr:
-    where = (col("split") == "train") & col("video_id").not_in(list(inputs.val_ids))
+    where = col("split") == "train"
+    if inputs.val_ids:  # Arrow refuses not_in([])
+        where = where & col("video_id").not_in(list(inputs.val_ids))
     return where if label is None else where & (col("label") == label)
 
 
@@ -119,7 +121,9 @@ def _stream(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
         name: read_rows(inputs, ["features"], _train_rows(inputs, label), shuffle=shuffle)
         for name, label in (("abnormal", 1), ("normal", 0))
     }
-    sets["val"] = read_rows(inputs, VAL_COLUMNS, col("video_id").is_in(list(inputs.val_ids)))
+    # No validation videos (val_fraction 0): an always-false filter (Arrow refuses is_in([])).
+    val_rows = col("video_id").is_in(list(inputs.val_ids)) if inputs.val_ids else col("split") == "\0none"
+    sets["val"] = read_rows(inputs, VAL_COLUMNS, val_rows)
     return sets
 
 
@@ -159,23 +163,27 @@ def feature_statistics(dataset: ray.data.Dataset, kind: str = "standardize") -> 
     Each block's moments are computed where it is read; the driver merges them as they stream
     in (Chan et al.'s pairwise update), holding two D-vectors at a time.
     """
-    count, mean, m2 = 0, None, None
     moments = dataset.map_batches(
         _moments, fn_kwargs={"kind": kind}, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS
     )
+    parts = []  # (count, mean, m2) per block: two D-vectors each
     for batch in moments.iter_batches(batch_size=None, batch_format="numpy"):
         for n_b, mean_b, m2_b in zip(batch["count"], batch["mean"], batch["m2"], strict=True):
-            n_b = int(n_b)
-            if n_b == 0:
-                continue
-            if mean is None:
-                count, mean, m2 = n_b, mean_b.copy(), m2_b.copy()
-                continue
-            delta = mean_b - mean
-            total = count + n_b
-            mean = mean + delta * (n_b / total)
-            m2 = m2 + m2_b + delta**2 * (count * n_b / total)
-            count = total
+            if int(n_b):
+                parts.append((int(n_b), mean_b.copy(), m2_b.copy()))
+    # Merged in an order fixed by content, not by which block finished first: float sums depend
+    # on their order, and one seed must give one model.
+    parts.sort(key=lambda part: (part[0], part[1].tobytes(), part[2].tobytes()))
+    count, mean, m2 = 0, None, None
+    for n_b, mean_b, m2_b in parts:
+        if mean is None:
+            count, mean, m2 = n_b, mean_b, m2_b
+            continue
+        delta = mean_b - mean
+        total = count + n_b
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + m2_b + delta**2 * (count * n_b / total)
+        count = total
     if mean is None:
         raise ValueError("no training segments")
     return floor_std(mean, np.sqrt(m2 / count), kind)
@@ -217,19 +225,26 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         store_metadata=meta.to_dict() if (meta := feature_store.read_metadata(store)) else {},
         seed=config.seed,
     )
-    try:
-        mean, std = feature_statistics(
-            read_rows(inputs, ["features"], _train_rows(inputs)), config.feature_norm
-        )
-    except ValueError as exc:  # rows of different shapes
-        raise AnomalyError(store, f"features: {exc}") from exc
+    store_dim = inputs.store_metadata.get("feature_dim")
+    if cache is None and store_dim:
+        cache = _fits_object_store(len(labels), int(store_dim))
     cached = None
-    if cache is None:
-        cache = _fits_object_store(len(labels), len(mean))
     if cache:
         # Small enough: read once into Ray's object store (spilled to disk under pressure), so
-        # epochs and Tune trials do not read and decode the Parquet files again.
+        # epochs and Tune trials do not read and decode the Parquet files again; the statistics
+        # come from those cached bags, so the store is read once.
         cached = {name: ds.materialize() for name, ds in _stream(inputs).items()}
+        source = cached["abnormal"].union(cached["normal"])
+    else:
+        source = read_rows(inputs, ["features"], _train_rows(inputs))
+    try:
+        mean, std = feature_statistics(source, config.feature_norm)
+    except ValueError as exc:  # rows of different shapes
+        raise AnomalyError(store, f"features: {exc}") from exc
+    if cache is None:  # a store without a recorded width: decided now that the width is known
+        cache = _fits_object_store(len(labels), len(mean))
+        if cache:
+            cached = {name: ds.materialize() for name, ds in _stream(inputs).items()}
     logger.info(
         "training bags: %d abnormal, %d normal, %d for validation; %s",
         inputs.num_abnormal,
