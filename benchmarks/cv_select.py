@@ -187,7 +187,10 @@ def dev_half(store: str, names: list[str], seeds: list[int], epochs: int | None)
             )
             got.pop("per_class_auc")
             rows.append({"recipe": name, "seed": seed, "seconds": time.perf_counter() - started, **got})
-            print(f"{name} seed {seed}: dev-half frame AUC {got['frame_auc']:.4f}", flush=True)
+            print(
+                f"{name} seed {seed}: dev-half frame AUC {got['frame_auc']:.4f} {json.dumps(rows[-1], default=str)}",
+                flush=True,
+            )
     return rows
 
 

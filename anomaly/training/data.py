@@ -37,6 +37,7 @@ from anomaly.segments import NUM_SEGMENTS
 logger = logging.getLogger(__name__)
 
 TRAIN_SETS = ("abnormal", "normal")  # the datasets Ray Train splits across its workers
+VAL_SET = "val"  # given to Ray Train unsplit: each worker scores every world-th validation video
 VAL_COLUMNS = ["video_id", "label", "features", "num_frames", "anomaly_intervals", "anomaly_class"]
 # CPUs of each Ray Data read task. Fractional so that reads still run beside training workers
 # on a small machine; on a cluster the CPU workers' cores are what reads use.

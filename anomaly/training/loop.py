@@ -29,7 +29,7 @@ from anomaly.protocols import SNIPPET, store_clip_len
 from anomaly.selection import WeightAverage, selects_by_validation
 from anomaly.store import features_from_arrow
 from anomaly.training.checkpoints import load_checkpoint_payload
-from anomaly.training.data import BagStream, TrainingInputs, rank_batch
+from anomaly.training.data import VAL_SET, BagStream, TrainingInputs, rank_batch
 
 VAL_BATCH_BAGS = 256
 
@@ -111,11 +111,14 @@ def _gather(value) -> list:
     return [value]
 
 
-def score_validation(model: Head, shard) -> dict:
-    """Score this worker's part of the validation videos, streamed in record batches."""
+def score_validation(model: Head, shard, rank: int = 0, world: int = 1) -> dict:
+    """Score this worker's part of the validation videos (every ``world``-th record batch from
+    ``rank``; the whole set read by every worker, none dropped), streamed in record batches."""
     inner = model.module if hasattr(model, "module") else model
     part = {"video_ids": [], "scores": [], "labels": [], "num_frames": [], "intervals": [], "classes": []}
-    for batch in shard.iter_batches(batch_size=VAL_BATCH_BAGS, batch_format="pyarrow"):
+    for i, batch in enumerate(shard.iter_batches(batch_size=VAL_BATCH_BAGS, batch_format="pyarrow")):
+        if i % world != rank:
+            continue
         part["scores"].append(score_bags(inner, features_from_arrow(batch.column("features"))))
         part["video_ids"].extend(batch.column("video_id").to_pylist())
         part["labels"].extend(batch.column("label").to_pylist())
@@ -195,7 +198,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
         history = list(state.get("history", []))
     model = ray.train.torch.prepare_model(model)
-    val_shard = loop_config["val"][rank]
+    val_shard = ray.train.get_dataset_shard(VAL_SET)
     clip_len = store_clip_len(inputs.store_metadata)
     for epoch in range(start_epoch, config.max_epochs):
         if early_stopping and stale >= config.patience:
@@ -204,7 +207,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         loss, steps = train_epoch(model, optimizer, inputs, config, epoch, device, average)
         epoch_seconds = time.perf_counter() - started
         scored = average.model if average is not None else model  # the weights the run exports
-        metrics = validation_metrics(_gather(score_validation(scored, val_shard)), clip_len)
+        metrics = validation_metrics(_gather(score_validation(scored, val_shard, rank, world)), clip_len)
         score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -loss
         if score > best:
             best, stale = score, 0
