@@ -23,7 +23,7 @@ import torch
 from anomaly import uris
 from anomaly.config import TrainConfig
 from anomaly.errors import AnomalyError, first_line
-from anomaly.heads import Head, build_head
+from anomaly.heads import HEAD_REVISION, Head, build_head
 from anomaly.store import StoreMetadata
 
 CHECKPOINT_FILE = "checkpoint.pt"  # one epoch's state inside a Ray Train checkpoint folder
@@ -43,6 +43,8 @@ def checkpoint_payload(model: torch.nn.Module, config: TrainConfig, **extra: Any
             "feature_norm": config.feature_norm,
             "dropout": config.dropout,
             "context": getattr(inner, "context", "segment"),
+            "ensemble": config.ensemble,
+            "revision": HEAD_REVISION,
         },
         **extra,
     }
@@ -61,6 +63,9 @@ def load_scorer(uri: str) -> tuple[Head, dict]:
             int(payload["feature_dim"]),
             dropout=config.dropout,
             feature_norm=config.feature_norm,
+            ensemble=config.ensemble,
+            # Checkpoints from before head revisions were recorded are revision 1 (as trained).
+            revision=int(payload.get("head", {}).get("revision", 1)),
         )
         model.load_state_dict(payload["model"])
     except AnomalyError:

@@ -102,6 +102,10 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray Train takes at most one report per health poll (2 s by default): short epochs would
+    # wait on it. Set for cluster runs too: Ray Train propagates this variable from the driver to
+    # its controller and workers (ray.train.v2 ENV_VARS_TO_PROPAGATE), wherever they run.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     address = os.environ.get("RAY_ADDRESS")
     # Workers' output (Train reports, Data plans, Tune trials) stays in the session's log files
     # unless --verbose: the terminal is for the command's own lines (anomaly.console).
@@ -110,9 +114,6 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         context = ray.init(address=address, log_to_driver=log_to_driver)
     else:
-        # Ray Train takes at most one report per health poll (2 s by default): short epochs would
-        # wait on it. Local processes inherit this; on a cluster set it in the nodes' environment.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         context = ray.init(
             address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver
         )

@@ -11,9 +11,8 @@ import yaml
 from anomaly import uris
 from anomaly.errors import AnomalyError
 
-# The names each choice accepts (the modules implementing them import these, so the lists are one).
-HEADS = ("mlp", "rtfm", "transformer")  # anomaly.heads
-LOSSES = ("sultani", "topk", "topk_bce", "rtfm", "false_alarm")  # anomaly.losses
+# The names each choice accepts. Heads and losses are registries (anomaly.heads.HEADS,
+# anomaly.losses.LOSSES): a new one registered there is accepted here without an edit.
 NORMS = ("robust", "standardize", "l2", "none")  # anomaly.normalization
 SELECTIONS = ("ema", "last", "best_val")  # anomaly.selection
 
@@ -22,9 +21,11 @@ SELECTIONS = ("ema", "last", "best_val")  # anomaly.selection
 class TrainConfig:
     """Defaults are the principled choices explained in the README (and ``tune_configs/default.yaml``)."""
 
-    # Head (anomaly.heads): "mlp" (Sultani's reference), "rtfm" (multi-scale temporal network), "transformer".
+    # Head (anomaly.heads.HEADS): "mlp" (Sultani's reference), "rtfm" (multi-scale temporal network), ...
     model: str = "mlp"
-    # Loss (anomaly.losses): sultani | topk | topk_bce | rtfm | false_alarm.
+    # Heads trained side by side from different initialisations; their scores are averaged.
+    ensemble: int = 1
+    # Loss (anomaly.losses.LOSSES): sultani | topk | topk_bce | rtfm | false_alarm | ...
     loss: str = "topk_bce"
     topk: int = 3
     lambda_smooth: float = 8e-5  # Sultani's λ1
@@ -45,16 +46,21 @@ class TrainConfig:
     # Model and data.
     dropout: float = 0.6
     feature_norm: str = "robust"  # robust | standardize | l2 | none (anomaly.normalization)
-    val_fraction: float = 0.15  # carved from train, stratified by label
+    # Carved from train, stratified by label; 0 trains on every video (ema/last never read it).
+    val_fraction: float = 0.0
     # Ten-crop stores (anomaly.crops): "bags" = each crop its own training bag, crop scores averaged
     # at validation and evaluation (RTFM); "mean" = train and score the crops' mean. No effect on one crop.
     crops: str = "bags"
-    seed: int = 0
+    seed: int = 0  # validation split, initialisation, batch order: one seed, one model
 
     def __post_init__(self) -> None:
+        from anomaly.heads import HEADS
+        from anomaly.losses import LOSSES
+
         checks = [
             (self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}"),
             (self.model in HEADS, "model", f"must be one of {', '.join(HEADS)}"),
+            (1 <= self.ensemble <= 64, "ensemble", "must be between 1 and 64"),
             (self.optimizer in ("adam", "adagrad"), "optimizer", "must be adam or adagrad"),
             (self.feature_norm in NORMS, "feature_norm", f"must be one of {', '.join(NORMS)}"),
             (self.selection in SELECTIONS, "selection", f"must be one of {', '.join(SELECTIONS)}"),
@@ -65,7 +71,12 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size", "must be at least 1"),
             (self.max_epochs >= 1, "max_epochs", "must be at least 1"),
             (self.patience >= 1, "patience", "must be at least 1"),
-            (0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)"),
+            (0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)"),
+            (
+                self.val_fraction > 0 or self.selection != "best_val",
+                "val_fraction",
+                "must be above 0 with selection best_val (it selects on the validation split)",
+            ),
             (self.crops in ("bags", "mean"), "crops", "must be bags or mean"),
             (
                 min(

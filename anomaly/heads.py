@@ -22,14 +22,37 @@ import math
 import torch
 from torch import nn
 
-from anomaly.config import HEADS
 from anomaly.normalization import FeatureNorm
+
+# name -> head class; the config key ``model`` accepts any registered name (:func:`register_head`).
+HEADS: dict[str, type[Head]] = {}
+# Bumped when a head's architecture changes; checkpoints record it (``head.revision``) and older
+# ones are rebuilt as they were trained (see :func:`build_head`'s ``revision``).
+HEAD_REVISION = 2
+
+
+def register_head(name: str):
+    """Class decorator: make ``cls`` the head of config ``model: name``.
+
+    ``cls(feature_dim, *, dropout, feature_norm, revision)`` must build it; adding a head is
+    this decorator on a new :class:`Head` subclass plus its test.
+    """
+
+    def add(cls):
+        if name in HEADS:
+            raise ValueError(f"head {name!r} is registered twice")
+        cls.name = name
+        HEADS[name] = cls
+        return cls
+
+    return add
 
 
 class Head(nn.Module):
     """Shared part: feature normalisation buffers and the (scores, features) interface."""
 
     context = "segment"
+    name = ""
 
     def __init__(self, feature_dim: int, feature_norm: str) -> None:
         super().__init__()
@@ -43,33 +66,54 @@ class Head(nn.Module):
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
+    def forward(self, x: torch.Tensor, return_features: bool = False, member_outputs: bool = False):
         """(..., T, D) features -> (..., T) scores; with ``return_features`` also the (…, T, F)
-        features the magnitude loss acts on (the normalised input for the MLP)."""
+        features the magnitude loss acts on (the normalised input for the MLP); with
+        ``member_outputs`` :meth:`member_outputs` (the logits the losses train on)."""
+        if member_outputs:
+            return self.member_outputs(x)
         logits, features = self.logits(self.norm(x))
         scores = torch.sigmoid(logits)
         return (scores, features) if return_features else scores
 
+    def member_outputs(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(logits, features)] of every member (one for a single head): what the losses train on."""
+        return [self.logits(self.norm(x))]
 
-def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
-    """Linear layers through ``sizes`` with ReLU and dropout between them: both papers' classifier.
 
-    The layer indices (0, 3, 6 for three layers) are the state-dict keys of saved models.
+def _mlp(sizes: list[int], dropout: float, activations: list[bool] | None = None) -> nn.Sequential:
+    """Linear layers through ``sizes`` with (ReLU or identity) and dropout between them.
+
+    ``activations[i]``: a ReLU after hidden layer i (default: after every one). The layer
+    indices (0, 3, 6 for three layers) are the state-dict keys of saved models either way.
     """
+    activations = activations or [True] * (len(sizes) - 2)
     layers: list[nn.Module] = [nn.Linear(sizes[0], sizes[1])]
-    for width_in, width_out in zip(sizes[1:-1], sizes[2:], strict=True):
-        layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(width_in, width_out)]
+    for width_in, width_out, relu in zip(sizes[1:-1], sizes[2:], activations, strict=True):
+        layers += [nn.ReLU() if relu else nn.Identity(), nn.Dropout(dropout), nn.Linear(width_in, width_out)]
     return nn.Sequential(*layers)
 
 
+@register_head("mlp")
 class MILScorer(Head):
-    """Sultani et al.'s scorer: D -> 512 -> 32 -> 1, ReLU, dropout 0.6, Glorot-normal init."""
+    """Sultani et al.'s scorer: D -> 512 (ReLU) -> 32 (linear) -> 1, dropout 0.6, Glorot-normal init.
+
+    As Sultani's Keras model and ekosman's port: a ReLU after the 512-unit layer only, none
+    after the 32-unit layer (revision 1 of this head had one; its checkpoints load as trained).
+    """
 
     context = "segment"
 
-    def __init__(self, feature_dim: int, *, dropout: float = 0.6, feature_norm: str = "robust") -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        *,
+        dropout: float = 0.6,
+        feature_norm: str = "robust",
+        revision: int = HEAD_REVISION,
+    ) -> None:
         super().__init__(feature_dim, feature_norm)
-        self.net = _mlp([feature_dim, 512, 32, 1], dropout)
+        self.net = _mlp([feature_dim, 512, 32, 1], dropout, [True, revision < 2])
         for layer in self.net:
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_normal_(layer.weight)  # Sultani's Keras model used Glorot normal
@@ -101,43 +145,54 @@ class NonLocal1d(nn.Module):
         return x + self.out(y)
 
 
+@register_head("rtfm")
 class RTFMHead(Head):
     """RTFM's multi-scale temporal network (Tian et al., ICCV 2021) and its snippet classifier.
 
-    Three dilated 1-D convolutions (dilation 1, 2, 4; D/4 channels each) plus a
-    non-local block on a D/4 projection, concatenated, fused by a kernel-3
-    convolution back to D with a residual connection; the result's per-segment
-    vectors (whose magnitudes the RTFM loss separates) go through D -> 512 -> 128 -> 1.
+    As RTFM's ``model.py`` (``Aggregate`` + ``Model``): three dilated 1-D convolutions
+    (dilation 1, 2, 4; D/4 channels each; conv -> ReLU -> BN) plus a non-local block on a
+    D/4 projection, concatenated, fused by a kernel-3 convolution back to D (conv -> ReLU ->
+    BN) with a residual connection; dropout on the result, whose per-segment vectors (the
+    magnitudes the RTFM loss separates) go through D -> 512 -> 128 -> 1 with ReLU and
+    dropout. Revision 1 of this head had BN before ReLU and no dropout on the features.
     """
 
     context = "bag"
 
-    def __init__(self, feature_dim: int, *, dropout: float = 0.7, feature_norm: str = "robust") -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        *,
+        dropout: float = 0.7,
+        feature_norm: str = "robust",
+        revision: int = HEAD_REVISION,
+    ) -> None:
         super().__init__(feature_dim, feature_norm)
         quarter = max(1, feature_dim // 4)
+        legacy = revision < 2
+
+        def conv_block(conv: nn.Module, channels: int) -> nn.Sequential:
+            if legacy:
+                return nn.Sequential(conv, nn.BatchNorm1d(channels), nn.ReLU())
+            return nn.Sequential(conv, nn.ReLU(), nn.BatchNorm1d(channels))
 
         def branch(dilation: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv1d(feature_dim, quarter, 3, padding=dilation, dilation=dilation),
-                nn.BatchNorm1d(quarter),
-                nn.ReLU(),
+            return conv_block(
+                nn.Conv1d(feature_dim, quarter, 3, padding=dilation, dilation=dilation), quarter
             )
 
         self.pyramid = nn.ModuleList([branch(1), branch(2), branch(4)])
         self.project = nn.Sequential(nn.Conv1d(feature_dim, quarter, 1, bias=False), nn.ReLU())
         self.non_local = NonLocal1d(quarter, max(1, quarter // 2))
-        self.fuse = nn.Sequential(
-            nn.Conv1d(4 * quarter, feature_dim, 3, padding=1, bias=False),
-            nn.BatchNorm1d(feature_dim),
-            nn.ReLU(),
-        )
+        self.fuse = conv_block(nn.Conv1d(4 * quarter, feature_dim, 3, padding=1, bias=False), feature_dim)
+        self.feature_dropout = nn.Identity() if legacy else nn.Dropout(dropout)
         self.classifier = _mlp([feature_dim, 512, 128, 1], dropout)
 
     def logits(self, x):
         bags, single = _as_bags(x)
         h = bags.transpose(1, 2)  # (B, D, T)
         parts = [b(h) for b in self.pyramid] + [self.non_local(self.project(h))]
-        features = (self.fuse(torch.cat(parts, dim=1)) + h).transpose(1, 2)  # (B, T, D)
+        features = self.feature_dropout((self.fuse(torch.cat(parts, dim=1)) + h).transpose(1, 2))  # (B, T, D)
         logits = self.classifier(features).squeeze(-1)
         return (logits[0], features[0]) if single else (logits, features)
 
@@ -151,6 +206,7 @@ def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     return table
 
 
+@register_head("transformer")
 class TransformerHead(Head):
     """A small pre-norm transformer encoder over the segments (width 128, 2 layers, 4 heads)."""
 
@@ -162,6 +218,7 @@ class TransformerHead(Head):
         *,
         dropout: float = 0.3,
         feature_norm: str = "robust",
+        revision: int = HEAD_REVISION,
         width: int = 128,
         layers: int = 2,
         heads: int = 4,
@@ -183,12 +240,48 @@ class TransformerHead(Head):
         return (logits[0], features[0]) if single else (logits, features)
 
 
-def build_head(kind: str, feature_dim: int, *, dropout: float, feature_norm: str) -> Head:
-    """The head a config names (``model: mlp | rtfm | transformer``)."""
-    if kind == "mlp":
-        return MILScorer(feature_dim, dropout=dropout, feature_norm=feature_norm)
-    if kind == "rtfm":
-        return RTFMHead(feature_dim, dropout=dropout, feature_norm=feature_norm)
-    if kind == "transformer":
-        return TransformerHead(feature_dim, dropout=dropout, feature_norm=feature_norm)
-    raise ValueError(f"model must be one of {', '.join(HEADS)}")
+class Ensemble(Head):
+    """K independently initialised heads of one kind on one normalisation; scores are averaged.
+
+    Config ``ensemble: K``: one checkpoint holds the K members, trained side by side on the
+    same batches (each on its own loss, summed), and scoring averages their probabilities.
+    Diversity comes from the members' initialisations and dropout masks.
+    """
+
+    def __init__(self, members: list[Head], feature_dim: int, feature_norm: str) -> None:
+        super().__init__(feature_dim, feature_norm)
+        self.members = nn.ModuleList(members)
+        self.context = members[0].context
+        self.name = members[0].name
+
+    def member_outputs(self, x):
+        z = self.norm(x)
+        return [member.logits(z) for member in self.members]
+
+    def forward(self, x: torch.Tensor, return_features: bool = False, member_outputs: bool = False):
+        outputs = self.member_outputs(x)
+        if member_outputs:
+            return outputs
+        scores = torch.stack([torch.sigmoid(logits) for logits, _ in outputs]).mean(0)
+        return (scores, outputs[0][1]) if return_features else scores
+
+
+def build_head(
+    kind: str,
+    feature_dim: int,
+    *,
+    dropout: float,
+    feature_norm: str,
+    ensemble: int = 1,
+    revision: int = HEAD_REVISION,
+) -> Head:
+    """The registered head a config names (``model:``), or an :class:`Ensemble` of ``ensemble`` of them."""
+    if kind not in HEADS:
+        raise ValueError(f"model must be one of {', '.join(HEADS)}")
+    cls = HEADS[kind]
+    if ensemble <= 1:
+        return cls(feature_dim, dropout=dropout, feature_norm=feature_norm, revision=revision)
+    members = [
+        cls(feature_dim, dropout=dropout, feature_norm="none", revision=revision) for _ in range(ensemble)
+    ]
+    return Ensemble(members, feature_dim, feature_norm)

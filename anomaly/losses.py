@@ -1,36 +1,81 @@
-"""MIL losses on bag scores of shape (bags, 32), for a batch of abnormal and normal bags.
+"""MIL losses on bag *logits* of shape (bags, 32), for a batch of abnormal and normal bags.
 
-Every loss adds Sultani's smoothness and sparsity terms on the abnormal bags
-(each summed over a bag's segments and averaged over bags, so the λs do not
-depend on the batch size).
+Every loss is computed from the heads' logits (``Head.member_outputs``), never from
+probabilities clamped before a log: a clamp makes the gradient exactly 0 once a logit
+passes about ±13.8 on the wrong side, so a collapsed abnormal bag or a saturated normal
+segment would stop being learned from. Terms on probabilities (the hinges, smoothness,
+sparsity) use ``sigmoid(logits)``; terms with a log use ``logsigmoid``/``softplus``.
+
+Losses are registered by name (:func:`register_loss`); the config key ``loss`` accepts
+any registered name, and adding one is one decorated function here (plus its test).
 
 - ``sultani`` (Sultani et al. 2018, eq. 7): mean over (abnormal, normal) pairs of
-  ``max(0, 1 - max s_a + max s_n)``;
+  ``max(0, 1 - max s_a + max s_n)``, plus Sultani's smoothness and sparsity (each
+  summed over a bag's segments and averaged over bags);
 - ``topk``: the same hinge on the mean of the k highest scores of each bag;
 - ``topk_bce``: bag classification, ``BCE(mean top-k s_a, 1) + BCE(mean top-k s_n, 0)``
-  (the snippet classifier loss of RTFM-era methods, with the top-k picked by score);
-- ``rtfm`` (Tian et al. 2021, eq. 5-7): the top-k segments of each bag are picked by
-  *feature magnitude*; BCE on their mean score as above, plus
+  (the snippet classifier loss of RTFM-era methods, with the top-k picked by score),
+  plus Sultani's smoothness and sparsity;
+- ``rtfm`` (Tian et al. 2021, eq. 5-7, as in their ``train.py``): the top-k segments of each
+  bag are picked by *feature magnitude*; BCE on their mean score averaged over all 2B bags
+  (one ``BCELoss`` over the concatenated batch, as RTFM), plus
   ``λ_mag · mean((max(0, m - ‖f̄_a‖₂) + ‖f̄_n‖₂)²)`` with f̄ the mean of the k
-  largest-magnitude feature vectors of a bag and margin m = 100;
+  largest-magnitude feature vectors of a bag and margin m = 100, plus RTFM's own
+  regularisers: ``λ_smooth · Σ_bags Σ_t (s_t+1 - s_t)²`` (a *sum* over the batch's abnormal
+  bags) and ``λ_sparse · ‖s_a‖₂`` (the L2 norm of all abnormal scores). RTFM's values are
+  ``lambda_smooth: 8e-4``, ``lambda_sparse: 8e-3`` (``tune_configs/rtfm.yaml``);
 - ``false_alarm``: ``sultani`` plus a term on *every* segment of the normal bags,
   ``λ_fa · mean_n mean_t -log(1 - s_{n,t})``: all segments of a normal video are
-  known negatives, the only instance labels weak supervision gives (Zhong et al.,
-  CVPR 2019, treat normal videos' snippets as noise-free negatives). Sultani's hinge
-  only ever touches the single highest normal segment, and a term on
-  ``max s_n`` only re-weights that hinge; this one lowers the scores of all normal
-  segments, i.e. the false alarms on normal videos.
+  known negatives (Zhong et al., CVPR 2019, treat normal videos' snippets as noise-free
+  negatives).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
-from anomaly.config import LOSSES  # noqa: F401 - re-exported
-
 RTFM_MARGIN = 100.0
-EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """What a loss may read besides the logits: the config's weights and the heads' features."""
+
+    topk: int = 3
+    lambda_smooth: float = 8e-5
+    lambda_sparse: float = 8e-5
+    lambda_false_alarm: float = 0.1
+    lambda_magnitude: float = 1e-4
+    batch_size: int | None = None  # the global bags of each label per step (sums over the batch)
+    abnormal_features: torch.Tensor | None = None
+    normal_features: torch.Tensor | None = None
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, LossTerms], torch.Tensor]
+LOSSES: dict[str, LossFn] = {}
+NEEDS_FEATURES: set[str] = set()
+
+
+def register_loss(name: str, *, needs_features: bool = False) -> Callable[[LossFn], LossFn]:
+    """Register ``fn(abnormal_logits, normal_logits, terms) -> scalar`` as config ``loss: name``."""
+
+    def add(fn: LossFn) -> LossFn:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is registered twice")
+        LOSSES[name] = fn
+        if needs_features:
+            NEEDS_FEATURES.add(name)
+        return fn
+
+    return add
+
+
+# --- building blocks (on probabilities where the reference is, on logits where a log is) -------
 
 
 def bag_score(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
@@ -41,7 +86,7 @@ def bag_score(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
 
 
 def ranking_hinge(abnormal: torch.Tensor, normal: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """mean over pairs of max(0, 1 - s(abnormal bag) + s(normal bag))."""
+    """mean over pairs of max(0, 1 - s(abnormal bag) + s(normal bag)), on scores in [0, 1]."""
     s_a = bag_score(abnormal, k)
     s_n = bag_score(normal, k)
     return torch.relu(1.0 - s_a[:, None] + s_n[None, :]).mean()
@@ -55,16 +100,35 @@ def sparsity(abnormal: torch.Tensor) -> torch.Tensor:
     return abnormal.sum(dim=-1).mean()
 
 
-def bag_bce(abnormal_bag: torch.Tensor, normal_bag: torch.Tensor) -> torch.Tensor:
-    """BCE of abnormal bag scores against 1 plus normal bag scores against 0 (each averaged)."""
-    a = abnormal_bag.clamp(EPS, 1 - EPS)
-    n = normal_bag.clamp(EPS, 1 - EPS)
-    return F.binary_cross_entropy(a, torch.ones_like(a)) + F.binary_cross_entropy(n, torch.zeros_like(n))
+def log_mean_sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """log(mean_i sigmoid(l_i)) over the last axis, exact for any logit (no clamp)."""
+    return torch.logsumexp(F.logsigmoid(logits), dim=-1) - math.log(logits.shape[-1])
 
 
-def false_alarm_term(normal: torch.Tensor) -> torch.Tensor:
-    """mean over every normal segment of -log(1 - s): BCE of each normal segment against 0."""
-    return -torch.log1p(-normal.clamp(max=1 - EPS)).mean()
+def topk_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The k highest logits of each bag (the k highest scores: sigmoid is monotone)."""
+    return logits.topk(min(max(k, 1), logits.shape[-1]), dim=-1).values
+
+
+def bce_of_mean(
+    abnormal_picked: torch.Tensor, normal_picked: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bag BCE of the mean *probability* of each bag's picked logits: (abnormal vs 1, normal vs 0).
+
+    ``-log mean σ(l)`` and ``-log(1 - mean σ(l)) = -log mean σ(-l)``, both through logsumexp.
+    """
+    return -log_mean_sigmoid(abnormal_picked), -log_mean_sigmoid(-normal_picked)
+
+
+def bag_bce(abnormal_picked: torch.Tensor, normal_picked: torch.Tensor) -> torch.Tensor:
+    """BCE(abnormal bags, 1) averaged + BCE(normal bags, 0) averaged; (bags, k) logits each."""
+    a, n = bce_of_mean(abnormal_picked, normal_picked)
+    return a.mean() + n.mean()
+
+
+def false_alarm_term(normal_logits: torch.Tensor) -> torch.Tensor:
+    """mean over every normal segment of -log(1 - s) = softplus(logit)."""
+    return F.softplus(normal_logits).mean()
 
 
 def magnitude_topk(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -80,14 +144,63 @@ def rtfm_terms(
     k: int,
     margin: float = RTFM_MARGIN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(BCE on the mean score of the k largest-magnitude segments, the feature-magnitude loss)."""
+    """(BCE over all 2B bags of the mean score of the k largest-magnitude segments, the magnitude loss).
+
+    ``abnormal``/``normal`` are logits.
+    """
     idx_a = magnitude_topk(abnormal_features, k)
     idx_n = magnitude_topk(normal_features, k)
-    bce = bag_bce(abnormal.gather(1, idx_a).mean(-1), normal.gather(1, idx_n).mean(-1))
+    bce_a, bce_n = bce_of_mean(abnormal.gather(1, idx_a), normal.gather(1, idx_n))
+    bce = torch.cat([bce_a, bce_n]).mean()
     mean_a = abnormal_features.gather(1, idx_a[..., None].expand(-1, -1, abnormal_features.shape[-1])).mean(1)
     mean_n = normal_features.gather(1, idx_n[..., None].expand(-1, -1, normal_features.shape[-1])).mean(1)
     magnitude = (torch.relu(margin - mean_a.norm(dim=-1)) + mean_n.norm(dim=-1)).pow(2).mean()
     return bce, magnitude
+
+
+def _sultani_regularisers(abnormal_logits: torch.Tensor, terms: LossTerms) -> torch.Tensor:
+    s_a = torch.sigmoid(abnormal_logits)
+    return terms.lambda_smooth * smoothness(s_a) + terms.lambda_sparse * sparsity(s_a)
+
+
+# --- the registered losses --------------------------------------------------------------------
+
+
+@register_loss("sultani")
+def sultani_loss(abnormal, normal, terms: LossTerms):
+    hinge = ranking_hinge(torch.sigmoid(abnormal), torch.sigmoid(normal), 1)
+    return hinge + _sultani_regularisers(abnormal, terms)
+
+
+@register_loss("topk")
+def topk_loss(abnormal, normal, terms: LossTerms):
+    hinge = ranking_hinge(torch.sigmoid(abnormal), torch.sigmoid(normal), terms.topk)
+    return hinge + _sultani_regularisers(abnormal, terms)
+
+
+@register_loss("topk_bce")
+def topk_bce_loss(abnormal, normal, terms: LossTerms):
+    bce = bag_bce(topk_logits(abnormal, terms.topk), topk_logits(normal, terms.topk))
+    return bce + _sultani_regularisers(abnormal, terms)
+
+
+@register_loss("false_alarm")
+def false_alarm_loss(abnormal, normal, terms: LossTerms):
+    return sultani_loss(abnormal, normal, terms) + terms.lambda_false_alarm * false_alarm_term(normal)
+
+
+@register_loss("rtfm", needs_features=True)
+def rtfm_loss(abnormal, normal, terms: LossTerms):
+    bce, magnitude = rtfm_terms(abnormal, normal, terms.abnormal_features, terms.normal_features, terms.topk)
+    s_a = torch.sigmoid(abnormal)
+    # RTFM sums the smoothness over the batch's bags: as a mean over bags times the global batch,
+    # so that DDP workers' shares add up to the same sum.
+    bags = terms.batch_size or len(abnormal)
+    smooth = (s_a[:, 1:] - s_a[:, :-1]).pow(2).sum(dim=-1).mean() * bags
+    sparse = s_a.reshape(-1).norm()
+    return (
+        bce + terms.lambda_magnitude * magnitude + terms.lambda_smooth * smooth + terms.lambda_sparse * sparse
+    )
 
 
 def mil_loss(
@@ -100,20 +213,40 @@ def mil_loss(
     lambda_sparse: float = 8e-5,
     lambda_false_alarm: float = 0.1,
     lambda_magnitude: float = 1e-4,
+    batch_size: int | None = None,
     abnormal_features: torch.Tensor | None = None,
     normal_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The configured loss (see the module docstring); ``rtfm`` needs the heads' features."""
-    if loss == "topk_bce":
-        total = bag_bce(bag_score(abnormal, topk), bag_score(normal, topk))
-    elif loss == "rtfm":
-        if abnormal_features is None or normal_features is None:
-            raise ValueError("loss rtfm needs the head's segment features")
-        bce, magnitude = rtfm_terms(abnormal, normal, abnormal_features, normal_features, topk)
-        total = bce + lambda_magnitude * magnitude
-    else:
-        total = ranking_hinge(abnormal, normal, topk if loss == "topk" else 1)
-    total = total + lambda_smooth * smoothness(abnormal) + lambda_sparse * sparsity(abnormal)
-    if loss == "false_alarm":
-        total = total + lambda_false_alarm * false_alarm_term(normal)
-    return total
+    """The registered loss ``loss`` on (bags, T) *logits*; ``rtfm`` needs the heads' features."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}")
+    if loss in NEEDS_FEATURES and (abnormal_features is None or normal_features is None):
+        raise ValueError(f"loss {loss} needs the head's segment features")
+    terms = LossTerms(
+        topk=int(topk),
+        lambda_smooth=lambda_smooth,
+        lambda_sparse=lambda_sparse,
+        lambda_false_alarm=lambda_false_alarm,
+        lambda_magnitude=lambda_magnitude,
+        batch_size=batch_size,
+        abnormal_features=abnormal_features,
+        normal_features=normal_features,
+    )
+    return LOSSES[loss](abnormal, normal, terms)
+
+
+def config_loss(config, abnormal, normal, abnormal_features=None, normal_features=None) -> torch.Tensor:
+    """``mil_loss`` with a :class:`~anomaly.config.TrainConfig`'s settings."""
+    return mil_loss(
+        abnormal,
+        normal,
+        loss=config.loss,
+        topk=config.topk,
+        lambda_smooth=config.lambda_smooth,
+        lambda_sparse=config.lambda_sparse,
+        lambda_false_alarm=config.lambda_false_alarm,
+        lambda_magnitude=config.lambda_magnitude,
+        batch_size=config.batch_size,
+        abnormal_features=abnormal_features,
+        normal_features=normal_features,
+    )

@@ -77,6 +77,8 @@ def evaluate_frames(
     """``frame_auc``, ``frame_ap``, ``false_alarm_rate`` and ``per_class_auc``.
 
     - false-alarm rate: share of the frames of normal videos scored above ``threshold``;
+    - detection rate: share of the anomalous frames scored above ``threshold`` (read the
+      false-alarm rate beside it: a scorer that never alarms has 0 % of both);
     - per-class AUC: frame AUC over the videos of one class plus all normal videos.
     """
     frames = frame_level(segment_scores, num_frames, intervals, protocol=protocol, clip_len=clip_len)
@@ -95,6 +97,9 @@ def evaluate_frames(
         else float("nan"),
         "false_alarm_rate": float((frames.scores[normal_frames] > threshold).mean())
         if normal_frames.any()
+        else float("nan"),
+        "detection_rate": float((frames.scores[frames.labels == 1] > threshold).mean())
+        if (frames.labels == 1).any()
         else float("nan"),
         "per_class_auc": per_class,
         "num_videos": int(len(labels)),

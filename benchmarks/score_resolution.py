@@ -50,7 +50,8 @@ def train(bags: list[np.ndarray], labels: list[int], seed: int = 0, steps: int =
     model.train()
     for _ in range(steps):
         optimizer.zero_grad()
-        mil_loss(model(x[y == 1]), model(x[y == 0])).backward()
+        # the losses take logits
+        mil_loss(model.member_outputs(x[y == 1])[0][0], model.member_outputs(x[y == 0])[0][0]).backward()
         optimizer.step()
     return model.eval()
 

@@ -62,8 +62,8 @@ def in_memory(store: str, epochs: int, batch_size: int) -> dict:
             batch = torch.as_tensor(
                 np.concatenate([bags.features[take], bags.features[rng.choice(normal, batch_size)]])
             )
-            scores = model(batch)
-            loss = mil_loss(scores[:batch_size], scores[batch_size:], loss=config.loss)
+            logits, _ = model.member_outputs(batch)[0]  # the losses take logits
+            loss = mil_loss(logits[:batch_size], logits[batch_size:], loss=config.loss)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

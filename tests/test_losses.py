@@ -15,6 +15,9 @@ from anomaly.losses import (
 
 ABN = torch.tensor([[0.1, 0.9, 0.2, 0.0], [0.3, 0.3, 0.5, 0.4]])
 NOR = torch.tensor([[0.2, 0.1, 0.0, 0.3], [0.6, 0.1, 0.1, 0.1]])
+# The losses take logits (mil_loss, rtfm_terms, false_alarm_term); these give the scores above.
+ABN_L = torch.logit(ABN.double())
+NOR_L = torch.logit(NOR.double())
 
 
 def test_bag_score_max_and_topk():
@@ -43,35 +46,35 @@ def test_sultani_total_by_hand():
     hinge = (0.4 + 0.7 + 0.8 + 1.1) / 4
     smooth = (0.8**2 + 0.7**2 + 0.2**2 + 0.2**2 + 0.1**2) / 2
     sparse = (1.2 + 1.5) / 2
-    got = mil_loss(ABN, NOR, loss="sultani", lambda_smooth=0.1, lambda_sparse=0.01)
+    got = mil_loss(ABN_L, NOR_L, loss="sultani", lambda_smooth=0.1, lambda_sparse=0.01)
     assert float(got) == pytest.approx(hinge + 0.1 * smooth + 0.01 * sparse)
 
 
 def test_topk_uses_mean_of_k_highest():
     # top-2 means: abnormal 0.55, 0.45; normal 0.25, 0.35
     hinge = ((1 - 0.55 + 0.25) + (1 - 0.55 + 0.35) + (1 - 0.45 + 0.25) + (1 - 0.45 + 0.35)) / 4
-    got = mil_loss(ABN, NOR, loss="topk", topk=2, lambda_smooth=0, lambda_sparse=0)
+    got = mil_loss(ABN_L, NOR_L, loss="topk", topk=2, lambda_smooth=0, lambda_sparse=0)
     assert float(got) == pytest.approx(hinge)
 
 
 def test_false_alarm_acts_on_every_normal_segment():
-    base = mil_loss(ABN, NOR, loss="sultani", lambda_smooth=0, lambda_sparse=0)
-    got = mil_loss(ABN, NOR, loss="false_alarm", lambda_smooth=0, lambda_sparse=0, lambda_false_alarm=0.5)
+    base = mil_loss(ABN_L, NOR_L, loss="sultani", lambda_smooth=0, lambda_sparse=0)
+    got = mil_loss(ABN_L, NOR_L, loss="false_alarm", lambda_smooth=0, lambda_sparse=0, lambda_false_alarm=0.5)
     by_hand = -sum(math.log(1 - s) for s in [0.2, 0.1, 0.0, 0.3, 0.6, 0.1, 0.1, 0.1]) / 8
     assert float(got - base) == pytest.approx(0.5 * by_hand, rel=1e-5)
     # Unlike the hinge (which sees only each normal bag's maximum), it has a gradient on every normal segment.
-    normal = NOR.clone().requires_grad_(True)
+    normal = NOR_L.clone().requires_grad_(True)
     false_alarm_term(normal).backward()
-    assert bool((normal.grad > 0).all())
+    assert bool(((normal.grad > 0) == (NOR > 0)).all())  # every segment scored above 0
     normal.grad = None
-    ranking_hinge(ABN, normal).backward()
+    ranking_hinge(ABN, torch.sigmoid(normal)).backward()
     assert int((normal.grad != 0).sum()) == 2
 
 
 def test_topk_bce_by_hand():
     # top-2 means: abnormal 0.55, 0.45 (target 1); normal 0.25, 0.35 (target 0)
     bce = -(math.log(0.55) + math.log(0.45)) / 2 - (math.log(0.75) + math.log(0.65)) / 2
-    got = mil_loss(ABN, NOR, loss="topk_bce", topk=2, lambda_smooth=0, lambda_sparse=0)
+    got = mil_loss(ABN_L, NOR_L, loss="topk_bce", topk=2, lambda_smooth=0, lambda_sparse=0)
     assert float(got) == pytest.approx(bce, rel=1e-5)
 
 
@@ -79,11 +82,12 @@ def test_rtfm_selects_by_feature_magnitude_by_hand():
     # Segment magnitudes: abnormal bag 3, 4, 0 ... picks segments 1 and 0 (k=2); normal picks 2 and 1.
     abn_f = torch.tensor([[[3.0, 0.0], [0.0, 4.0], [0.0, 0.0], [0.5, 0.0]]])
     nor_f = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.1, 0.0]]])
-    abn_s = torch.tensor([[0.8, 0.6, 0.1, 0.9]])
-    nor_s = torch.tensor([[0.2, 0.4, 0.3, 0.9]])
+    abn_s = torch.logit(torch.tensor([[0.8, 0.6, 0.1, 0.9]]))
+    nor_s = torch.logit(torch.tensor([[0.2, 0.4, 0.3, 0.9]]))
     bce, magnitude = rtfm_terms(abn_s, nor_s, abn_f, nor_f, k=2, margin=10.0)
-    # scores of the picked segments: abnormal (0.6 + 0.8)/2 = 0.7, normal (0.3 + 0.4)/2 = 0.35
-    assert float(bce) == pytest.approx(-math.log(0.7) - math.log(0.65), rel=1e-5)
+    # scores of the picked segments: abnormal (0.6 + 0.8)/2 = 0.7, normal (0.3 + 0.4)/2 = 0.35;
+    # one BCE averaged over all 2 bags (RTFM's BCELoss over the concatenated batch), not a sum of two.
+    assert float(bce) == pytest.approx((-math.log(0.7) - math.log(0.65)) / 2, rel=1e-5)
     # mean picked features: abnormal (1.5, 2) -> norm 2.5; normal (0.5, 1) -> norm sqrt(1.25)
     assert float(magnitude) == pytest.approx((10 - 2.5 + math.sqrt(1.25)) ** 2, rel=1e-5)
     total = mil_loss(
@@ -99,6 +103,23 @@ def test_rtfm_selects_by_feature_magnitude_by_hand():
     )
     bce100, mag100 = rtfm_terms(abn_s, nor_s, abn_f, nor_f, k=2)
     assert float(total) == pytest.approx(float(bce100 + 1e-4 * mag100), rel=1e-5)
+    # RTFM's own regularisers: smoothness summed over bags (x batch), sparsity = L2 norm of all scores.
+    s_a = torch.sigmoid(abn_s)
+    with_reg = mil_loss(
+        abn_s,
+        nor_s,
+        loss="rtfm",
+        topk=2,
+        lambda_smooth=8e-4,
+        lambda_sparse=8e-3,
+        lambda_magnitude=1e-4,
+        batch_size=1,
+        abnormal_features=abn_f,
+        normal_features=nor_f,
+    )
+    smooth = float(((s_a[0, 1:] - s_a[0, :-1]) ** 2).sum())
+    sparse = float(s_a.norm())
+    assert float(with_reg) == pytest.approx(float(total) + 8e-4 * smooth + 8e-3 * sparse, rel=1e-5)
     with pytest.raises(ValueError, match="features"):
         mil_loss(abn_s, nor_s, loss="rtfm")
 
@@ -107,3 +128,58 @@ def test_loss_has_gradients():
     scores = torch.rand(4, 32, requires_grad=True)
     mil_loss(scores[:2], scores[2:]).backward()
     assert scores.grad is not None and torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("loss", ["topk_bce", "rtfm", "false_alarm"])
+def test_confident_mistakes_still_have_a_gradient(loss):
+    """Logits far on the wrong side (abnormal bags at -30, normal segments at +30): a loss computed
+    on clamped probabilities has a gradient of exactly 0 there; on logits it pulls them back."""
+    abnormal = torch.full((2, 32), -30.0, requires_grad=True)
+    normal = torch.full((2, 32), 30.0, requires_grad=True)
+    features = torch.rand(4, 32, 8)
+    mil_loss(
+        abnormal,
+        normal,
+        loss=loss,
+        topk=3,
+        abnormal_features=features[:2],
+        normal_features=features[2:],
+    ).backward()
+    if loss != "false_alarm":  # the hinge on saturated sigmoids is Sultani's, flat by design
+        assert float(abnormal.grad.abs().max()) > 1e-3
+    assert float(normal.grad.abs().max()) > 1e-3
+    assert torch.isfinite(abnormal.grad).all() and torch.isfinite(normal.grad).all()
+
+
+def test_topk_bce_matches_bce_of_probabilities_where_no_clamp_acts():
+    abnormal, normal = torch.randn(3, 32, dtype=torch.float64), torch.randn(3, 32, dtype=torch.float64)
+    got = mil_loss(abnormal, normal, loss="topk_bce", topk=3, lambda_smooth=0, lambda_sparse=0)
+    p_a = torch.sigmoid(abnormal).topk(3, dim=-1).values.mean(-1)
+    p_n = torch.sigmoid(normal).topk(3, dim=-1).values.mean(-1)
+    want = -torch.log(p_a).mean() - torch.log(1 - p_n).mean()
+    assert float(got) == pytest.approx(float(want), rel=1e-9)
+
+
+def test_a_registered_loss_is_accepted_by_config_and_training_code():
+    from anomaly.config import TrainConfig
+    from anomaly.errors import AnomalyError
+    from anomaly.losses import LOSSES, config_loss, register_loss
+
+    with pytest.raises(AnomalyError, match="loss"):
+        TrainConfig(loss="mean_bce_test")
+
+    @register_loss("mean_bce_test")
+    def mean_bce(abnormal, normal, terms):
+        return (
+            torch.nn.functional.softplus(-abnormal.mean(-1)).mean()
+            + torch.nn.functional.softplus(normal.mean(-1)).mean()
+        )
+
+    try:
+        config = TrainConfig(loss="mean_bce_test")
+        abnormal, normal = torch.zeros(2, 32), torch.zeros(2, 32)
+        assert float(config_loss(config, abnormal, normal)) == pytest.approx(2 * math.log(2))
+        with pytest.raises(ValueError, match="twice"):
+            register_loss("mean_bce_test")(mean_bce)
+    finally:
+        LOSSES.pop("mean_bce_test")

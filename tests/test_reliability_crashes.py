@@ -230,3 +230,46 @@ def test_training_killed_after_its_second_checkpoint_resumes_at_the_next_epoch(r
         f"\ntraining killed after epoch {last_epoch} ({recorded}); "
         f"the re-run trained epochs {last_epoch + 1}..{max_epochs - 1}"
     )
+
+
+def test_train_worker_killed_mid_run_resumes_from_its_checkpoint_without_hanging(ray_cluster, tmp_path):
+    """A Ray Train worker SIGKILLed after its first checkpoint, --max-failures 1: Train restarts the
+    worker group, which resumes from the checkpoint and reads the validation set afresh (it is a
+    Ray Train dataset, no longer a split made once in the driver), and the run finishes."""
+    from ray_jobs import train as train_job
+
+    store = str(tmp_path / "store")
+    make_feature_store(store, num_train=24, num_test=8, feature_dim=16, signal=1.0, seed=3)
+    config = tmp_path / "fast.yaml"
+    max_epochs = 5
+    config.write_text(f"max_epochs: {max_epochs}\nbatch_size: 4\nval_fraction: 0.3\n")
+    run_dir = tmp_path / "run"
+    argv = ["--features", store, "--out", str(run_dir), "--config", str(config), "--max-failures", "1"]
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["code"] = train_job.main(train_job.get_args_parser().parse_args(argv))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed: list[int] = []
+    try:
+        while thread.is_alive():
+            if not killed and (run_dir / "ray_results").exists() and _checkpoints(run_dir):
+                workers = [pid for pid in descendants([os.getpid()]) if "RayTrainWorker" in cmdline(pid)]
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.01)
+    finally:
+        thread.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert killed, "no Ray Train worker was found to kill"
+    assert outcome["code"] == 0 and (run_dir / "model.pt").exists()
+    with open(run_dir / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(float(row["epoch"])) for row in rows][-1] == max_epochs - 1
+    assert all(0 <= float(row["val_video_auc"]) <= 1 for row in rows if row["val_video_auc"] != "nan")

@@ -180,7 +180,8 @@ def _train_scorer(tmp_path: Path) -> MILScorer:
     model.train()
     for _ in range(150):
         optimizer.zero_grad()
-        mil_loss(model(abnormal), model(normal)).backward()
+        # the losses take logits
+        mil_loss(model.member_outputs(abnormal)[0][0], model.member_outputs(normal)[0][0]).backward()
         optimizer.step()
     return model.eval()
 

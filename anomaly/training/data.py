@@ -38,6 +38,7 @@ from anomaly.segments import NUM_SEGMENTS
 logger = logging.getLogger(__name__)
 
 TRAIN_SETS = ("abnormal", "normal")  # the datasets Ray Train splits across its workers
+VAL_SET = "val"  # given to Ray Train unsplit: each worker scores every world-th validation video
 VAL_COLUMNS = ["video_id", "label", "features", "num_frames", "anomaly_intervals", "anomaly_class"]
 # CPUs of each Ray Data read task. Fractional so that reads still run beside training workers
 # on a small machine; on a cluster the CPU workers' cores are what reads use.
@@ -88,7 +89,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     train_idx, val_idx = [], []
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
-        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 and fraction > 0 else 0
         val_idx.extend(idx[:n_val])
         train_idx.extend(idx[n_val:])
     return np.sort(np.array(train_idx, dtype=np.int64)), np.sort(np.array(val_idx, dtype=np.int64))
@@ -118,7 +119,9 @@ def read_rows(
 
 
 def _train_rows(inputs: TrainingInputs, label: int | None = None) -> Expr:
-    where = (col("split") == "train") & col("video_id").not_in(list(inputs.val_ids))
+    where = col("split") == "train"
+    if inputs.val_ids:  # Arrow refuses not_in([])
+        where = where & col("video_id").not_in(list(inputs.val_ids))
     return where if label is None else where & (col("label") == label)
 
 
@@ -139,15 +142,18 @@ def _stream(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
         name: read_bags(inputs, _train_rows(inputs, label), shuffle=shuffle)
         for name, label in (("abnormal", 1), ("normal", 0))
     }
+    # No validation videos (val_fraction 0): an always-false filter (Arrow refuses is_in([])).
+    val_rows = col("video_id").is_in(list(inputs.val_ids)) if inputs.val_ids else col("split") == "\0none"
     val_columns = VAL_COLUMNS + ([CROPS_COLUMN] if inputs.crops > 1 else [])  # crop scores are averaged
-    sets["val"] = read_rows(inputs, val_columns, col("video_id").is_in(list(inputs.val_ids)))
+    sets["val"] = read_rows(inputs, val_columns, val_rows)
     return sets
 
 
 def train_datasets(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
     """Abnormal and normal training bags: two datasets, so every step can draw both labels."""
     if inputs.cached is not None:
-        return {name: inputs.cached[name].randomize_block_order() for name in TRAIN_SETS}
+        # Seeded: the same seed and store give the same block order, hence the same batches.
+        return {name: inputs.cached[name].randomize_block_order(seed=inputs.seed) for name in TRAIN_SETS}
     return {name: ds for name, ds in _stream(inputs).items() if name in TRAIN_SETS}
 
 
@@ -179,23 +185,27 @@ def feature_statistics(dataset: ray.data.Dataset, kind: str = "standardize") -> 
     Each block's moments are computed where it is read; the driver merges them as they stream
     in (Chan et al.'s pairwise update), holding two D-vectors at a time.
     """
-    count, mean, m2 = 0, None, None
     moments = dataset.map_batches(
         _moments, fn_kwargs={"kind": kind}, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS
     )
+    parts = []  # (count, mean, m2) per block: two D-vectors each
     for batch in moments.iter_batches(batch_size=None, batch_format="numpy"):
         for n_b, mean_b, m2_b in zip(batch["count"], batch["mean"], batch["m2"], strict=True):
-            n_b = int(n_b)
-            if n_b == 0:
-                continue
-            if mean is None:
-                count, mean, m2 = n_b, mean_b.copy(), m2_b.copy()
-                continue
-            delta = mean_b - mean
-            total = count + n_b
-            mean = mean + delta * (n_b / total)
-            m2 = m2 + m2_b + delta**2 * (count * n_b / total)
-            count = total
+            if int(n_b):
+                parts.append((int(n_b), mean_b.copy(), m2_b.copy()))
+    # Merged in an order fixed by content, not by which block finished first: float sums depend
+    # on their order, and one seed must give one model.
+    parts.sort(key=lambda part: (part[0], part[1].tobytes(), part[2].tobytes()))
+    count, mean, m2 = 0, None, None
+    for n_b, mean_b, m2_b in parts:
+        if mean is None:
+            count, mean, m2 = n_b, mean_b, m2_b
+            continue
+        delta = mean_b - mean
+        total = count + n_b
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + m2_b + delta**2 * (count * n_b / total)
+        count = total
     if mean is None:
         raise ValueError("no training segments")
     return floor_std(mean, np.sqrt(m2 / count), kind)
@@ -208,6 +218,8 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
     decide by size (None: cached when they take at most :data:`CACHE_FRACTION` of it).
     """
     table = feature_store.read_table(store, columns=["label"], split="train")
+    # Sorted by id, so the seed alone decides the validation split (not the part files' order).
+    table = table.sort_by([("video_id", "ascending"), ("label", "ascending")])
     labels = table.column("label").to_numpy().astype(np.int64)
     ids = table.column("video_id").to_pylist()
     if table.num_rows == 0:
@@ -223,7 +235,7 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         # The rows are read by Ray's tasks, which cannot tell which copy is the first.
         logger.warning("%s: duplicate video rows are trained on as often as they occur", store)
     train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
-    files = tuple(feature_store.part_files(store))
+    files = tuple(sorted(feature_store.part_files(store)))
     meta = feature_store.read_metadata(store)
     crops = (meta.crops or 1) if meta is not None and config.crops == "bags" else 1
     inputs = TrainingInputs(
@@ -238,17 +250,26 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         seed=config.seed,
         crops=crops,
     )
-    try:
-        mean, std = feature_statistics(read_bags(inputs, _train_rows(inputs)), config.feature_norm)
-    except ValueError as exc:  # rows of different shapes
-        raise AnomalyError(store, f"features: {exc}") from exc
+    store_dim = inputs.store_metadata.get("feature_dim")
+    if cache is None and store_dim:
+        cache = _fits_object_store(len(labels) * crops, int(store_dim))  # a bag per crop
     cached = None
-    if cache is None:
-        cache = _fits_object_store(len(labels) * crops, len(mean))  # a bag per crop
     if cache:
         # Small enough: read once into Ray's object store (spilled to disk under pressure), so
-        # epochs and Tune trials do not read and decode the Parquet files again.
+        # epochs and Tune trials do not read and decode the Parquet files again; the statistics
+        # come from those cached bags, so the store is read once.
         cached = {name: ds.materialize() for name, ds in _stream(inputs).items()}
+        source = cached["abnormal"].union(cached["normal"])
+    else:
+        source = read_bags(inputs, _train_rows(inputs))
+    try:
+        mean, std = feature_statistics(source, config.feature_norm)
+    except ValueError as exc:  # rows of different shapes
+        raise AnomalyError(store, f"features: {exc}") from exc
+    if cache is None:  # a store without a recorded width: decided now that the width is known
+        cache = _fits_object_store(len(labels) * crops, len(mean))
+        if cache:
+            cached = {name: ds.materialize() for name, ds in _stream(inputs).items()}
     logger.info(
         "training bags: %d abnormal, %d normal, %d for validation; %s",
         inputs.num_abnormal,

@@ -21,7 +21,14 @@ from anomaly.training.checkpoints import (
     load_checkpoint_payload,
     write_history,
 )
-from anomaly.training.data import TRAIN_SETS, TrainingInputs, prepare_inputs, train_datasets, val_dataset
+from anomaly.training.data import (
+    TRAIN_SETS,
+    VAL_SET,
+    TrainingInputs,
+    prepare_inputs,
+    train_datasets,
+    val_dataset,
+)
 from anomaly.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -58,6 +65,17 @@ def run_config(
         ),
         callbacks=callbacks,
     )
+
+
+def data_config() -> ray.train.DataConfig:
+    """Train's data settings: the shards keep their blocks' order, so one seed gives one model.
+
+    Ray Data yields finished blocks as they come by default (``preserve_order=False``), so two
+    runs with the same seed would see their bags in different orders.
+    """
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS), execution_options=options)
 
 
 def check_workers(inputs: TrainingInputs, config: TrainConfig, num_workers: int) -> None:
@@ -104,15 +122,11 @@ def fit(
         inputs = prepare_inputs(store, config)
     check_workers(inputs, config, num_workers)
     resume_from = latest_stored_checkpoint(run_dir, name)
-    # Validation videos are split across the workers without dropping any (Ray Train's own split
-    # evens the shards out by dropping up to num_workers - 1 rows: right for training, not here).
-    val_shards = val_dataset(inputs).streaming_split(num_workers, equal=False)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "train": config.to_dict(),
             "inputs": inputs,
-            "val": val_shards,
             "resume_from": resume_from,
             "register": register,
         },
@@ -126,8 +140,11 @@ def fit(
             callbacks=callbacks,
             score_attribute="val_auc" if selects_by_validation(config.selection) else "epoch",
         ),
-        datasets=train_datasets(inputs),
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS)),
+        # The validation set goes through Ray Train too (unsplit: every worker reads it and scores
+        # its share, anomaly.training.loop.score_validation), so a restarted worker group gets it
+        # afresh; a split made in the driver was consumed by the first group and hung a restart.
+        datasets={**train_datasets(inputs), VAL_SET: val_dataset(inputs)},
+        dataset_config=data_config(),
     )
     write_yaml(uris.join(run_dir, "config.yaml"), config.to_dict())
     result = trainer.fit()

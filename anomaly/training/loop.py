@@ -24,18 +24,25 @@ from anomaly.checkpoints import CHECKPOINT_FILE, checkpoint_payload, score_bags
 from anomaly.config import TrainConfig
 from anomaly.crops import score_crop_batch
 from anomaly.heads import Head, build_head
-from anomaly.losses import mil_loss
+from anomaly.losses import config_loss
 from anomaly.metrics import evaluate_frames, video_auc
+from anomaly.protocols import SNIPPET, store_clip_len
 from anomaly.selection import WeightAverage, selects_by_validation
 from anomaly.training.checkpoints import load_checkpoint_payload
-from anomaly.training.data import BagStream, TrainingInputs, rank_batch
+from anomaly.training.data import VAL_SET, BagStream, TrainingInputs, rank_batch
 
 VAL_BATCH_BAGS = 256
 
 
 def build_model(feature_dim: int, config: TrainConfig, mean: np.ndarray, std: np.ndarray) -> Head:
     """The head ``config.model`` names, with the train split's normalisation statistics."""
-    model = build_head(config.model, feature_dim, dropout=config.dropout, feature_norm=config.feature_norm)
+    model = build_head(
+        config.model,
+        feature_dim,
+        dropout=config.dropout,
+        feature_norm=config.feature_norm,
+        ensemble=config.ensemble,
+    )
     model.set_normalization(mean, std)
     return model
 
@@ -53,6 +60,17 @@ def _world() -> tuple[int, int]:
 
 def _shuffle_seed(config: TrainConfig, epoch: int, rank: int, label: int) -> int:
     return int(np.random.SeedSequence([config.seed, epoch, rank, label]).generate_state(1)[0])
+
+
+def member_loss(model, bags: torch.Tensor, num_abnormal: int, config: TrainConfig) -> torch.Tensor:
+    """The configured loss on the logits of every member of the head (summed over an ensemble's)."""
+    inner = model.module if hasattr(model, "module") else model
+    if inner is model:
+        outputs = model.member_outputs(bags)
+    else:  # DDP: go through the wrapper's forward so that gradients are synchronised
+        outputs = model(bags, member_outputs=True)
+    n = num_abnormal
+    return sum(config_loss(config, lg[:n], lg[n:], ft[:n], ft[n:]) for lg, ft in outputs)
 
 
 def train_epoch(
@@ -74,19 +92,7 @@ def train_epoch(
     total = 0.0
     for _ in range(steps):
         abn, nor = (torch.from_numpy(stream.take()).to(device) for stream in streams)
-        scores, features = model(torch.cat([abn, nor]), return_features=True)
-        loss = mil_loss(
-            scores[: len(abn)],
-            scores[len(abn) :],
-            loss=config.loss,
-            topk=config.topk,
-            lambda_smooth=config.lambda_smooth,
-            lambda_sparse=config.lambda_sparse,
-            lambda_false_alarm=config.lambda_false_alarm,
-            lambda_magnitude=config.lambda_magnitude,
-            abnormal_features=features[: len(abn)],
-            normal_features=features[len(abn) :],
-        )
+        loss = member_loss(model, torch.cat([abn, nor]), len(abn), config)
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         optimizer.step()
@@ -105,11 +111,14 @@ def _gather(value) -> list:
     return [value]
 
 
-def score_validation(model: Head, shard) -> dict:
-    """Score this worker's part of the validation videos, streamed in record batches."""
+def score_validation(model: Head, shard, rank: int = 0, world: int = 1) -> dict:
+    """Score this worker's part of the validation videos (every ``world``-th record batch from
+    ``rank``; the whole set read by every worker, none dropped), streamed in record batches."""
     inner = model.module if hasattr(model, "module") else model
     part = {"video_ids": [], "scores": [], "labels": [], "num_frames": [], "intervals": [], "classes": []}
-    for batch in shard.iter_batches(batch_size=VAL_BATCH_BAGS, batch_format="pyarrow"):
+    for i, batch in enumerate(shard.iter_batches(batch_size=VAL_BATCH_BAGS, batch_format="pyarrow")):
+        if i % world != rank:
+            continue
         part["scores"].append(score_crop_batch(score_bags, inner, batch))  # crop scores averaged, if any
         part["video_ids"].extend(batch.column("video_id").to_pylist())
         part["labels"].extend(batch.column("label").to_pylist())
@@ -122,14 +131,18 @@ def score_validation(model: Head, shard) -> dict:
     return part
 
 
-def validation_metrics(parts: list[dict]) -> dict[str, float]:
+def validation_metrics(parts: list[dict], clip_len: int = SNIPPET) -> dict[str, float]:
     """Frame AUC where every anomalous val video is annotated, else video AUC (train labels are weak).
 
-    ``val_auc`` is the figure early stopping and Tune use; both parts are reported.
+    ``val_auc`` is the figure early stopping and Tune use; both parts are reported. Frames are
+    mapped onto segments with the store's ``clip_len``, as evaluation does. Without validation
+    videos (``val_fraction: 0``) every figure is NaN.
     """
     order = sorted(
         ((vid, p, i) for p in parts for i, vid in enumerate(p["video_ids"])), key=lambda item: item[0]
     )
+    if not order:
+        return {"val_frame_auc": float("nan"), "val_video_auc": float("nan"), "val_auc": float("nan")}
     scores = np.stack([p["scores"][i] for _, p, i in order]) if order else np.zeros((0, 32))
     labels = np.array([p["labels"][i] for _, p, i in order], dtype=np.int64)
     num_frames = np.array([p["num_frames"][i] for _, p, i in order], dtype=np.int64)
@@ -141,7 +154,9 @@ def validation_metrics(parts: list[dict]) -> dict[str, float]:
         for frames, label, ivs in zip(num_frames, labels, intervals, strict=True)
     )
     if annotated:
-        frame_auc = evaluate_frames(scores, labels, num_frames, intervals, classes)["frame_auc"]
+        frame_auc = evaluate_frames(scores, labels, num_frames, intervals, classes, clip_len=clip_len)[
+            "frame_auc"
+        ]
     vid_auc = video_auc(scores, labels)
     return {
         "val_frame_auc": frame_auc,
@@ -183,7 +198,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
         history = list(state.get("history", []))
     model = ray.train.torch.prepare_model(model)
-    val_shard = loop_config["val"][rank]
+    val_shard = ray.train.get_dataset_shard(VAL_SET)
+    clip_len = store_clip_len(inputs.store_metadata)
     for epoch in range(start_epoch, config.max_epochs):
         if early_stopping and stale >= config.patience:
             break
@@ -191,7 +207,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         loss, steps = train_epoch(model, optimizer, inputs, config, epoch, device, average)
         epoch_seconds = time.perf_counter() - started
         scored = average.model if average is not None else model  # the weights the run exports
-        metrics = validation_metrics(_gather(score_validation(scored, val_shard)))
+        metrics = validation_metrics(_gather(score_validation(scored, val_shard, rank, world)), clip_len)
         score = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else -loss
         if score > best:
             best, stale = score, 0

@@ -13,6 +13,7 @@ from typing import Any
 from anomaly import uris
 from anomaly.config import TrainConfig, write_yaml
 from anomaly.errors import AnomalyError
+from anomaly.selection import selects_by_validation
 from anomaly.tuning.spec import SearchSpec
 
 
@@ -76,10 +77,14 @@ def summarise(result_grid, spec: SearchSpec) -> tuple[list[dict], list[str], dic
             {k: v for k, v in (result.config or {}).items() if k in spec.base.to_dict()},
             where=f"trial {trial_id}",
         )
-        values = [row[metric] for row in history if _is_finite(row.get(metric))]
+        # A trial is ranked by the epoch it exports: its best validation epoch under selection
+        # best_val, else its last epoch (the EMA/last weights of its fixed budget), so the model
+        # written for the best trial is the one that was ranked.
+        exported = history if selects_by_validation(config.selection) else history[-1:]
+        values = [row[metric] for row in exported if _is_finite(row.get(metric))]
         best_value = (max if mode == "max" else min)(values) if values else math.nan
-        best_row = next((row for row in history if row.get(metric) == best_value), None)
-        aucs = [row["val_auc"] for row in history if _is_finite(row.get("val_auc"))]
+        best_row = next((row for row in exported if row.get(metric) == best_value), None)
+        aucs = [row["val_auc"] for row in exported if _is_finite(row.get("val_auc"))]
         row = {"trial_id": trial_id}
         row.update({name: getattr(config, name) for name in spec.searched})
         row["best_val_auc"] = max(aucs) if aucs else math.nan
@@ -165,7 +170,10 @@ def write_results(
         )
     best_checkpoint = None
     for best in ranked:  # the best trial whose best checkpoint is still there
-        best_checkpoint, best_epoch = _best_checkpoint(histories[best["trial_id"]], metric, mode, out)
+        history = histories[best["trial_id"]]
+        if not selects_by_validation(best["_config"].selection):
+            history = history[-1:]  # the epoch it was ranked by (summarise)
+        best_checkpoint, best_epoch = _best_checkpoint(history, metric, mode, out)
         if best_checkpoint is not None:
             break
     if best_checkpoint is None:

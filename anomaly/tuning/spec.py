@@ -40,8 +40,14 @@ from anomaly.errors import AnomalyError
 
 SECTIONS = ("base", "search", "tune")
 METRICS = ("val_auc", "val_frame_auc", "val_video_auc", "loss")
-# The validation split and normalisation are prepared once from the base config and shared.
-NOT_SEARCHABLE = ("seed", "val_fraction", "crops")  # crops: the bags themselves differ
+# The validation split and normalisation statistics are prepared once from the base config and
+# shared by every trial, so a trial may not change what they depend on (a searched feature_norm
+# would feed inputs normalised with another rule's statistics: |z| ~ 138 on raw ResNet3D rows;
+# a searched crops would change the bags themselves).
+NOT_SEARCHABLE = ("seed", "val_fraction", "feature_norm", "crops")
+# Tune ranks trials on a validation split carved from train; training's own default holds none back
+# (val_fraction 0: EMA/last selection never reads it), so a search that does not set it uses this.
+TUNE_VAL_FRACTION = 0.15
 OR_ZERO_DEFAULT = 0.25
 # name -> number of arguments (None: a non-empty list of values)
 DISTRIBUTIONS: dict[str, int | None] = {
@@ -181,7 +187,8 @@ def parse_search_spec(values: dict[str, Any], *, where: str = "search config") -
         raise AnomalyError(where, "expected a mapping")
     sections = [key for key in values if key in SECTIONS]
     if not sections:  # a flat TrainConfig file: one trial of these settings
-        return SearchSpec(TrainConfig.from_dict(values, where=where), {}, TuneSettings(), where)
+        flat = {"val_fraction": TUNE_VAL_FRACTION, **values}
+        return SearchSpec(TrainConfig.from_dict(flat, where=where), {}, TuneSettings(), where)
     others = sorted(set(values) - set(SECTIONS))
     if others:
         raise AnomalyError(
@@ -192,7 +199,9 @@ def parse_search_spec(values: dict[str, Any], *, where: str = "search config") -
     for section in SECTIONS:
         if values.get(section) is not None and not isinstance(values[section], dict):
             raise AnomalyError(where, f"{section}: expected a mapping")
-    base = TrainConfig.from_dict(values.get("base") or {}, where=f"{where}: base")
+    base = TrainConfig.from_dict(
+        {"val_fraction": TUNE_VAL_FRACTION, **(values.get("base") or {})}, where=f"{where}: base"
+    )
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     raw_search = values.get("search") or {}
     _check_keys(raw_search, known, where, "search")
@@ -201,7 +210,8 @@ def parse_search_spec(values: dict[str, Any], *, where: str = "search config") -
         if name in NOT_SEARCHABLE:
             raise AnomalyError(
                 where,
-                f"search.{name}: cannot be searched (the validation split is prepared once from base)",
+                f"search.{name}: cannot be searched (the validation split and normalisation statistics "
+                "are prepared once from base: run one search per value)",
             )
         if name in (values.get("base") or {}):
             raise AnomalyError(where, f"{name}: both fixed in base and searched; keep one")

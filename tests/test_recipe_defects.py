@@ -1,0 +1,148 @@
+"""Training defects of issue 19 (heads against their references, config, presets, metrics, tuning),
+each checked on the real parts; the repeatability check on the real fixture files is in
+test_real_features.py."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from anomaly.checkpoints import checkpoint_payload, load_scorer
+from anomaly.config import TrainConfig, load_train_config
+from anomaly.errors import AnomalyError
+from anomaly.heads import HEADS, Ensemble, Head, MILScorer, RTFMHead, build_head, register_head
+from anomaly.metrics import evaluate_frames
+from anomaly.training.data import stratified_split
+from anomaly.tuning.spec import load_search_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mlp_has_no_relu_after_its_32_unit_layer():
+    """Sultani's Keras model and ekosman's port: 512 (ReLU) -> 32 (linear) -> 1."""
+    net = MILScorer(16).net
+    linear = [i for i, m in enumerate(net) if isinstance(m, nn.Linear)]
+    assert linear == [0, 3, 6]  # the state-dict keys of earlier checkpoints
+    assert isinstance(net[1], nn.ReLU) and not any(isinstance(m, nn.ReLU) for m in net[4:])
+    # A negative pre-activation of the 32-unit layer reaches the output (a ReLU would zero it).
+    head = MILScorer(4, feature_norm="none").eval()
+    with torch.no_grad():
+        for layer in (net_layer for net_layer in head.net if isinstance(net_layer, nn.Linear)):
+            layer.weight.fill_(0)
+            layer.bias.fill_(0)
+        head.net[0].bias.fill_(1.0)  # hidden 512 = 1
+        head.net[3].weight.fill_(-1.0 / 512)  # hidden 32 = -1
+        head.net[6].weight.fill_(1.0)
+        logits, _ = head.logits(torch.zeros(1, 4))
+    assert float(logits) == pytest.approx(-32.0)
+
+
+def test_old_mlp_checkpoints_load_as_they_were_trained(tmp_path):
+    old = MILScorer(8, feature_norm="none", revision=1)
+    assert isinstance(old.net[4], nn.ReLU)
+    payload = checkpoint_payload(old, TrainConfig(feature_norm="none"))
+    del payload["head"]["revision"]  # as written before revisions were recorded
+    torch.save(payload, tmp_path / "model.pt")
+    model, _ = load_scorer(str(tmp_path / "model.pt"))
+    assert isinstance(model.net[4], nn.ReLU)
+    x = torch.randn(3, 32, 8)
+    assert torch.equal(model(x), old.eval()(x))
+
+
+def test_rtfm_head_follows_rtfm_code_order_and_dropout():
+    """RTFM's Aggregate: conv -> ReLU -> BN in each branch and in the fusion; dropout on the
+    aggregated features before the classifier (model.py)."""
+    head = RTFMHead(32, dropout=0.7)
+    for block in [*head.pyramid, head.fuse]:
+        assert [type(m) for m in block] == [nn.Conv1d, nn.ReLU, nn.BatchNorm1d]
+    assert isinstance(head.feature_dropout, nn.Dropout) and head.feature_dropout.p == 0.7
+    head.train()
+    _, features = head.logits(torch.randn(2, 32, 32))
+    assert float((features == 0).float().mean()) > 0.5  # dropout 0.7 on the features in training
+
+
+def test_ensemble_averages_member_scores_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    config = TrainConfig(ensemble=3, feature_norm="standardize")
+    model = build_head("mlp", 8, dropout=0.0, feature_norm="standardize", ensemble=3)
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    model.set_normalization(np.ones(8), 2 * np.ones(8))
+    model.eval()
+    x = torch.randn(2, 32, 8)
+    z = (x - 1) / 2
+    by_hand = torch.stack([torch.sigmoid(m.logits(z)[0]) for m in model.members]).mean(0)
+    assert torch.allclose(model(x), by_hand)
+    assert len(model.member_outputs(x)) == 3
+    torch.save(checkpoint_payload(model, config), tmp_path / "model.pt")
+    loaded, payload = load_scorer(str(tmp_path / "model.pt"))
+    assert payload["head"]["ensemble"] == 3 and torch.allclose(loaded(x), model(x))
+
+
+def test_a_registered_head_is_accepted_by_config_building_and_loading(tmp_path):
+    with pytest.raises(AnomalyError, match="model"):
+        TrainConfig(model="linear_test")
+
+    @register_head("linear_test")
+    class LinearHead(Head):
+        def __init__(self, feature_dim, *, dropout, feature_norm, revision=2):
+            super().__init__(feature_dim, feature_norm)
+            self.fc = nn.Linear(feature_dim, 1)
+
+        def logits(self, x):
+            return self.fc(x).squeeze(-1), x
+
+    try:
+        config = TrainConfig(model="linear_test", feature_norm="none")
+        model = build_head("linear_test", 8, dropout=0.0, feature_norm="none")
+        torch.save(checkpoint_payload(model, config), tmp_path / "model.pt")
+        loaded, _ = load_scorer(str(tmp_path / "model.pt"))
+        x = torch.randn(2, 32, 8)
+        assert isinstance(loaded, LinearHead) and torch.equal(loaded(x), model.eval()(x))
+    finally:
+        HEADS.pop("linear_test")
+
+
+def test_val_fraction_zero_trains_on_every_video():
+    config = TrainConfig(val_fraction=0.0)
+    labels = np.array([0, 1] * 20)
+    train, val = stratified_split(labels, config.val_fraction, config.seed)
+    assert len(val) == 0 and len(train) == len(labels)
+    with pytest.raises(AnomalyError, match="val_fraction"):
+        TrainConfig(val_fraction=0.0, selection="best_val")  # it would select on nothing
+
+
+def test_paper_preset_l2_normalises_segments_like_sultanis_features():
+    preset = load_train_config(str(REPO / "tune_configs" / "sultani2018.yaml"))
+    assert preset.feature_norm == "l2" and preset.loss == "sultani" and preset.optimizer == "adagrad"
+
+
+def test_detection_rate_is_reported_beside_false_alarms():
+    # Two videos of 32 frames (clip_len 1 -> one frame per segment); an anomaly in video 0.
+    scores = np.zeros((2, 32))
+    scores[0, :] = 0.9  # every anomalous frame above 0.5
+    scores[1, 0:4] = 0.7  # 4 of the 32 normal frames of video 1 above 0.5
+    got = evaluate_frames(scores, np.array([1, 0]), [32, 32], [[(8, 15)], []], ["A", ""], clip_len=1)
+    assert got["detection_rate"] == 1.0
+    assert got["false_alarm_rate"] == pytest.approx(4 / 32)
+    silent = evaluate_frames(
+        np.zeros((2, 32)), np.array([1, 0]), [32, 32], [[(8, 15)], []], ["A", ""], clip_len=1
+    )
+    assert silent["false_alarm_rate"] == 0 and silent["detection_rate"] == 0
+
+
+def test_tune_refuses_to_search_feature_norm(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"search": {"feature_norm": {"choice": ["robust", "none"]}}}))
+    with pytest.raises(AnomalyError, match="feature_norm"):
+        load_search_spec(str(path))
+
+
+def test_search_mil_covers_every_loss_and_the_default_normalisation():
+    raw = yaml.safe_load((REPO / "tune_configs" / "search_mil.yaml").read_text())
+    assert set(raw["search"]["loss"]["choice"]) == {"sultani", "topk", "topk_bce", "false_alarm", "rtfm"}
+    assert raw["base"]["feature_norm"] == TrainConfig().feature_norm
+    assert "patience" not in raw["base"]  # unused under the default EMA selection
+    load_search_spec(str(REPO / "tune_configs" / "search_mil.yaml"))
