@@ -182,12 +182,14 @@ def test_the_single_video_and_pipeline_paths_give_the_same_clip_scores_by_defaul
     single = score_video(video.uri, str(run_dir))
     assert (single.clip_len, single.stride, len(single.clip_scores)) == (8, 8, 7)
     out = str(tmp_path / "out")
-    report = score(video.uri, out, scoring_job(str(run_dir)))
+    job = scoring_job(str(run_dir))
+    report = score(video.uri, out, job)
     assert report.scored == ["Explosion002_x264"] and not report.failed
     np.testing.assert_allclose(report.video.clip_scores, single.clip_scores, rtol=1e-4, atol=1e-5)
     assert (report.video.num_frames, report.video.fps) == (single.num_frames, single.fps) == (60, 20.0)
     assert len({round(float(x), 6) for x in single.clip_scores}) > 1
     assert report.written["csv"].endswith("Explosion002_x264.csv")
+    np.testing.assert_allclose(score_video(video.uri, job).clip_scores, single.clip_scores, rtol=1e-5)
 
 
 def test_score_with_wrong_backbone_width_is_one_line_error(tmp_path, run_dir, capsys):

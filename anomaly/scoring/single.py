@@ -115,15 +115,20 @@ def clip_features(
     return feats, num_frames, max(float(end["fps"]) for end in ends)
 
 
-def score_video(uri: str, checkpoint: str, job: ScoringJob | None = None, **overrides) -> VideoScores:
-    """Per-clip anomaly scores of one video with a trained model (``RUN_DIR`` or ``model.pt``).
+def score_video(uri: str, job: ScoringJob | str, **overrides) -> VideoScores:
+    """Per-clip anomaly scores of one video, in this process; equal to :func:`anomaly.scoring.pipeline.score`'s.
 
-    ``job``: the settings (:func:`~anomaly.scoring.job.scoring_job`); without it, the one
-    :func:`scoring_job` builds from the checkpoint and ``overrides`` (``device="cpu"``,
-    ``window_clips=1`` …). Clip scores equal :func:`anomaly.scoring.pipeline.score`'s.
+    ``job``: the settings (:func:`~anomaly.scoring.job.scoring_job`), or a trained model
+    (``RUN_DIR`` or ``model.pt``) with ``overrides`` for :func:`scoring_job`
+    (``device="cpu"``, ``window_clips=1`` …).
     """
-    model, payload = load_scorer(checkpoint)
-    job = job or scoring_job(checkpoint, payload, **overrides)
+    if isinstance(job, ScoringJob):
+        if overrides:
+            raise TypeError("score_video() takes overrides with a checkpoint, not with a ScoringJob")
+        model, payload = load_scorer(job.checkpoint)
+    else:
+        model, payload = load_scorer(job)
+        job = scoring_job(job, payload, **overrides)
     spec = check_job(job, model)
     rules = job.rules(spec, payload, model)
     feats, num_frames, fps = clip_features(uri, job.extraction, expected_weights=expected_weights(payload))
