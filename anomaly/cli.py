@@ -44,6 +44,7 @@ FLAG_ALIASES = {
     "window_seconds": (
         "--window",
     ),  # scoring's clip window; extraction's --window-seconds is the dashed name
+    "annotated_videos": ("--annotated-video",),
 }
 
 
@@ -226,8 +227,9 @@ def model_actor_flags() -> ArgumentParser:
     return parser
 
 
-# The destinations of clip_flags and model_actor_flags.
-EXTRACTION_FLAGS = (
+# The library parameters a command's flags set, by the rule of FLAG_ALIASES (the one table from
+# parameter to flag): ``settings_fields(args, PARAMETERS)`` is the keywords, never a hand-written call.
+EXTRACTION_PARAMETERS = (  # clip_flags and model_actor_flags: ExtractionSettings fields
     "clip_len",
     "stride",
     "crop",
@@ -235,21 +237,39 @@ EXTRACTION_FLAGS = (
     "num_gpus_per_actor",
     "num_cpus_per_actor",
     "concurrency",
-    "decode_cpus",
+    "decode_num_cpus",
     "device",
     "flush_every",
     "wait_for_resources",
 )
+SCORING_PARAMETERS = (  # ray_jobs.score: anomaly.scoring.job.scoring_job's overrides
+    "backbone",
+    "weights",
+    *EXTRACTION_PARAMETERS,
+    "fps",
+    "threshold",
+    "min_duration_s",
+    "merge_gap_s",
+    "window_seconds",
+    "window_clips",
+    "annotated_videos",
+)
+
+
+def settings_fields(args: argparse.Namespace, parameters: tuple[str, ...]) -> dict:
+    """The library keywords ``parameters`` from this command's flags (each the flag :func:`flag_for` names)."""
+    fields = {}
+    for parameter in parameters:
+        flag = flag_for(parameter, args)
+        if flag is None:
+            raise ValueError(f"this command has no flag for {parameter!r}")  # a bug in the command
+        fields[parameter] = getattr(args, flag.removeprefix("--").replace("-", "_"))
+    return fields
 
 
 def extraction_fields(args: argparse.Namespace) -> dict:
-    """:func:`clip_flags` and :func:`model_actor_flags` as ``ExtractionSettings`` keywords.
-
-    The flags keep the settings' names but one: ``--decode-cpus`` sets ``decode_num_cpus``.
-    """
-    fields = {dest: getattr(args, dest) for dest in EXTRACTION_FLAGS}
-    fields["decode_num_cpus"] = fields.pop("decode_cpus")
-    return fields
+    """:func:`clip_flags` and :func:`model_actor_flags` as ``ExtractionSettings`` keywords."""
+    return settings_fields(args, EXTRACTION_PARAMETERS)
 
 
 # --- argparse types: a range check is the flag's type, so a bad value is refused at parse time ---

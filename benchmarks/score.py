@@ -1,7 +1,7 @@
 """Distributed scoring against extraction alone: clips/s on the same videos, side by side in one run.
 
 1. ``anomaly.extraction.extract``: the Ray Data extraction pipeline into a fresh feature store;
-2. ``anomaly.scoring.pipeline.score_videos``: the same listing, decode, model actors and clip-table
+2. ``anomaly.scoring.pipeline.score``: the same listing, decode, model actors and clip-table
    writers, plus the scoring tasks (clip table read back, the clip-window head, alarms, the
    Parquet/PNG outputs) and the driver's alarms.parquet/.csv from part footers, into a fresh OUT;
 3. the head alone: ``score_clips`` on as many clip features as (2) scored (the work scoring adds).
@@ -32,7 +32,8 @@ from anomaly.checkpoints import checkpoint_payload
 from anomaly.config import TrainConfig
 from anomaly.extraction import ExtractionSettings, extract
 from anomaly.heads import MILScorer
-from anomaly.scoring.pipeline import ScoringJob, score_videos
+from anomaly.scoring.job import ScoringJob
+from anomaly.scoring.pipeline import score
 from anomaly.scoring.windows import score_clips
 from anomaly.synthetic import make_video_set
 
@@ -102,7 +103,7 @@ def main() -> int:
                 report = extract(folder, target, settings)
                 clips = report.num_clips
             else:
-                report = score_videos(folder, target, ScoringJob(checkpoint=run, extraction=settings))
+                report = score(folder, target, ScoringJob(checkpoint=run, extraction=settings))
                 clips = report.num_clips
             rates[kind].append(clips / (time.monotonic() - started))
             print(f"  {kind} run {repeat + 1}: {clips} clips, {rates[kind][-1]:.2f} clips/s", flush=True)

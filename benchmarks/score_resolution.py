@@ -30,10 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anomaly.alarms import AlarmSettings, find_alarms
+from anomaly.extraction import ExtractionSettings
 from anomaly.heads import MILScorer
 from anomaly.losses import mil_loss
 from anomaly.metrics import _auc
-from anomaly.scoring.single import ScoringSettings, clip_features
+from anomaly.scoring.single import clip_features
 from anomaly.scoring.windows import clip_frame_scores, clip_times, score_clips
 from anomaly.segments import frame_labels, frame_scores, pool_segments, segment_bounds
 from anomaly.synthetic import EVENTS, make_video, make_video_set
@@ -158,8 +159,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     out = args.out or tempfile.mkdtemp(prefix="score-resolution-")
-    settings = ScoringSettings(
-        backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu"
+    settings = ExtractionSettings(
+        backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu", batch_size=8
     )
     alarm_settings = AlarmSettings()
     started = time.monotonic()

@@ -184,8 +184,9 @@ def ten_crop_checkpoint(tmp_path_factory):
 
 def test_scoring_a_ten_crop_model_averages_crop_scores(videos, ten_crop_checkpoint, tmp_path, ray_cluster):
     from anomaly.crops import score_crops
+    from anomaly.scoring.job import scoring_job
     from anomaly.scoring.outputs import read_scores
-    from anomaly.scoring.pipeline import ScoringJob, extraction_settings, score_videos
+    from anomaly.scoring.pipeline import score
     from anomaly.scoring.single import score_video
     from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS, score_clips, window_clips
 
@@ -215,15 +216,10 @@ def test_scoring_a_ten_crop_model_averages_crop_scores(videos, ten_crop_checkpoi
     assert np.ptp(np.stack(per_crop), axis=0).max() > 0  # the crops do score differently
 
     # The Ray pipeline (clip table -> scoring task) gives the same scores.
-    import torch
-
-    payload = torch.load(checkpoint, weights_only=True)
-    job = ScoringJob(
-        checkpoint=checkpoint, extraction=extraction_settings(payload, device="cpu", batch_size=4)
-    )
+    job = scoring_job(checkpoint, device="cpu", batch_size=4)
     assert job.extraction.crops == 10
     out = str(tmp_path / "scores")
-    report = score_videos([uri], out, job)
+    report = score([uri], out, job)
     assert not report.failed
     table = read_scores(out).sort_by("clip_index")
     np.testing.assert_allclose(table.column("score").to_numpy(), single.clip_scores, rtol=1e-4, atol=1e-5)

@@ -31,11 +31,12 @@ from helpers import free_port, job_command, job_env
 
 from anomaly.alarms import AlarmSettings, find_alarms
 from anomaly.checkpoints import load_scorer
+from anomaly.extraction import ExtractionSettings
 from anomaly.live.demo import DEMO_BACKBONE, DEMO_WINDOW_CLIPS, demo_video, fit_demo_checkpoint
 from anomaly.live.masking import mask_text, mask_url
 from anomaly.live.readers import CameraReader, ReaderConfig
 from anomaly.live.scorer import AlarmTracker, CameraScorer
-from anomaly.scoring.single import ScoringSettings, clip_features
+from anomaly.scoring.single import clip_features
 from anomaly.scoring.windows import causal_delay, score_clips, window_features
 
 CLIP_S = DEMO_BACKBONE["clip_len"] / 16.0  # 8 frames at the synthetic camera's 16 fps
@@ -148,7 +149,7 @@ def test_a_recording_scored_live_and_in_batch_gives_the_same_alarms_up_to_causal
     video = demo_video(str(tmp_path / "street.mp4"), num_frames=320, event_frames=(160, 224), seed=7)
     model, _ = load_scorer(str(demo_run))
     spec_crop = tuple(DEMO_BACKBONE["crop"])
-    settings = ScoringSettings("r3d_18", None, clip_len=8, stride=8, crop=spec_crop, device="cpu")
+    settings = ExtractionSettings("r3d_18", None, clip_len=8, stride=8, crop=spec_crop, device="cpu")
     feats, _, fps = clip_features(video.uri, settings)  # batch scoring's clips and features
     # Live: the reader's clips of the same file (played as fast as it decodes) are batch's clips.
     from anomaly.extractors import ClipFeatureExtractor, get_backbone

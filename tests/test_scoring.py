@@ -23,10 +23,11 @@ from anomaly import store as feature_store
 from anomaly.alarms import AlarmSettings, find_alarms, sort_by_peak
 from anomaly.checkpoints import checkpoint_payload
 from anomaly.config import TrainConfig
+from anomaly.extraction import ExtractionSettings
 from anomaly.heads import MILScorer
 from anomaly.losses import mil_loss
 from anomaly.scoring import outputs
-from anomaly.scoring.single import ScoringSettings, clip_features
+from anomaly.scoring.single import clip_features
 from anomaly.scoring.windows import clip_frame_scores, score_clips, window_features
 from anomaly.segments import pool_segments
 from anomaly.synthetic import make_video
@@ -123,6 +124,67 @@ def test_one_video_writes_per_frame_csv_png_alarms_and_video(ray_cluster, tmp_pa
         assert sum(1 for _ in container.decode(video=0)) == 60
 
 
+def test_one_settings_rule_backbone_defaults_and_the_flag_table(tmp_path):
+    """Issue 22: one job for both paths: the store's clip settings, else the backbone's (never a 16 of its own)."""
+    from anomaly.extraction import ExtractionSettings
+    from anomaly.scoring.job import scoring_job
+
+    store = {**STORE_META}
+    del store["clip_len"], store["stride"], store["crop"]
+    torch.manual_seed(0)
+    bare = _save_run(tmp_path / "bare", MILScorer(512))
+    torch.save(checkpoint_payload(MILScorer(512), TrainConfig(), store_metadata=store), bare / "model.pt")
+    job = scoring_job(str(bare))
+    assert job.extraction == ExtractionSettings(backbone="r3d_18")  # the backbone's own input size
+    spec = job.extraction.spec()
+    rules = job.rules(spec, torch.load(bare / "model.pt", weights_only=True), MILScorer(512))
+    assert (rules.clip_len, rules.stride) == (spec.clip_len, spec.clip_len)
+
+    # the command's flags reach the same function through one table: unset flags change nothing
+    run = _save_run(tmp_path / "run", MILScorer(512))
+    args = score_job.get_args_parser().parse_args(["v", "--checkpoint", str(run)])
+    assert score_job.job_from_args(args) == scoring_job(str(run))
+    assert score_job.job_from_args(args).extraction.clip_len == 8  # the store's, not a default
+    flags = ["--window", "3", "--min-duration", "2", "--decode-cpus", "0.5", "--fps-default", "12"]
+    args = score_job.get_args_parser().parse_args(
+        ["v", "--checkpoint", str(run), *flags, "--annotated-video"]
+    )
+    job = score_job.job_from_args(args)
+    assert (job.window_seconds, job.alarms.min_duration_s, job.annotated_videos) == (3.0, 2.0, True)
+    assert (job.extraction.decode_num_cpus, job.extraction.fps) == (0.5, 12.0)
+    assert set(cli.settings_fields(args, cli.SCORING_PARAMETERS)) == set(cli.SCORING_PARAMETERS)
+    with pytest.raises(TypeError, match="clip_length"):
+        scoring_job(str(run), clip_length=8)
+
+
+def test_the_single_video_and_pipeline_paths_give_the_same_clip_scores_by_default(ray_cluster, tmp_path):
+    """No overrides, a store with clip_len 8 and no stride: both paths take stride 8 (the clip length;
+    the single-video path once fell back to 16), 32x32, the same window and rule."""
+    from anomaly.scoring.job import scoring_job
+    from anomaly.scoring.pipeline import score
+    from anomaly.scoring.single import score_video
+
+    store = {key: value for key, value in STORE_META.items() if key != "stride"}
+    torch.manual_seed(0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save(checkpoint_payload(MILScorer(512), TrainConfig(), store_metadata=store), run_dir / "model.pt")
+    video = make_video(
+        str(tmp_path / "Explosion002_x264.mp4"), num_frames=60, fps=20.0, event="flash", interval=(20, 40)
+    )
+    single = score_video(video.uri, str(run_dir))
+    assert (single.clip_len, single.stride, len(single.clip_scores)) == (8, 8, 7)
+    out = str(tmp_path / "out")
+    job = scoring_job(str(run_dir))
+    report = score(video.uri, out, job)
+    assert report.scored == ["Explosion002_x264"] and not report.failed
+    np.testing.assert_allclose(report.video.clip_scores, single.clip_scores, rtol=1e-4, atol=1e-5)
+    assert (report.video.num_frames, report.video.fps) == (single.num_frames, single.fps) == (60, 20.0)
+    assert len({round(float(x), 6) for x in single.clip_scores}) > 1
+    assert report.written["csv"].endswith("Explosion002_x264.csv")
+    np.testing.assert_allclose(score_video(video.uri, job).clip_scores, single.clip_scores, rtol=1e-5)
+
+
 def test_score_with_wrong_backbone_width_is_one_line_error(tmp_path, run_dir, capsys):
     video = make_video(str(tmp_path / "Normal_Videos_001_x264.mp4"), num_frames=20, fps=10.0)
     argv = [video.uri, "--checkpoint", str(run_dir), "--backbone", "s3d", "--crop", "32,32"]
@@ -153,8 +215,8 @@ def test_score_refuses_other_weights_than_training(tmp_path, run_dir, capsys):
 
 def _train_scorer(tmp_path: Path) -> MILScorer:
     """A MIL scorer trained here on 32-segment bags of 4 normal and 4 'flash' videos (16 s at 4 fps)."""
-    settings = ScoringSettings(
-        backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu"
+    settings = ExtractionSettings(
+        backbone="r3d_18", weights=None, clip_len=8, stride=8, crop=(32, 32), device="cpu", batch_size=8
     )
     bags = {0: [], 1: []}
     for i in range(8):

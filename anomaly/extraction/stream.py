@@ -55,6 +55,20 @@ VIDEOS_PER_PLAN_BLOCK = 8
 MAX_PLAN_BLOCKS = 2048
 
 
+def extractor_kwargs(settings: ExtractionSettings, spec: BackboneSpec, *, post=None) -> dict:
+    """``ClipFeatureExtractor(settings.backbone, settings.weights, **these)``: the model actors' and
+    in-process scoring's one construction (:func:`anomaly.scoring.single.clip_features`)."""
+    return {
+        "crop": spec.crop,
+        "clip_len": spec.clip_len,
+        "device": settings.device,
+        "amp": settings.amp,
+        "require_gpu": settings.on_gpu,
+        "post": post,
+        "crops": settings.crops,
+    }
+
+
 def model_stage(ds, settings: ExtractionSettings, spec: BackboneSpec, post=None):
     """``ds.map_batches(ClipFeatureExtractor)`` on an actor pool; ``post``: a hook run on the actors."""
     import ray
@@ -77,15 +91,7 @@ def model_stage(ds, settings: ExtractionSettings, spec: BackboneSpec, post=None)
     return ds.map_batches(
         ClipFeatureExtractor,
         fn_constructor_args=(settings.backbone, settings.weights),
-        fn_constructor_kwargs={
-            "crop": spec.crop,
-            "clip_len": spec.clip_len,
-            "device": settings.device,
-            "amp": settings.amp,
-            "require_gpu": settings.on_gpu,
-            "post": post,
-            "crops": settings.crops,
-        },
+        fn_constructor_kwargs=extractor_kwargs(settings, spec, post=post),
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
         batch_size=settings.effective_batch_size(),
         batch_format="numpy",

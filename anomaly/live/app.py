@@ -30,6 +30,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -146,14 +147,46 @@ def check_camera(camera_id: object, url: object) -> None:
         raise AnomalyError("url", "must be a non-empty string (rtsp://, http(s)://, udp://, a file or URI)")
 
 
+@dataclass(frozen=True)
+class LiveScoring:
+    """Batch scoring's one job (:func:`anomaly.scoring.job.scoring_job`), as the live service reads it."""
+
+    job: Any  # anomaly.scoring.job.ScoringJob
+    rules: Any  # its worker-side slice, anomaly.scoring.workers.ScoreRules
+    expected_weights: str | None
+
+    @property
+    def backbone(self) -> str:
+        return self.job.extraction.backbone
+
+    @property
+    def weights(self) -> str | None:
+        return self.job.extraction.weights
+
+    @property
+    def stride(self) -> int:
+        return self.rules.stride
+
+    @property
+    def window_clips(self) -> int | None:
+        return self.job.window_clips
+
+    @property
+    def window_seconds(self) -> float:
+        return self.job.window_seconds
+
+    def window(self, fps: float) -> int:
+        return self.rules.window(fps)
+
+
 def resolve(config: LiveConfig):
     """(head, checkpoint payload, scoring settings, backbone spec): one-line errors before anything starts."""
     from anomaly.checkpoints import load_scorer
-    from anomaly.extractors import get_backbone
-    from anomaly.scoring.single import check_feature_dim, settings_from_checkpoint
+    from anomaly.scoring.job import check_job, expected_weights, scoring_job
 
     model, payload = load_scorer(config.checkpoint)
-    settings = settings_from_checkpoint(
+    job = scoring_job(
+        config.checkpoint,
         payload,
         backbone=config.backbone,
         weights=config.weights,
@@ -164,10 +197,9 @@ def resolve(config: LiveConfig):
         window_seconds=config.window_seconds,
         window_clips=config.window_clips,
     )
-    spec = get_backbone(settings.backbone).with_input_size(crop=settings.crop, clip_len=settings.clip_len)
-    check_feature_dim("--checkpoint", settings.backbone, spec.feature_dim, model.feature_dim)
+    spec = check_job(job, model)
     config.alarm_settings()
-    return model, payload, settings, spec
+    return model, payload, LiveScoring(job, job.rules(spec, payload, model), expected_weights(payload)), spec
 
 
 @dataclass

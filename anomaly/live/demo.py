@@ -48,13 +48,14 @@ def fit_demo_checkpoint(run_dir: str, *, seed: int = 0, epochs: int = 300) -> st
 
     from anomaly.checkpoints import checkpoint_payload
     from anomaly.config import TrainConfig
+    from anomaly.extraction import ExtractionSettings
     from anomaly.heads import MILScorer
     from anomaly.normalization import fit_statistics
-    from anomaly.scoring.single import ScoringSettings, clip_features
+    from anomaly.scoring.single import clip_features
     from anomaly.scoring.windows import window_features
 
     torch.manual_seed(seed)
-    settings = ScoringSettings(
+    settings = ExtractionSettings(
         backbone=DEMO_BACKBONE["backbone"],
         weights=None,
         clip_len=DEMO_BACKBONE["clip_len"],

@@ -1,10 +1,18 @@
 """Scoring recordings with a trained model: per-clip scores, alarms with timestamps, timelines.
 
+One settings object and one entry point, for one video or many:
+
+- :mod:`anomaly.scoring.job`: :class:`ScoringJob` (extraction settings, window, alarm rule) and
+  :func:`scoring_job`, which builds it from a checkpoint (the training store's clip settings, else
+  the backbone's) and overrides;
+- :mod:`anomaly.scoring.pipeline`: :func:`score`, the entry point: one video or many on Ray Data,
+  reusing extraction's stages and tracker;
 - :mod:`anomaly.scoring.windows`: how a scorer trained on 32-segment bags scores one clip;
-- :mod:`anomaly.scoring.pipeline`: many videos on Ray Data, reusing extraction's stages and tracker;
-- :mod:`anomaly.scoring.workers`: the scoring task (clip table -> head -> scores part, alarms, timelines);
+- :mod:`anomaly.scoring.workers`: the scoring task (clip table -> head -> scores part, alarms, timelines)
+  and the scoring rule both paths run (``score_range``);
 - :mod:`anomaly.scoring.outputs`: ``OUT/scores``, ``alarms.parquet``/``.csv``, timelines;
-- :mod:`anomaly.scoring.single`: one video in-process (library use, the demo), its CSV/PNG/MP4.
+- :mod:`anomaly.scoring.single`: :func:`score_video`, a thin in-process convenience for one video
+  (library use, the demo) with the same job and rule, and one video's CSV/PNG/MP4.
 
 The alarm rules live in :mod:`anomaly.alarms` (shared with evaluation; re-exported here). The names
 below are loaded on first use, so importing this package does not pull in torch, PyAV or the backbones.
@@ -19,11 +27,13 @@ _EXPORTS = {
     "Alarm": "anomaly.alarms",
     "AlarmSettings": "anomaly.alarms",
     "find_alarms": "anomaly.alarms",
-    "ScoringSettings": "anomaly.scoring.single",
+    "ScoringJob": "anomaly.scoring.job",
+    "scoring_job": "anomaly.scoring.job",
+    "ScoringReport": "anomaly.scoring.pipeline",
+    "score": "anomaly.scoring.pipeline",
     "VideoScores": "anomaly.scoring.single",
     "clip_features": "anomaly.scoring.single",
     "score_video": "anomaly.scoring.single",
-    "settings_from_checkpoint": "anomaly.scoring.single",
     "write_annotated_video": "anomaly.scoring.single",
     "write_outputs": "anomaly.scoring.single",
 }

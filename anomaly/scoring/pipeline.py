@@ -1,4 +1,6 @@
-"""Score many recordings on Ray Data exactly like extraction, with the trained head applied on the workers.
+"""The scoring entry point, :func:`score`: one recording or many on Ray Data, exactly like extraction, with
+the trained head applied on the workers. Its settings are one :class:`~anomaly.scoring.job.ScoringJob`
+(:func:`~anomaly.scoring.job.scoring_job`: the checkpoint's training-store settings and the caller's overrides).
 
 Pipeline (the stages are extraction's own, :mod:`anomaly.extraction.pipeline`)::
 
@@ -11,7 +13,8 @@ Pipeline (the stages are extraction's own, :mod:`anomaly.extraction.pipeline`)::
     driver: VideoTracker folds summaries; each flush_every complete videos -> score_videos_task
             (a Ray task, anomaly.scoring.workers: clip table -> clip-window head -> alarms ->
             timelines -> one atomic OUT/scores part whose footer keeps the batch's alarms)
-    driver: alarms.parquet / alarms.csv from the part footers' alarm records (small rows)
+    driver: alarms.parquet / alarms.csv from the part footers' alarm records (small rows);
+            one video given: its CSV and timeline (and MP4s when asked) from its rows in OUT/scores
 
 Why this shape: a clip's score needs the features of its neighbours (a
 window about one training segment long, more for context heads), and those
@@ -54,38 +57,23 @@ from dataclasses import asdict, dataclass, field
 from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.alarms import Alarm, AlarmSettings
-from anomaly.checkpoints import MODEL_FILE, load_scorer, stored_metadata
+from anomaly.checkpoints import MODEL_FILE, load_scorer
 from anomaly.cluster import TASK_CPUS
-from anomaly.crops import crop_scores_of
-from anomaly.errors import AnomalyError
-from anomaly.extraction import ExtractionSettings, stream, weights_tag
+from anomaly.extraction import VIDEO_EXTENSIONS, ExtractionSettings, stream, weights_tag
 from anomaly.extraction.commit import TrackedVideo, VideoTracker
 from anomaly.extraction.pipeline import resolve_ids, sampling_of
 from anomaly.extraction.stream import VideoSink
 from anomaly.scoring import outputs
-from anomaly.scoring.single import check_feature_dim, check_weights
-from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS, context_segments
+from anomaly.scoring.job import ScoringJob, check_job, check_weights, expected_weights, scoring_job
+from anomaly.scoring.single import VideoScores, write_annotated_video, write_outputs
 from anomaly.scoring.workers import ScoreRules, creation_time, realarm_part, score_videos_task
-from anomaly.store import StoreMetadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScoringJob", "ScoringReport", "creation_time", "extraction_settings", "prepare", "score_videos"]
+__all__ = ["ScoringJob", "ScoringReport", "creation_time", "prepare", "score", "scoring_job"]
 
 # A scoring task runs the head with one torch thread: a share of a CPU, never 0 (a 0-CPU head would take it).
 SCORING_CPUS = TASK_CPUS
-
-
-@dataclass(frozen=True)
-class ScoringJob:
-    """What to score with: the checkpoint, decode/actor settings (extraction's), window and alarm rules."""
-
-    checkpoint: str
-    extraction: ExtractionSettings
-    alarms: AlarmSettings = AlarmSettings()
-    window_seconds: float = DEFAULT_WINDOW_SECONDS  # about one training segment (anomaly.scoring.windows)
-    window_clips: int | None = None
-    annotated_videos: bool = False
 
 
 @dataclass
@@ -99,6 +87,7 @@ class ScoringReport:
     alarms: list[tuple[Alarm, dict]] = field(default_factory=list)  # those alarms, highest peak first
     seconds: float = 0.0
     written: dict[str, str] = field(default_factory=dict)
+    video: VideoScores | None = None  # one video given: its clip scores (OUT/VIDEO.csv, its timeline)
 
     @property
     def all_failed(self) -> bool:
@@ -114,27 +103,6 @@ class ScoringReport:
             f"{len(self.skipped)} skipped as done, {len(self.failed)} failed — {self.num_alarms} alarms in "
             f"{uris.join(self.out, outputs.ALARMS_CSV)}"
         )
-
-
-def extraction_settings(payload: dict, **overrides) -> ExtractionSettings:
-    """Extraction settings that reproduce the training store's features, overridden by the user's."""
-    meta = stored_metadata(payload) or StoreMetadata(backbone="")
-    backbone = overrides.pop("backbone", None) or meta.backbone
-    if not backbone or backbone in ("synthetic", "imported"):
-        raise AnomalyError("backbone", "the checkpoint does not record an extractor backbone; name one")
-    values = {
-        "clip_len": meta.clip_len,
-        "stride": meta.stride,
-        "crop": meta.crop,
-        "crops": meta.crops or 1,  # a model trained on ten crops scores ten crops
-        **{key: value for key, value in overrides.items() if value is not None},
-    }
-    expected = meta.weights_sha256
-    if values.get("weights") in (None, "none") and expected not in (None, "random"):
-        raise AnomalyError(
-            "weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"
-        )
-    return ExtractionSettings(backbone=backbone, **values)
 
 
 def scoring_settings_record(
@@ -163,20 +131,12 @@ def _checkpoint_sha(checkpoint: str) -> str:
 def prepare(job: ScoringJob):
     """Everything checked before Ray starts: the model, its backbone's width and weights, the settings.
 
-    Returns ``(model, payload, spec, weights_sha256)`` for :func:`score_videos`.
+    Returns ``(model, payload, spec, weights_sha256)`` for :func:`score`.
     """
     model, payload = load_scorer(job.checkpoint)
-    settings = job.extraction
-    spec = settings.validate()
-    check_feature_dim(job.checkpoint, settings.backbone, spec.feature_dim, model.feature_dim)
-    job.alarms.validate()
-    if job.window_clips is not None and job.window_clips < 1:
-        raise AnomalyError("window_clips", f"must be >= 1, got {job.window_clips}")
-    if not job.window_seconds > 0:
-        raise AnomalyError("window_seconds", f"must be > 0 seconds, got {job.window_seconds}")
-    weights = weights_tag(settings)
-    meta = stored_metadata(payload)
-    check_weights(settings.weights or "weights", weights, meta.weights_sha256 if meta else None)
+    spec = check_job(job, model)
+    weights = weights_tag(job.extraction)
+    check_weights(job.extraction.weights or "weights", weights, expected_weights(payload))
     return model, payload, spec, weights
 
 
@@ -260,8 +220,60 @@ def rebuild_alarms(out: str, settings: AlarmSettings) -> list[tuple[Alarm, dict]
     return outputs.from_records(records)
 
 
-def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prepared=None) -> ScoringReport:
-    """Score every video not yet in ``OUT/scores``, then rebuild ``alarms.*`` of all of them (small rows)."""
+def is_one_video(videos: str | Sequence[str]) -> bool:
+    """Whether ``videos`` names one video file (it then also gets ``OUT/VIDEO.csv`` and its timeline)."""
+    return isinstance(videos, str) and videos.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def video_scores(table, video_id: str) -> VideoScores:
+    """One video's :class:`~anomaly.scoring.single.VideoScores` from its clip rows in ``OUT/scores``."""
+    import pyarrow.compute as pc
+
+    rows = table.filter(pc.equal(table.column("video_id"), video_id)).sort_by("clip_index")
+    first = rows.slice(0, 1).to_pylist()[0]
+    clip_len = int(first["last_frame"] - first["first_frame"] + 1)
+    stride = int(rows.column("first_frame")[1].as_py()) if rows.num_rows > 1 else clip_len
+    return VideoScores(
+        video_id=video_id,
+        uri=first["source_uri"],
+        fps=float(first["fps"]),
+        num_frames=int(first["num_frames"]),
+        stride=stride,
+        clip_len=clip_len,
+        clip_scores=rows.column("score").to_numpy(),
+    )
+
+
+def score(videos: str | Sequence[str], out: str, job: ScoringJob, *, prepared=None) -> ScoringReport:
+    """The library's scoring entry point, one video or many, on Ray Data.
+
+    Scores every video not yet in ``OUT/scores``, then rebuilds ``alarms.*`` of all of them
+    from the part footers (small rows). One video file given (``videos`` a path or URI
+    ending in a video extension): also ``OUT/VIDEO.csv`` and ``OUT/VIDEO_timeline.png``
+    (:func:`~anomaly.scoring.single.write_outputs`), and with ``job.annotated_videos``
+    ``OUT/VIDEO_scored.mp4``; many: ``OUT/annotated/VIDEO.mp4`` for each video with an alarm.
+    ``prepared``: :func:`prepare`'s result, when the caller checked the job before starting Ray.
+    """
+    report = _score_all(videos, out, job, prepared)
+    threshold = job.alarms.threshold
+    if is_one_video(videos) and report.scored + report.skipped:
+        video_id = (report.scored + report.skipped)[0]
+        report.video = video_scores(outputs.read_scores(out, [video_id]), video_id)
+        report.written.update(write_outputs(report.video, out, threshold=threshold))
+        if job.annotated_videos:
+            target = uris.join(out, f"{video_id}_scored.mp4")
+            report.written["video"] = write_annotated_video(report.video, target, threshold=threshold)
+    elif job.annotated_videos:
+        for video_id in sorted({alarm.video_id for alarm, _ in report.alarms}):
+            report.written[f"video {video_id}"] = write_annotated_video(
+                video_scores(outputs.read_scores(out, [video_id]), video_id),
+                uris.join(out, "annotated", f"{video_id}.mp4"),
+                threshold=threshold,
+            )
+    return report
+
+
+def _score_all(videos, out: str, job: ScoringJob, prepared) -> ScoringReport:
     started = time.monotonic()
     started_wall = time.time()
     model, payload, spec, weights = prepared or prepare(job)
@@ -283,18 +295,7 @@ def score_videos(videos: str | Sequence[str], out: str, job: ScoringJob, *, prep
         "%d videos: %d already scored in %s, %d to score", len(ids), len(report.skipped), out, len(todo)
     )
     sampling = sampling_of(settings, spec)
-    rules = ScoreRules(
-        clip_len=spec.clip_len,
-        stride=sampling.stride,
-        dim=spec.feature_dim,
-        window_seconds=job.window_seconds,
-        window_clips=job.window_clips,
-        context=context_segments(payload, model),
-        fps_default=settings.fps,
-        alarms=job.alarms,
-        crops=settings.crops,
-        crop_scores=crop_scores_of(payload),
-    )
+    rules = job.rules(spec, payload, model)
     scorer = _Scorer(out, rules, model, todo, report, settings.flush_every)
     scorer.new_failures.extend(list_failures)
     tracker = VideoTracker(clip_len=spec.clip_len, stride=sampling.stride, cells=0)

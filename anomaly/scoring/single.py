@@ -1,10 +1,14 @@
-"""One video in this process (no Ray): decode, clip features, clip-window scores; its CSV, PNG and MP4.
+"""One video in this process (no Ray): a thin convenience over the pipeline's settings and rule; its CSV, PNG and MP4.
 
-The backbone and clip settings default to the ones recorded with the model's
-training store, so a video is scored with the features the model learned on.
-The distributed job (:mod:`anomaly.scoring.pipeline`) scores with the same
-rule (:mod:`anomaly.scoring.windows`) and writes a single video's CSV and PNG
-with :func:`write_outputs` too.
+:func:`score_video` takes the same :class:`~anomaly.scoring.job.ScoringJob` as
+the one library entry point, :func:`anomaly.scoring.pipeline.score` (built by
+:func:`~anomaly.scoring.job.scoring_job`: the training store's clip settings,
+else the backbone's), and runs the pipeline's stages in this process: the
+decode stage (:func:`anomaly.extraction.decode.decode_video`), the model
+actors' extractor construction, and the scoring task's rule
+(:func:`anomaly.scoring.workers.score_range` with :meth:`ScoringJob.rules`),
+so it gives the pipeline's clip scores. :func:`write_outputs` and
+:func:`write_annotated_video` write a single video's CSV, PNG and MP4 for both.
 """
 
 from __future__ import annotations
@@ -21,44 +25,19 @@ import numpy as np
 
 from anomaly import uris
 from anomaly.alarms import DEFAULT_THRESHOLD, Alarm, AlarmSettings, find_alarms
-from anomaly.checkpoints import load_scorer, stored_metadata
-from anomaly.crops import crop_scores_of, score_crops, ten_crop
+from anomaly.checkpoints import load_scorer
 from anomaly.errors import AnomalyError
+from anomaly.extraction import ExtractionSettings
+from anomaly.extraction.decode import decode_video
+from anomaly.extraction.pipeline import sampling_of
+from anomaly.extraction.stream import extractor_kwargs
 from anomaly.extractors import ClipFeatureExtractor
-from anomaly.scoring.windows import (
-    DEFAULT_WINDOW_SECONDS,
-    clip_frame_scores,
-    clip_times,
-    context_segments,
-    score_clips,
-    window_clips,
-)
-from anomaly.store import StoreMetadata
+from anomaly.scoring.job import ScoringJob, check_job, check_weights, expected_weights, scoring_job
+from anomaly.scoring.windows import clip_frame_scores, clip_times
+from anomaly.scoring.workers import score_range
 from anomaly.video import open_video, video_id_from_uri
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScoringSettings:
-    backbone: str
-    weights: str | None
-    clip_len: int = 16
-    stride: int = 16
-    crop: tuple[int, int] | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    expected_weights: str | None = None  # sha256 (or "random") recorded with the training store
-    window_seconds: float = DEFAULT_WINDOW_SECONDS  # about one training segment (anomaly.scoring.windows)
-    window_clips: int | None = None  # overrides window_seconds
-    crops: int = 1  # 10: ten crops per clip, as the training store (anomaly.crops)
-    crop_scores: bool = True  # average the crops' scores (crops: bags), else score their mean
-
-    def window(self, fps: float) -> int:
-        """Clips per scoring window for a video at ``fps``."""
-        if self.window_clips:
-            return int(self.window_clips)
-        return window_clips(self.window_seconds, fps, self.stride)
 
 
 @dataclass
@@ -91,49 +70,10 @@ class VideoScores:
         )
 
 
-def settings_from_checkpoint(payload: dict, **overrides) -> ScoringSettings:
-    """Backbone and clip settings recorded with the training store, overridden by what the user gave."""
-    meta = stored_metadata(payload) or StoreMetadata(backbone="")
-    values = {
-        "backbone": meta.backbone,
-        "weights": None,
-        "clip_len": meta.clip_len or 16,
-        "stride": meta.stride or 16,
-        "crop": meta.crop,
-        "crops": meta.crops or 1,
-        "crop_scores": crop_scores_of(payload),
-    }
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    if not values["backbone"] or values["backbone"] in ("synthetic", "imported"):
-        raise AnomalyError("backbone", "the checkpoint does not record an extractor backbone; name one")
-    expected = meta.weights_sha256
-    if values["weights"] in (None, "none") and expected not in (None, "random"):
-        raise AnomalyError(
-            "weights", f"the model was trained on features of weights sha256 {expected[:12]}…; pass them"
-        )
-    return ScoringSettings(**values, expected_weights=expected)
-
-
-def check_feature_dim(where: str, backbone: str, feature_dim: int, model_dim: int) -> None:
-    """A model trained on one backbone's features refuses another's (one line, before any work)."""
-    if feature_dim != model_dim:
-        raise AnomalyError(
-            where, f"{backbone} gives {feature_dim}-d features but the model expects {model_dim}-d"
-        )
-
-
-def check_weights(where: str, actual: str, expected: str | None) -> None:
-    if expected and actual != expected:
-        raise AnomalyError(
-            where, f"weights sha256 {actual[:12]}… differ from the {expected[:12]}… the model was trained on"
-        )
-
-
-def _batched(clips: Iterator, size: int, crops: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-    """Clips stacked ``size`` at a time; ``crops``: cut ten ``(h, w)`` crops from each (whole) clip."""
+def _batched(clips: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
     batch = []
     for clip in clips:
-        batch.append(clip.frames if crops is None else ten_crop(clip.frames, crops))
+        batch.append(clip)
         if len(batch) == size:
             yield np.stack(batch)
             batch = []
@@ -141,49 +81,67 @@ def _batched(clips: Iterator, size: int, crops: tuple[int, int] | None = None) -
         yield np.stack(batch)
 
 
-def clip_features(uri: str, settings: ScoringSettings) -> tuple[np.ndarray, int, float]:
-    """(clips, D) features of one video, plus its frame count and fps.
+def clip_features(
+    uri: str, settings: ExtractionSettings, *, expected_weights: str | None = None
+) -> tuple[np.ndarray, int, float]:
+    """(clips, D) features of one video (``(clips, crops, D)`` with ten crops), its frame count and fps.
 
-    The probe behind ``reader.info`` (size, fps) decodes the video once before the clip pass.
+    The pipeline's decode stage and model construction, in this process: the same clips, crops and
+    features as the model actors give. ``expected_weights``: the sha256 the model was trained on.
     """
-    extractor = ClipFeatureExtractor(
-        settings.backbone,
-        settings.weights,
-        crop=settings.crop,
-        clip_len=settings.clip_len,
-        device=settings.device,
-        crops=settings.crops,
-    )
-    check_weights(settings.weights or "weights", extractor.weights_sha256, settings.expected_weights)
-    spec = extractor.spec
-    reader = open_video(uri)
-    size = spec.resized_shape(reader.info.height, reader.info.width)
-    feats = []
-    ten = settings.crops > 1
-    crop = None if ten else spec.crop
-    clips = reader.iter_clips(clip_len=spec.clip_len, stride=settings.stride, size=size, crop=crop)
-    for batch in _batched(clips, settings.batch_size, spec.crop if ten else None):
-        feats.append(extractor({"clip": batch})["features"])
-    return np.concatenate(feats), int(reader.frames_decoded or reader.info.num_frames), float(reader.info.fps)
+    spec = settings.validate()
+    extractor = ClipFeatureExtractor(settings.backbone, settings.weights, **extractor_kwargs(settings, spec))
+    check_weights(settings.weights or "weights", extractor.weights_sha256, expected_weights)
+    ends: list[dict] = []
+
+    def clips() -> Iterator[np.ndarray]:
+        row = {"video_id": video_id_from_uri(uri), "uri": uri}
+        for out in decode_video(row, sampling=sampling_of(settings, spec)):
+            if out["kind"] == "end":
+                ends.append(out)
+            elif out["cell"] == -1:
+                yield out["clip"]
+
+    feats = [
+        extractor({"clip": batch})["features"] for batch in _batched(clips(), settings.effective_batch_size())
+    ]
+    error = next((end["error"] for end in ends if end["error"]), "")
+    if error or not feats:
+        raise AnomalyError(uri, error or "no clips: the video has no decodable frames")
+    feats = np.concatenate(feats)
+    num_frames = max(int(end["num_frames"]) for end in ends)
+    if num_frames <= 0:  # no end of video seen: the frames the clips cover
+        num_frames = (len(feats) - 1) * settings.effective_stride(spec) + spec.clip_len
+    return feats, num_frames, max(float(end["fps"]) for end in ends)
 
 
-def score_video(uri: str, checkpoint: str, **overrides) -> VideoScores:
-    """Per-clip anomaly scores of one video with a trained model (``RUN_DIR`` or ``model.pt``)."""
-    model, payload = load_scorer(checkpoint)
-    settings = settings_from_checkpoint(payload, **overrides)
-    feats, num_frames, fps = clip_features(uri, settings)
-    check_feature_dim(uri, settings.backbone, feats.shape[-1], model.feature_dim)
-    window, context = settings.window(fps), context_segments(payload, model)
-    scores = score_crops(
-        lambda f: score_clips(model, f, window, context=context), feats, crop_scores=settings.crop_scores
-    )
+def score_video(uri: str, job: ScoringJob | str, **overrides) -> VideoScores:
+    """Per-clip anomaly scores of one video, in this process; equal to :func:`anomaly.scoring.pipeline.score`'s.
+
+    ``job``: the settings (:func:`~anomaly.scoring.job.scoring_job`), or a trained model
+    (``RUN_DIR`` or ``model.pt``) with ``overrides`` for :func:`scoring_job`
+    (``device="cpu"``, ``window_clips=1`` …).
+    """
+    if isinstance(job, ScoringJob):
+        if overrides:
+            raise TypeError("score_video() takes overrides with a checkpoint, not with a ScoringJob")
+        model, payload = load_scorer(job.checkpoint)
+    else:
+        model, payload = load_scorer(job)
+        job = scoring_job(job, payload, **overrides)
+    spec = check_job(job, model)
+    rules = job.rules(spec, payload, model)
+    feats, num_frames, fps = clip_features(uri, job.extraction, expected_weights=expected_weights(payload))
+    fps = fps if np.isfinite(fps) and fps > 0 else (rules.fps_default or 0.0)
+    n = len(feats)
+    scores = score_range(model, feats, rules, lo=0, n=n, window=rules.window(fps), start=0, end=n)
     return VideoScores(
         video_id=video_id_from_uri(uri),
         uri=uri,
         fps=fps,
         num_frames=num_frames,
-        stride=settings.stride,
-        clip_len=settings.clip_len,
+        stride=rules.stride,
+        clip_len=rules.clip_len,
         clip_scores=scores,
     )
 

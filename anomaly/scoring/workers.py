@@ -40,7 +40,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScoreRules:
-    """What the task needs besides the model: clip geometry, the window, context, the alarm rule."""
+    """What the task needs besides the model: clip geometry, the window, context, the alarm rule.
+
+    The worker-side slice of a :class:`~anomaly.scoring.job.ScoringJob`, made only by
+    :meth:`ScoringJob.rules <anomaly.scoring.job.ScoringJob.rules>` (both entry points).
+    """
 
     clip_len: int
     stride: int
@@ -113,16 +117,30 @@ def score_video(out: str, video: dict, model, rules: ScoreRules, fps: float) -> 
         found += int(seen[start - lo : end - lo].sum())
         if not seen.all():
             continue  # incomplete: counted, not scored
-        if rules.crops > 1:
-            features = features.reshape(len(features), rules.crops, rules.dim)
-        scores[start:end] = score_crops(
-            lambda f, lo=lo, start=start, end=end: score_clip_range(
-                model, f, lo=lo, n=n, window=window, start=start, end=end, context=rules.context
-            ),
-            features,
-            crop_scores=rules.crop_scores,
+        scores[start:end] = score_range(
+            model, features, rules, lo=lo, n=n, window=window, start=start, end=end
         )
     return scores, found
+
+
+def score_range(
+    model, features: np.ndarray, rules: ScoreRules, *, lo: int, n: int, window: int, start: int, end: int
+) -> np.ndarray:
+    """The scoring rule, the one both entry points run: scores of clips ``start .. end`` of an ``n``-clip video.
+
+    ``features``: clips ``lo .. lo + len(features)``, reaching the window's halo
+    (:func:`~anomaly.scoring.windows.halo_clips`); ten-crop features are ``(clips, crops * D)`` or
+    ``(clips, crops, D)``, each crop scored as its own sequence (:func:`anomaly.crops.score_crops`).
+    """
+    if rules.crops > 1:
+        features = features.reshape(len(features), rules.crops, rules.dim)
+    return score_crops(
+        lambda f: score_clip_range(
+            model, f, lo=lo, n=n, window=window, start=start, end=end, context=rules.context
+        ),
+        features,
+        crop_scores=rules.crop_scores,
+    )
 
 
 def score_videos_task(out: str, videos: Sequence[dict], model, rules: ScoreRules) -> dict:
