@@ -459,7 +459,7 @@ def test_bad_flags_are_one_line_errors(demo_run, capsys):
         ),
         (["--checkpoint", str(demo_run), "--camera", "a=x", "--camera", "a=y"], "given twice"),
         (["--checkpoint", str(demo_run), "--threshold", "2"], "error: --threshold: must be"),
-        (["--checkpoint", str(demo_run), "--merge-gap", "-1"], "error: --merge-gap: must be >= 0"),
+        (["--checkpoint", str(demo_run), "--merge-gap", "-1"], "error: --merge-gap=-1.0: must be >= 0"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             cli.run(live.main, live.get_args_parser(), argv)
