@@ -191,7 +191,7 @@ def test_gpus_not_in_the_cluster_are_waited_for_then_one_line(tmp_path, ray_clus
     with caplog.at_level("INFO", logger="anomaly.cluster"):
         with pytest.raises(AnomalyError, match=r"waited \d+ s for a node with 1 CPU, 1 GPU") as caught:
             extract([video.uri], str(store), settings)
-    assert caught.value.where == "--wait-for-resources" and "\n" not in str(caught.value)
+    assert caught.value.where == "wait_for_resources" and "\n" not in str(caught.value)
     assert any("waiting for a node with 1 CPU, 1 GPU" in r.getMessage() for r in caplog.records)
     assert feature_store.video_ids(str(store)) == set()
     import torch

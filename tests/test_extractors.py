@@ -72,7 +72,7 @@ def test_registry_lists_every_backbone():
 def test_unknown_backbone_names_it_and_lists_choices():
     with pytest.raises(AnomalyError) as info:
         get_backbone("c4d")
-    assert info.value.where == "--backbone"
+    assert info.value.where == "backbone"
     message = str(info.value)
     assert "'c4d'" in message and "\n" not in message
     assert all(name in message for name in ALL)

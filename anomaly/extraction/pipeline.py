@@ -59,6 +59,7 @@ from anomaly.extraction.settings import (
     ExtractionReport,
     ExtractionSettings,
     store_settings,
+    warn_if_random,
     weights_tag,
 )
 from anomaly.extraction.stream import VideoSink, build_pipeline, model_stage  # noqa: F401 - re-exported
@@ -185,6 +186,7 @@ def extract(
     weights_sha256 = weights_tag(settings)
     # Also the write check: a store this process cannot write is refused here, before any work.
     feature_store.ensure_metadata(store, store_settings(settings, spec, weights_sha256))
+    warn_if_random(settings)  # after the checks: a refused run says one line only
     if settings.keep_clips:
         feature_store.note_kept_clips(store)
     # A run killed while writing leaves a dot-prefixed temporary file (readers skip it); tidy up.

@@ -174,14 +174,19 @@ class ExtractionReport:
         )
 
 
-def weights_tag(settings: ExtractionSettings) -> str:
-    """sha256 of the weights after checking they load into the backbone, or ``"random"`` (loudly)."""
+def warn_if_random(settings: ExtractionSettings) -> None:
+    """Say loudly that features of random weights mean nothing (once a run is past its checks)."""
     if settings.random_weights:
         logger.warning(
             "RANDOM WEIGHTS: %s is randomly initialised (seed fixed); its features carry no learned "
-            "meaning. Use them for tests and smoke runs only; pass --weights for real extraction.",
+            "meaning. Use them for tests and smoke runs only; give weights for real extraction.",
             settings.backbone,
         )
+
+
+def weights_tag(settings: ExtractionSettings) -> str:
+    """sha256 of the weights after checking they load into the backbone, or ``"random"``."""
+    if settings.random_weights:
         return "random"
     # Load once here, so a wrong or unreadable file is one line before any work, not an actor crash.
     model, tag = load_backbone(settings.backbone, settings.weights, device="cpu")

@@ -62,6 +62,7 @@ from anomaly.cluster import TASK_CPUS
 from anomaly.extraction import VIDEO_EXTENSIONS, ExtractionSettings, stream, weights_tag
 from anomaly.extraction.commit import TrackedVideo, VideoTracker
 from anomaly.extraction.pipeline import resolve_ids, sampling_of
+from anomaly.extraction.settings import warn_if_random
 from anomaly.extraction.stream import VideoSink
 from anomaly.scoring import outputs
 from anomaly.scoring.job import ScoringJob, check_job, check_weights, expected_weights, scoring_job
@@ -137,6 +138,7 @@ def prepare(job: ScoringJob):
     spec = check_job(job, model)
     weights = weights_tag(job.extraction)
     check_weights(job.extraction.weights or "weights", weights, expected_weights(payload))
+    warn_if_random(job.extraction)
     return model, payload, spec, weights
 
 
