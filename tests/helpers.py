@@ -8,6 +8,7 @@ writer is for tests that need exact pixels, odd pixel formats, rotation or a var
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -217,3 +218,45 @@ def frame_auc_again(eval_dir: Path | str, store: str, *, split: str = "test", vi
             scores.append(frame_score)
             labels.append(frame_label)
     return float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+
+
+def _processes_of(marker: str) -> set[int]:
+    """PIDs whose command line names ``marker`` (this head's own temp dir), and their descendants."""
+    table = processes()
+    table.pop(os.getpid(), None)
+    found = {pid for pid, (_, command) in table.items() if marker in command}
+    return found | descendants(found, table)
+
+
+def stop_head(marker: str) -> None:
+    """End this test's Ray head and only it.
+
+    Not ``ray stop``: it ends every Ray process on the machine, the session's own cluster
+    (the ``ray_cluster`` fixture) and anyone else's included. This head's processes are the
+    ones that name its private temp dir, and their children (workers, agents).
+    """
+    pids = _processes_of(marker)
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)}
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def ray_cli(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, check=False, **kwargs)

@@ -17,18 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
-from helpers import INSTANCE_TYPES, REPO, descendants, free_ports, processes
+from helpers import INSTANCE_TYPES, REPO, free_ports, ray_cli, stop_head
 
 from anomaly import store as feature_store
 from anomaly.synthetic import make_video
@@ -86,28 +83,6 @@ def _port_taken(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _ray(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
-    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-    return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, check=False, **kwargs)
-
-
-def _stop(marker: str) -> None:
-    """SIGTERM then SIGKILL every process naming ``marker`` (this head's temp dir) and their children."""
-    table = processes()
-    table.pop(os.getpid(), None)
-    pids = {pid for pid, (_, command) in table.items() if marker in command}
-    pids |= descendants(pids, table)
-    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
-            time.sleep(0.2)
-
-
 @pytest.mark.skipif(_port_taken(6379), reason="port 6379 is taken: the fake autoscaler's GCS needs it")
 def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rayfake-", dir="/tmp")
@@ -129,7 +104,7 @@ def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path
         make_video(str(videos / f"cam{i}.mp4"), num_frames=24, height=32, width=32, seed=i)
     store = tmp_path / "store"
     try:
-        started = _ray(
+        started = ray_cli(
             [
                 "start",
                 "--head",
@@ -174,22 +149,22 @@ def test_fake_autoscaler_launches_a_gpu_worker_for_a_waiting_extraction(tmp_path
         ]
         deadline = time.monotonic() + 120
         while True:  # the job server answers before its agent is up on a loaded machine: try again
-            submitted = _ray(submit, env, cwd=tmp_path, timeout=540)
+            submitted = ray_cli(submit, env, cwd=tmp_path, timeout=540)
             if "No available agent" not in submitted.stdout + submitted.stderr or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        logs = _ray(["job", "logs", "--address", address, job_id], env).stdout
+        logs = ray_cli(["job", "logs", "--address", address, job_id], env).stdout
         assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-4000:] + logs[-4000:]
         assert "waiting for a node with 1 CPU, 1 GPU" in logs, logs[-4000:]
         assert "2 extracted, 0 skipped as done, 0 failed" in logs, logs[-4000:]
         assert feature_store.video_ids(str(store)) == {"cam0", "cam1"}
 
-        listed = _ray(["list", "nodes", "--address", address, "--detail", "--format", "json"], env)
+        listed = ray_cli(["list", "nodes", "--address", address, "--detail", "--format", "json"], env)
         assert listed.returncode == 0, listed.stderr[-2000:]
         nodes = json.loads(listed.stdout)
         gpu_nodes = [n for n in nodes if (n.get("resources_total") or {}).get("GPU")]
         assert gpu_nodes, listed.stdout[-3000:]  # the autoscaler launched a GPU worker type on demand
         assert any(n.get("is_head_node") and not (n.get("resources_total") or {}).get("CPU") for n in nodes)
     finally:
-        _stop(temp_dir)
+        stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -3,17 +3,15 @@
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import INSTANCE_TYPES, descendants, free_ports, processes
+from helpers import INSTANCE_TYPES, free_ports, ray_cli, stop_head
 from packaging.requirements import Requirement
 
 from anomaly.synthetic.features import make_feature_store
@@ -76,7 +74,7 @@ def test_gpu_workers_have_cores_to_decode_and_spot_nodes_host_no_drivers(cluster
     assert on_demand and all(INSTANCE_TYPES[t["node_config"]["InstanceType"]][0] > 0 for t in on_demand)
 
 
-def test_every_node_runs_the_projects_image_of_the_pinned_ray(cluster_config):
+def test_every_node_runs_the_projects_image_of_the_pinnedray_cli(cluster_config):
     import ray
 
     (ray_requirement,) = re.findall(r'^\s*"(ray\[[^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
@@ -136,48 +134,6 @@ def test_dockerfile_bakes_in_the_project_and_copies_only_repository_files():
 # --- ray job submit against a real head -----------------------------------------------------
 
 
-def _processes_of(marker: str) -> set[int]:
-    """PIDs whose command line names ``marker`` (this head's own temp dir), and their descendants."""
-    table = processes()
-    table.pop(os.getpid(), None)
-    found = {pid for pid, (_, command) in table.items() if marker in command}
-    return found | descendants(found, table)
-
-
-def _stop_head(marker: str) -> None:
-    """End this test's Ray head and only it.
-
-    Not ``ray stop``: it ends every Ray process on the machine, the session's own cluster
-    (the ``ray_cluster`` fixture) and anyone else's included. This head's processes are the
-    ones that name its private temp dir, and their children (workers, agents).
-    """
-    pids = _processes_of(marker)
-    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)}
-            time.sleep(0.2)
-        if not pids:
-            return
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _ray(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
-    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-    return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, check=False, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """``ray start --head`` with its own ports and temp dir, token auth on; ended afterwards."""
@@ -205,7 +161,7 @@ def ray_head():
     # ~/.ray/auth_token exists, so the mode must not depend on this machine's home directory).
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex + uuid.uuid4().hex)
     env.update(RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", RAY_DATA_DISABLE_PROGRESS_BARS="1")
-    started = _ray(
+    started = ray_cli(
         [
             "start",
             "--head",
@@ -230,7 +186,7 @@ def ray_head():
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{ports['dashboard']}", env
     finally:
-        _stop_head(temp_dir)
+        stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -242,7 +198,7 @@ def test_train_job_runs_under_ray_job_submit(ray_head, tmp_path):
     config.write_text("max_epochs: 2\nbatch_size: 4\n")
     run_dir = tmp_path / "run"
     job_id = f"train-{uuid.uuid4().hex[:8]}"
-    submitted = _ray(
+    submitted = ray_cli(
         [
             "job",
             "submit",
@@ -270,10 +226,10 @@ def test_train_job_runs_under_ray_job_submit(ray_head, tmp_path):
     )
     assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-4000:]
     assert f"Job '{job_id}' succeeded" in submitted.stdout + submitted.stderr
-    logs = _ray(["job", "logs", "--address", address, job_id], env)
+    logs = ray_cli(["job", "logs", "--address", address, job_id], env)
     assert logs.returncode == 0, logs.stderr
     assert "trained 2 epochs" in logs.stdout and f"model: {run_dir / 'model.pt'}" in logs.stdout
-    status = _ray(["job", "status", "--address", address, job_id], env)
+    status = ray_cli(["job", "status", "--address", address, job_id], env)
     assert "succeeded" in (status.stdout + status.stderr).lower()
     assert (run_dir / "model.pt").stat().st_size > 0
 
@@ -281,6 +237,6 @@ def test_train_job_runs_under_ray_job_submit(ray_head, tmp_path):
 def test_job_server_refuses_a_client_without_the_token(ray_head):
     address, env = ray_head
     anonymous = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"} | {"RAY_AUTH_MODE": "disabled"}
-    listed = _ray(["job", "list", "--address", address], anonymous)
+    listed = ray_cli(["job", "list", "--address", address], anonymous)
     assert listed.returncode != 0
     assert re.search(r"(?i)auth|token|401|unauthori", listed.stdout + listed.stderr), listed.stderr[-2000:]
