@@ -272,6 +272,37 @@ def extraction_fields(args: argparse.Namespace) -> dict:
     return settings_fields(args, EXTRACTION_PARAMETERS)
 
 
+def alarm_flags(*, window_help: str) -> ArgumentParser:
+    """The alarm rule and scoring window flags of ``score`` and ``live`` (``parents=[...]``), one default each.
+
+    ``window_help``: what the window is for the command (centred in batch, trailing live).
+    """
+    from anomaly.alarms import DEFAULT_MERGE_GAP_S, DEFAULT_MIN_DURATION_S, DEFAULT_THRESHOLD
+    from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS
+
+    parser = ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--threshold", type=fraction, default=DEFAULT_THRESHOLD, help="clip score above which an alarm starts"
+    )
+    parser.add_argument(
+        "--min-duration",
+        type=float,
+        default=DEFAULT_MIN_DURATION_S,
+        help="seconds; shorter alarms (after merging) are dropped",
+    )
+    parser.add_argument(
+        "--merge-gap",
+        type=float,
+        default=DEFAULT_MERGE_GAP_S,
+        help="seconds; alarms closer than this are one alarm",
+    )
+    parser.add_argument("--window", type=positive_float, default=DEFAULT_WINDOW_SECONDS, help=window_help)
+    parser.add_argument(
+        "--window-clips", type=positive_int, default=None, help="the window in clips (overrides --window)"
+    )
+    return parser
+
+
 # --- argparse types: a range check is the flag's type, so a bad value is refused at parse time ---
 
 

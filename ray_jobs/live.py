@@ -27,8 +27,6 @@ import time
 import urllib.request
 
 from anomaly import cli
-from anomaly.alarms import DEFAULT_MERGE_GAP_S, DEFAULT_MIN_DURATION_S, DEFAULT_THRESHOLD
-from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS
 
 logger = logging.getLogger("ray_jobs.live")
 APP_NAME = "live"
@@ -36,7 +34,10 @@ APP_NAME = "live"
 
 def get_args_parser() -> argparse.ArgumentParser:
     clips = cli.clip_flags(clip_len="as in training", stride="as in training", crop="as in training")
-    parser = cli.ArgumentParser(__doc__, parents=[clips])
+    window = cli.alarm_flags(
+        window_help="seconds of past clips averaged to score each clip (the trailing window; default 2.5 s)"
+    )
+    parser = cli.ArgumentParser(__doc__, parents=[clips, window])
     parser.add_argument(
         "--checkpoint", default=None, help="run directory of ray_jobs.train / tune (or its model.pt)"
     )
@@ -55,33 +56,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--weights", default=None, help="backbone weights path/URI, or 'none' for random weights"
     )
     parser.add_argument("--webhook", default=None, help="URL each alarm event is POSTed to (JSON)")
-    parser.add_argument(
-        "--threshold",
-        type=cli.fraction,
-        default=DEFAULT_THRESHOLD,
-        help="clip score above which an alarm starts",
-    )
-    parser.add_argument(
-        "--min-duration",
-        type=float,
-        default=DEFAULT_MIN_DURATION_S,
-        help="seconds; shorter alarms are dropped",
-    )
-    parser.add_argument(
-        "--merge-gap",
-        type=float,
-        default=DEFAULT_MERGE_GAP_S,
-        help="seconds; alarms closer than this are one",
-    )
-    parser.add_argument(
-        "--window",
-        type=cli.positive_float,
-        default=DEFAULT_WINDOW_SECONDS,
-        help="seconds of past clips averaged to score each clip (the trailing window; default 2.5 s)",
-    )
-    parser.add_argument(
-        "--window-clips", type=cli.positive_int, default=None, help="the window in clips (overrides --window)"
-    )
     parser.add_argument("--device", default="auto", help="backbone device: auto, cpu or cuda")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per backbone replica (0: CPU)")
     parser.add_argument(

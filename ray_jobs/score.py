@@ -20,13 +20,16 @@ from __future__ import annotations
 import argparse
 
 from anomaly import cli
-from anomaly.alarms import DEFAULT_MERGE_GAP_S, DEFAULT_MIN_DURATION_S, DEFAULT_THRESHOLD, format_alarm
-from anomaly.scoring.windows import DEFAULT_WINDOW_SECONDS
+from anomaly.alarms import format_alarm
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     clips = cli.clip_flags(clip_len="as in training", stride="as in training", crop="as in training")
-    parser = cli.ArgumentParser(__doc__, parents=[clips, cli.model_actor_flags()])
+    window = cli.alarm_flags(
+        window_help="seconds of clips averaged to score each clip: about one training segment (default "
+        "2.5 s, a median UCF-Crime training segment; use the length of yours)"
+    )
+    parser = cli.ArgumentParser(__doc__, parents=[clips, cli.model_actor_flags(), window])
     parser.add_argument("videos", help="video, folder or URI prefix (s3://…), or a .txt list file")
     parser.add_argument(
         "--checkpoint", required=True, help="run directory of ray_jobs.train / tune (or its model.pt)"
@@ -37,31 +40,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--weights", default=None, help="backbone weights path/URI, or 'none' for random weights"
-    )
-    parser.add_argument(
-        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="clip score above which an alarm starts"
-    )
-    parser.add_argument(
-        "--min-duration",
-        type=float,
-        default=DEFAULT_MIN_DURATION_S,
-        help="seconds; shorter alarms (after merging) are dropped",
-    )
-    parser.add_argument(
-        "--merge-gap",
-        type=float,
-        default=DEFAULT_MERGE_GAP_S,
-        help="seconds; alarms closer than this are one alarm",
-    )
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=DEFAULT_WINDOW_SECONDS,
-        help="seconds of clips averaged to score each clip: about one training segment (default 2.5 s, "
-        "a median UCF-Crime training segment; use the length of yours)",
-    )
-    parser.add_argument(
-        "--window-clips", type=int, default=None, help="the window in clips (overrides --window)"
     )
     parser.add_argument(
         "--fps-default", type=float, default=None, help="frame rate of inputs that state none (frame folders)"
