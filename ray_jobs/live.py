@@ -97,6 +97,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The scoring settings live shares with ray_jobs.score (anomaly.scoring.job.scoring_job's names).
+LIVE_SCORING_PARAMETERS = (
+    "backbone",
+    "weights",
+    "clip_len",
+    "stride",
+    "device",
+    "window_seconds",
+    "window_clips",
+    "threshold",
+    "min_duration_s",
+    "merge_gap_s",
+)
+
+
 def config_from_args(args: argparse.Namespace) -> dict:
     from anomaly.live.app import parse_cameras
 
@@ -105,18 +120,10 @@ def config_from_args(args: argparse.Namespace) -> dict:
         "checkpoint": args.checkpoint,
         "out": args.out,
         "cameras": parse_cameras(args.camera),
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "clip_len": args.clip_len,
-        "stride": args.stride,
+        # scoring's settings by their library names, through cli's one flag table
+        **cli.settings_fields(args, LIVE_SCORING_PARAMETERS),
         "crop": list(args.crop) if args.crop else None,
-        "window_seconds": args.window,
-        "window_clips": args.window_clips,
-        "threshold": args.threshold,
-        "min_duration_s": args.min_duration,
-        "merge_gap_s": args.merge_gap,
         "webhook": args.webhook,
-        "device": args.device,
         "num_gpus": args.num_gpus,
         "backbone_cpus": args.backbone_cpus,
         "min_replicas": low,
