@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 from helpers import cmdline, descendants, job_command, job_env, run_and_kill, tiny_settings, write_h264
 
@@ -183,9 +184,10 @@ def test_training_killed_after_its_second_checkpoint_resumes_at_the_next_epoch(r
     from ray_jobs import train as train_job
 
     store = str(tmp_path / "store")
-    make_feature_store(store, num_train=24, num_test=8, feature_dim=16, signal=1.0, seed=3)
+    # Epochs long enough (a one-worker fit starts in about a second) for the kill to fall mid-run.
+    make_feature_store(store, num_train=48, num_test=8, feature_dim=256, signal=1.0, seed=3)
     config = tmp_path / "fast.yaml"
-    max_epochs = 5
+    max_epochs = 30
     config.write_text(f"max_epochs: {max_epochs}\npatience: 100\nbatch_size: 4\n")
     run_dir = tmp_path / "run"
     argv = ["--features", store, "--out", str(run_dir), "--config", str(config), "--max-failures", "0"]
@@ -232,19 +234,25 @@ def test_training_killed_after_its_second_checkpoint_resumes_at_the_next_epoch(r
     )
 
 
-def test_train_worker_killed_mid_run_resumes_from_its_checkpoint_without_hanging(ray_cluster, tmp_path):
-    """A Ray Train worker SIGKILLed after its first checkpoint, --max-failures 1: Train restarts the
-    worker group, which resumes from the checkpoint and reads the validation set afresh (it is a
-    Ray Train dataset, no longer a split made once in the driver), and the run finishes."""
+@pytest.mark.parametrize(("workers", "process"), [(1, "ray::train_worker"), (2, "RayTrainWorker")])
+def test_train_worker_killed_mid_run_resumes_from_its_checkpoint_without_hanging(
+    ray_cluster, tmp_path, workers, process
+):
+    """A training worker SIGKILLed after its first checkpoint, --max-failures 1, and the run finishes.
+
+    One worker: its Ray task is retried and resumes from the stored checkpoint. Two workers: Ray
+    Train restarts the worker group, which resumes from the checkpoint and reads the validation
+    set afresh (a Ray Train dataset, no longer a split made once in the driver)."""
     from ray_jobs import train as train_job
 
     store = str(tmp_path / "store")
-    make_feature_store(store, num_train=24, num_test=8, feature_dim=16, signal=1.0, seed=3)
+    make_feature_store(store, num_train=48, num_test=8, feature_dim=256, signal=1.0, seed=3)
     config = tmp_path / "fast.yaml"
-    max_epochs = 5
+    max_epochs = 30 if workers == 1 else 5  # a one-worker epoch takes a fraction of a second
     config.write_text(f"max_epochs: {max_epochs}\nbatch_size: 4\nval_fraction: 0.3\n")
     run_dir = tmp_path / "run"
     argv = ["--features", store, "--out", str(run_dir), "--config", str(config), "--max-failures", "1"]
+    argv += ["--num-workers", str(workers)]
     outcome: dict = {}
 
     def run() -> None:
@@ -259,15 +267,15 @@ def test_train_worker_killed_mid_run_resumes_from_its_checkpoint_without_hanging
     try:
         while thread.is_alive():
             if not killed and (run_dir / "ray_results").exists() and _checkpoints(run_dir):
-                workers = [pid for pid in descendants([os.getpid()]) if "RayTrainWorker" in cmdline(pid)]
-                for pid in workers:
+                found = [pid for pid in descendants([os.getpid()]) if process in cmdline(pid)]
+                for pid in found:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
             time.sleep(0.01)
     finally:
         thread.join()
     assert "error" not in outcome, outcome.get("error")
-    assert killed, "no Ray Train worker was found to kill"
+    assert killed, f"no {process} process was found to kill"
     assert outcome["code"] == 0 and (run_dir / "model.pt").exists()
     with open(run_dir / "history.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -22,27 +22,36 @@ def load_checkpoint_payload(checkpoint: Checkpoint) -> dict:
         return torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
 
 
-def latest_stored_checkpoint(run_dir: str, name: str) -> Checkpoint | None:
-    """The newest complete epoch checkpoint in ``RUN_DIR/ray_results/NAME``, recorded by Ray or not.
+def stored_checkpoints(storage: str) -> list[tuple[dict, Checkpoint]]:
+    """Every complete epoch checkpoint in ``storage`` (``RUN_DIR/ray_results/NAME``), recorded by Ray
+    or not, with a summary of each (``epoch``, ``metrics``). A folder whose file does not load
+    (cut short by a kill, or foreign) is skipped."""
+    fs, path = uris.filesystem(storage)
+    filesystem = None if uris.is_local(storage) else uris.pyarrow_filesystem(storage)[0]
+    found = []
+    for folder in sorted(fs.glob(f"{path.rstrip('/')}/checkpoint_*")):
+        try:
+            data = fs.cat_file(f"{folder}/{CHECKPOINT_FILE}")
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            summary = {"epoch": int(payload["epoch"]), "metrics": dict(payload.get("metrics") or {})}
+        except Exception:  # noqa: BLE001 - missing, cut short or foreign: not a checkpoint to resume from
+            continue
+        found.append((summary, Checkpoint(path=folder, filesystem=filesystem)))
+    return found
+
+
+def latest_stored_checkpoint(run_dir: str, name: str | None = None) -> Checkpoint | None:
+    """The newest complete epoch checkpoint in ``RUN_DIR/ray_results/NAME`` (or in ``run_dir`` itself
+    when ``name`` is None), recorded by Ray or not.
 
     Ray persists a checkpoint's folder first and records it in its run snapshot
     (what ``ray.train.get_checkpoint()`` resumes from) a moment later; a run
     killed in between would otherwise start over from an older epoch, or from
-    scratch. A folder whose file does not load (cut short by the kill) is skipped.
+    scratch.
     """
-    storage = uris.join(run_dir, "ray_results", name)
-    fs, path = uris.filesystem(storage)
-    filesystem = None if uris.is_local(run_dir) else uris.pyarrow_filesystem(storage)[0]
-    newest, newest_epoch = None, -1
-    for folder in fs.glob(f"{path.rstrip('/')}/checkpoint_*"):
-        try:
-            data = fs.cat_file(f"{folder}/{CHECKPOINT_FILE}")
-            epoch = int(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["epoch"])
-        except Exception:  # noqa: BLE001 - missing, cut short or foreign: not a checkpoint to resume from
-            continue
-        if epoch > newest_epoch:
-            newest, newest_epoch = Checkpoint(path=folder, filesystem=filesystem), epoch
-    return newest
+    storage = run_dir if name is None else uris.join(run_dir, "ray_results", name)
+    stored = stored_checkpoints(storage)
+    return max(stored, key=lambda item: item[0]["epoch"])[1] if stored else None
 
 
 def export_model(checkpoint: Checkpoint, run_dir: str) -> tuple[dict, str]:

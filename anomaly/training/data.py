@@ -47,6 +47,7 @@ SHUFFLE_BUFFER_BAGS = int(os.environ.get("ANOMALY_SHUFFLE_BUFFER_BAGS", "256"))
 # Training bags that take at most this share of the cluster's object store are read once and
 # kept there; larger stores stream from Parquet every epoch (bounded memory, more reading).
 CACHE_FRACTION = float(os.environ.get("ANOMALY_CACHE_FRACTION", "0.25"))
+CACHE_TASK_BYTES = 128 * 1024**2  # bags each task of the cache's read holds (read_cache)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class TrainingInputs:
     std: np.ndarray
     store_metadata: dict  # StoreMetadata.to_dict() of the store, copied into every checkpoint
     seed: int = 0
-    cached: dict | None = None  # "abnormal" / "normal" / "val" -> a materialized Ray dataset
+    cached: dict | None = None  # "abnormal" / "normal" / "val" -> Arrow blocks in Ray's object store
     crops: int = 1  # crops per video read as bags of their own (config crops "bags" on a ten-crop store)
 
     @property
@@ -153,17 +154,52 @@ def train_datasets(inputs: TrainingInputs) -> dict[str, ray.data.Dataset]:
     """Abnormal and normal training bags: two datasets, so every step can draw both labels."""
     if inputs.cached is not None:
         # Seeded: the same seed and store give the same block order, hence the same batches.
-        return {name: inputs.cached[name].randomize_block_order(seed=inputs.seed) for name in TRAIN_SETS}
+        return {
+            name: ray.data.from_arrow_refs(inputs.cached[name]).randomize_block_order(seed=inputs.seed)
+            for name in TRAIN_SETS
+        }
     return {name: ds for name, ds in _stream(inputs).items() if name in TRAIN_SETS}
 
 
 def val_dataset(inputs: TrainingInputs) -> ray.data.Dataset:
-    return inputs.cached["val"] if inputs.cached is not None else _stream(inputs)["val"]
+    if inputs.cached is not None:
+        return ray.data.from_arrow_refs(inputs.cached[VAL_SET])
+    return _stream(inputs)[VAL_SET]
 
 
-def _fits_object_store(num_bags: int, feature_dim: int) -> bool:
-    store_bytes = ray.cluster_resources().get("object_store_memory", 0)
-    return num_bags * NUM_SEGMENTS * feature_dim * 4 <= CACHE_FRACTION * store_bytes
+class CachedShard:
+    """A cached dataset read straight from its blocks in Ray's object store, in a seeded block order.
+
+    What a one-worker fit iterates in place of a Ray Train shard (``iter_batches`` of the same
+    shape): no Ray Data execution to start each epoch, and nothing to split.
+    """
+
+    def __init__(self, blocks: list, seed: int | None = None) -> None:
+        self.blocks = list(blocks)
+        if seed is not None:
+            order = np.random.default_rng(seed).permutation(len(self.blocks))
+            self.blocks = [self.blocks[i] for i in order]
+
+    def iter_batches(self, *, batch_size: int, batch_format: str = "pyarrow", prefetch_batches: int = 0):
+        assert batch_format == "pyarrow", batch_format
+        for block in self.blocks:
+            table = ray.get(block)
+            for start in range(0, table.num_rows, batch_size):
+                yield table.slice(start, batch_size)
+
+
+def local_datasets(inputs: TrainingInputs) -> dict:
+    """The training and validation sets of a one-worker fit: cached blocks, or Ray Data streams."""
+    if inputs.cached is not None:
+        return {
+            **{name: CachedShard(inputs.cached[name], seed=inputs.seed) for name in TRAIN_SETS},
+            VAL_SET: CachedShard(inputs.cached[VAL_SET]),
+        }
+    return _stream(inputs)
+
+
+def _fits_object_store(bag_bytes: int) -> bool:
+    return bag_bytes <= CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0)
 
 
 def _moments(batch: pa.Table, kind: str = "standardize") -> dict[str, np.ndarray]:
@@ -193,9 +229,51 @@ def feature_statistics(dataset: ray.data.Dataset, kind: str = "standardize") -> 
         for n_b, mean_b, m2_b in zip(batch["count"], batch["mean"], batch["m2"], strict=True):
             if int(n_b):
                 parts.append((int(n_b), mean_b.copy(), m2_b.copy()))
-    # Merged in an order fixed by content, not by which block finished first: float sums depend
-    # on their order, and one seed must give one model.
-    parts.sort(key=lambda part: (part[0], part[1].tobytes(), part[2].tobytes()))
+    return _merge_moments(parts, kind)
+
+
+def _where_train(table: pa.Table, val_ids: pa.Array, label: int) -> pa.Array:
+    import pyarrow.compute as pc
+
+    keep = pc.and_(pc.equal(table.column("split"), "train"), pc.equal(table.column("label"), label))
+    return pc.and_(keep, pc.invert(pc.is_in(table.column("video_id"), value_set=val_ids)))
+
+
+def _read_cache_part(
+    store: str, files: list[str], val_ids: list[str], crops: int, kind: str
+) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
+    """One read task of the cache: its part files' abnormal, normal and validation rows, and the
+    normalisation moments of its training bags (each part file read once)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from anomaly.crops import expand_crop_bags
+
+    filesystem, _ = uris.pyarrow_filesystem(store)
+    bag_column = "features" if crops == 1 else CROPS_COLUMN
+    val_columns = VAL_COLUMNS + ([CROPS_COLUMN] if crops > 1 else [])
+    columns = list(dict.fromkeys([*FILTER_COLUMNS, bag_column, *val_columns]))
+    tables = [pq.read_table(path, columns=columns, filesystem=filesystem) for path in files]
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    ids = pa.array(val_ids, type=pa.string())
+    bags = [
+        expand_crop_bags(table.filter(_where_train(table, ids, label)).select([bag_column]))
+        for label in (1, 0)
+    ]
+    val = table.filter(pc.is_in(table.column("video_id"), value_set=ids)).select(val_columns)
+    moments = [_moments(part, kind) for part in bags if part.num_rows]
+    return bags[0], bags[1], val, moments
+
+
+def _merge_moments(
+    parts: list[tuple[int, np.ndarray, np.ndarray]], kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std from each part's (count, mean, m2): Chan et al.'s pairwise update.
+
+    Merged in an order fixed by content, not by which part finished first: float sums depend on
+    their order, and one seed must give one model.
+    """
+    parts = sorted(parts, key=lambda part: (part[0], part[1].tobytes(), part[2].tobytes()))
     count, mean, m2 = 0, None, None
     for n_b, mean_b, m2_b in parts:
         if mean is None:
@@ -209,6 +287,27 @@ def feature_statistics(dataset: ray.data.Dataset, kind: str = "standardize") -> 
     if mean is None:
         raise ValueError("no training segments")
     return floor_std(mean, np.sqrt(m2 / count), kind)
+
+
+def read_cache(inputs: TrainingInputs, kind: str, bag_bytes: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The training and validation bags held in Ray's object store, and the statistics, in one read.
+
+    Plain Ray tasks (a few, each reading whole part files with pyarrow) rather than Ray Data: a
+    store small enough to cache is read in about a second, where starting Ray Data executions
+    (one per dataset, one for the statistics) cost a fit 10 s or more on a small machine. The
+    driver holds only the blocks' references and two D-vectors per task.
+    """
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    tasks = max(1, min(len(inputs.files), cpus, math.ceil(bag_bytes / CACHE_TASK_BYTES)))
+    chunks = [list(inputs.files[i::tasks]) for i in range(tasks)]
+    read = ray.remote(_read_cache_part).options(num_cpus=READ_CPUS, num_returns=4)
+    refs = [read.remote(inputs.store, chunk, list(inputs.val_ids), inputs.crops, kind) for chunk in chunks]
+    parts = []
+    for moments in ray.get([ref[3] for ref in refs]):
+        parts.extend((int(m["count"][0]), m["mean"][0], m["m2"][0]) for m in moments)
+    mean, std = _merge_moments(parts, kind)
+    cached = {name: [ref[i] for ref in refs] for i, name in enumerate((*TRAIN_SETS, VAL_SET))}
+    return cached, mean, std
 
 
 def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None) -> TrainingInputs:
@@ -251,25 +350,24 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
         crops=crops,
     )
     store_dim = inputs.store_metadata.get("feature_dim")
+    bag_bytes = len(labels) * crops * NUM_SEGMENTS * int(store_dim or 0) * 4  # a bag per crop
     if cache is None and store_dim:
-        cache = _fits_object_store(len(labels) * crops, int(store_dim))  # a bag per crop
+        cache = _fits_object_store(bag_bytes)
     cached = None
-    if cache:
-        # Small enough: read once into Ray's object store (spilled to disk under pressure), so
-        # epochs and Tune trials do not read and decode the Parquet files again; the statistics
-        # come from those cached bags, so the store is read once.
-        cached = {name: ds.materialize() for name, ds in _stream(inputs).items()}
-        source = cached["abnormal"].union(cached["normal"])
-    else:
-        source = read_bags(inputs, _train_rows(inputs))
     try:
-        mean, std = feature_statistics(source, config.feature_norm)
-    except ValueError as exc:  # rows of different shapes
-        raise AnomalyError(store, f"features: {exc}") from exc
-    if cache is None:  # a store without a recorded width: decided now that the width is known
-        cache = _fits_object_store(len(labels) * crops, len(mean))
         if cache:
-            cached = {name: ds.materialize() for name, ds in _stream(inputs).items()}
+            # Small enough: read once into Ray's object store (spilled to disk under pressure), so
+            # epochs and Tune trials do not read and decode the Parquet files again.
+            cached, mean, std = read_cache(inputs, config.feature_norm, bag_bytes)
+        else:
+            mean, std = feature_statistics(read_bags(inputs, _train_rows(inputs)), config.feature_norm)
+    except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
+        raise AnomalyError(store, f"features: {exc}") from exc
+    if cache is None and _fits_object_store(len(labels) * crops * NUM_SEGMENTS * len(mean) * 4):
+        # A store without a recorded width: decided now that the width is known.
+        cached, _, _ = read_cache(
+            inputs, config.feature_norm, len(labels) * crops * NUM_SEGMENTS * len(mean) * 4
+        )
     logger.info(
         "training bags: %d abnormal, %d normal, %d for validation; %s",
         inputs.num_abnormal,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
@@ -19,6 +20,7 @@ from anomaly.training.checkpoints import (
     export_model,
     latest_stored_checkpoint,
     load_checkpoint_payload,
+    stored_checkpoints,
     write_history,
 )
 from anomaly.training.data import (
@@ -29,6 +31,7 @@ from anomaly.training.data import (
     train_datasets,
     val_dataset,
 )
+from anomaly.training.local import checkpoint_score, fit_in_task, run_local
 from anomaly.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ def fit(
     inputs: TrainingInputs | None = None,
     callbacks: list | None = None,
     register: tuple | None = None,
+    on_report: Callable[[dict, str | None], None] | None = None,
     name: str = "train",
 ) -> TrainResult:
     """Train with Ray Train and write ``RUN_DIR/model.pt``, config and curves.
@@ -114,6 +118,10 @@ def fit(
 
     The store streams to the workers through Ray Data; ``inputs`` (the split and statistics,
     :func:`prepare_inputs`) is computed here unless given (Tune computes it once for all trials).
+
+    One worker runs the loop in a Ray task (:mod:`anomaly.training.local`), or in this process
+    when ``on_report`` is given (a Tune trial: called with each epoch's metrics and checkpoint
+    path); ``callbacks`` and ``register`` concern Ray Train's worker groups, i.e. several workers.
     """
     if uris.is_local(run_dir):
         run_dir = os.path.abspath(run_dir)
@@ -122,14 +130,33 @@ def fit(
         inputs = prepare_inputs(store, config)
     check_workers(inputs, config, num_workers)
     resume_from = latest_stored_checkpoint(run_dir, name)
+    by_validation = selects_by_validation(config.selection)
+    score_attribute = "val_auc" if by_validation else "epoch"
+    loop_config = {
+        "train": config.to_dict(),
+        "inputs": inputs,
+        "resume_from": resume_from,
+        "register": register,
+    }
+    write_yaml(uris.join(run_dir, "config.yaml"), config.to_dict())
+    if num_workers == 1:
+        # Nothing to distribute: the loop in one task (or in this Tune trial), without Train's start-up.
+        storage = uris.join(run_dir, "ray_results", name)
+        if on_report is not None:
+            run_local(loop_config, storage, score_attribute, use_gpu, on_report)
+        else:
+            fit_in_task(
+                loop_config,
+                storage,
+                score_attribute,
+                use_gpu=use_gpu,
+                cpus=cpus_per_worker,
+                max_failures=max_failures,
+            )
+        return _write_local_outputs(run_dir, storage, score_attribute)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "train": config.to_dict(),
-            "inputs": inputs,
-            "resume_from": resume_from,
-            "register": register,
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
@@ -138,7 +165,7 @@ def fit(
             name=name,
             max_failures=max_failures,
             callbacks=callbacks,
-            score_attribute="val_auc" if selects_by_validation(config.selection) else "epoch",
+            score_attribute=score_attribute,
         ),
         # The validation set goes through Ray Train too (unsplit: every worker reads it and scores
         # its share, anomaly.training.loop.score_validation), so a restarted worker group gets it
@@ -146,11 +173,10 @@ def fit(
         datasets={**train_datasets(inputs), VAL_SET: val_dataset(inputs)},
         dataset_config=data_config(),
     )
-    write_yaml(uris.join(run_dir, "config.yaml"), config.to_dict())
     result = trainer.fit()
     if result.error:
         raise result.error
-    return _write_outputs(run_dir, result, resume_from, by_validation=selects_by_validation(config.selection))
+    return _write_outputs(run_dir, result, resume_from, by_validation=by_validation)
 
 
 def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
@@ -160,6 +186,29 @@ def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
             raise AnomalyError(
                 run_dir, "holds a run with other settings; resume with the same config or use a new --out"
             )
+
+
+def _write_local_outputs(run_dir: str, storage: str, score_attribute: str) -> TrainResult:
+    """``model.pt`` and curves of a one-worker fit, from the checkpoints it stored."""
+    stored = stored_checkpoints(storage)
+    if not stored:
+        raise AnomalyError(run_dir, "training produced no checkpoint")
+    latest = max(stored, key=lambda item: item[0]["epoch"])[1]
+    best = max(stored, key=lambda item: (checkpoint_score(item[0], score_attribute), item[0]["epoch"]))[1]
+    return _export(run_dir, best, latest)
+
+
+def _export(run_dir: str, best: Checkpoint, latest: Checkpoint) -> TrainResult:
+    history = load_checkpoint_payload(latest).get("history", [])
+    payload, model_uri = export_model(best, run_dir)
+    write_history(run_dir, history)
+    return TrainResult(
+        run_dir=run_dir,
+        best_epoch=int(payload["epoch"]),
+        best_metrics=payload["metrics"],
+        history=history,
+        model_uri=model_uri,
+    )
 
 
 def _write_outputs(
@@ -174,13 +223,4 @@ def _write_outputs(
     best = (result.get_best_checkpoint(metric="val_auc", mode="max") if by_validation else None) or latest
     if best is None:
         raise AnomalyError(run_dir, "training produced no checkpoint")
-    history = load_checkpoint_payload(latest).get("history", []) if latest else []
-    payload, model_uri = export_model(best, run_dir)
-    write_history(run_dir, history)
-    return TrainResult(
-        run_dir=run_dir,
-        best_epoch=int(payload["epoch"]),
-        best_metrics=payload["metrics"],
-        history=history,
-        model_uri=model_uri,
-    )
+    return _export(run_dir, best, latest)

@@ -53,9 +53,25 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _world() -> tuple[int, int]:
-    context = ray.train.get_context()
-    return context.get_world_rank(), context.get_world_size()
+class RayTrainSession:
+    """What the loop needs from Ray Train: rank, shards, device, DDP, checkpoints and reports."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def dataset(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+    def checkpoint(self) -> Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder) if folder else None)
 
 
 def _shuffle_seed(config: TrainConfig, epoch: int, rank: int, label: int) -> int:
@@ -74,14 +90,14 @@ def member_loss(model, bags: torch.Tensor, num_abnormal: int, config: TrainConfi
 
 
 def train_epoch(
-    model, optimizer, inputs: TrainingInputs, config: TrainConfig, epoch: int, device, average=None
+    model, optimizer, inputs: TrainingInputs, config: TrainConfig, epoch: int, session, average=None
 ):
     """One epoch: ``steps_per_epoch`` steps of ``batch_size`` abnormal + ``batch_size`` normal bags
     in all (this worker's share of each). Returns (mean loss, optimizer steps)."""
-    rank, world = _world()
+    rank, world, device = session.rank, session.world, session.device
     share = rank_batch(config.batch_size, world, rank)
     streams = [
-        BagStream(ray.train.get_dataset_shard(name), share, _shuffle_seed(config, epoch, rank, label))
+        BagStream(session.dataset(name), share, _shuffle_seed(config, epoch, rank, label))
         for label, name in ((1, "abnormal"), (0, "normal"))
     ]
     # DDP averages gradients over workers; weighting each worker's mean loss by its share of the
@@ -167,10 +183,19 @@ def validation_metrics(parts: list[dict], clip_len: int = SNIPPET) -> dict[str, 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point, run on every worker."""
+    train_loop(loop_config, RayTrainSession())
+
+
+def train_loop(loop_config: dict, session) -> None:
+    """The training run of one worker: resume, epochs of balanced steps, validation, checkpoints.
+
+    ``session`` is a :class:`RayTrainSession` (a Ray Train worker) or an
+    :class:`anomaly.training.local.LocalSession` (a one-worker fit in one process).
+    """
     config = TrainConfig.from_dict(loop_config["train"])
     inputs: TrainingInputs = loop_config["inputs"]
     register = loop_config.get("register")
-    rank, world = _world()
+    rank, world = session.rank, session.world
     if register is not None and rank == 0:
         # Tune releases a stopped trial's worker group through this (anomaly.tuning.trial).
         registry, key = register
@@ -178,16 +203,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             return
     torch.manual_seed(config.seed)
     model = build_model(inputs.feature_dim, config, inputs.mean, inputs.std)
-    device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, config)
     average = WeightAverage(model, config.ema_decay) if config.selection == "ema" else None
     early_stopping = selects_by_validation(config.selection)  # else: the fixed budget of max_epochs
     start_epoch, best, stale, history = 0, -math.inf, 0, []
     # Resume after a crash or on a re-run with the same --out: Ray's latest checkpoint, or a newer one
     # the driver found on storage that Ray had not yet recorded when the last run was killed.
-    states = [
-        load_checkpoint_payload(c) for c in (ray.train.get_checkpoint(), loop_config.get("resume_from")) if c
-    ]
+    states = [load_checkpoint_payload(c) for c in (session.checkpoint(), loop_config.get("resume_from")) if c]
     state = max(states, key=lambda s: int(s["epoch"]), default=None)
     if state is not None:
         model.load_state_dict(state.get("train_model", state["model"]))
@@ -197,14 +219,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
         history = list(state.get("history", []))
-    model = ray.train.torch.prepare_model(model)
-    val_shard = ray.train.get_dataset_shard(VAL_SET)
+    model = session.prepare(model)
+    val_shard = session.dataset(VAL_SET)
     clip_len = store_clip_len(inputs.store_metadata)
     for epoch in range(start_epoch, config.max_epochs):
         if early_stopping and stale >= config.patience:
             break
         started = time.perf_counter()
-        loss, steps = train_epoch(model, optimizer, inputs, config, epoch, device, average)
+        loss, steps = train_epoch(model, optimizer, inputs, config, epoch, session, average)
         epoch_seconds = time.perf_counter() - started
         scored = average.model if average is not None else model  # the weights the run exports
         metrics = validation_metrics(_gather(score_validation(scored, val_shard, rank, world)), clip_len)
@@ -225,7 +247,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Every epoch's metrics travel with the checkpoint: Ray keeps only num_to_keep reports' rows.
         history.append({k: float(v) for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as folder:
-            saved = None
+            saved = None  # the folder holding this epoch's checkpoint (rank 0 writes it)
             if rank == 0:
                 extra = {}
                 if average is not None:  # the raw weights and the EMA's count, to resume exactly
@@ -244,5 +266,5 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     store_metadata=inputs.store_metadata,
                 )
                 torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
-                saved = Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
+                saved = folder
+            session.report(metrics, saved)

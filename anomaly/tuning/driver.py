@@ -29,9 +29,14 @@ DRIVER_RESOURCE = "on_demand"
 DRIVER_RESOURCE_SHARE = 0.01
 
 
-def trial_resources(driver_cpus: float) -> dict[str, float]:
-    """What each trial's driver (the function trainable) reserves."""
+def trial_resources(
+    driver_cpus: float, num_workers: int, cpus_per_worker: float, use_gpu: bool
+) -> dict[str, float]:
+    """What each trial's driver (the function trainable) reserves; a one-worker trial trains in it,
+    so it reserves the worker's CPUs (and GPU) instead."""
     resources = {"CPU": driver_cpus}
+    if num_workers == 1:
+        resources = {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
     if ray.cluster_resources().get(DRIVER_RESOURCE):
         resources[DRIVER_RESOURCE] = DRIVER_RESOURCE_SHARE
     return resources
@@ -44,9 +49,10 @@ class SearchInterrupted(Exception):
 def default_max_concurrent(
     driver_cpus: float, num_workers: int, cpus_per_worker: float, use_gpu: bool
 ) -> int:
-    """Trials that fit in the cluster now: each takes a driver plus its Train workers."""
+    """Trials that fit in the cluster now: each takes a driver plus its Train workers (a one-worker
+    trial trains in its driver: the worker's CPUs only)."""
     resources = ray.cluster_resources()
-    per_trial = driver_cpus + num_workers * cpus_per_worker
+    per_trial = cpus_per_worker if num_workers == 1 else driver_cpus + num_workers * cpus_per_worker
     fits = int(resources.get("CPU", 0) // per_trial) if per_trial > 0 else 1
     if use_gpu:
         fits = min(fits, int(resources.get("GPU", 0) // max(num_workers, 1)))
@@ -134,7 +140,8 @@ def run_search(
         train_env={k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")},
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, inputs=inputs), trial_resources(tune_settings.driver_cpus)
+        tune.with_parameters(run_trial, inputs=inputs),
+        trial_resources(tune_settings.driver_cpus, num_workers, cpus_per_worker, use_gpu),
     )
     fits = default_max_concurrent(tune_settings.driver_cpus, num_workers, cpus_per_worker, use_gpu)
     concurrent = tune_settings.max_concurrent or fits

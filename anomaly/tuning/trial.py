@@ -1,7 +1,9 @@
-"""One Tune trial: a Ray Train run, its metrics forwarded to Tune, its workers released when stopped.
+"""One Tune trial: a training run, its metrics forwarded to Tune, its workers released when stopped.
 
-Each trial is a function trainable that runs :func:`anomaly.training.fit` (a ``TorchTrainer``)
-with a ``TuneReportCallback`` that forwards every epoch's metrics to Tune.
+Each trial is a function trainable that runs :func:`anomaly.training.fit`. With one worker (the
+default) the training loop runs in the trial's own process and reports each epoch to Tune
+(:func:`report_epoch`): no Train controller or worker group per trial. With several workers it is
+a ``TorchTrainer`` with a ``TuneReportCallback`` that forwards every epoch's metrics to Tune.
 
 Why :class:`ReleaseStoppedTrials` exists: when ASHA stops a trial, Tune ends the trial's actor,
 and its Ray Train controller dies with it without shutting down its worker group. Train's own
@@ -23,7 +25,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from anomaly import uris
 from anomaly.cluster import bookkeeping_cpus
@@ -124,17 +126,36 @@ class TrialInputs:
     train_env: dict = field(default_factory=dict)
 
 
+def report_epoch(metrics: dict, checkpoint_path: str | None) -> None:
+    """A one-worker trial's epoch to Tune, as :class:`EpochReportCallback` forwards Train's reports."""
+    extra = {TIME_ATTR: int(metrics["epoch"]) + 1}
+    if checkpoint_path is not None:
+        extra[CHECKPOINT_PATH_KEY] = checkpoint_path
+    tune.report({**metrics, **extra})
+
+
 def run_trial(config: dict, inputs: TrialInputs) -> None:
-    """Tune's function trainable: one Ray Train run with this trial's settings.
+    """Tune's function trainable: one training run with this trial's settings.
 
     It trains into ``OUT/trials/TRIAL_ID`` (a full RUN_DIR when the trial runs to its end;
-    a re-started trial resumes from its last Train checkpoint there).
+    a re-started trial resumes from its last checkpoint there). A one-worker trial runs the loop
+    in the trial's own process (its resources are the worker's); several workers are a Ray Train run.
     """
     from anomaly.training import fit
 
     trial_id = tune.get_context().get_trial_id()
     os.environ.update(inputs.train_env)
     train_config = TrainConfig.from_dict(config, where=f"trial {trial_id}")
+    if inputs.resources["num_workers"] == 1:
+        fit(
+            inputs.store,
+            uris.join(inputs.out, "trials", trial_id),
+            train_config,
+            **inputs.resources,
+            inputs=inputs.data,
+            on_report=report_epoch,
+        )
+        return
     fit(
         inputs.store,
         uris.join(inputs.out, "trials", trial_id),
