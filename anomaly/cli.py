@@ -138,6 +138,17 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_wait_flag(parser: argparse.ArgumentParser) -> None:
+    """``--wait-for-resources`` of every job that asks the cluster for nodes (one definition)."""
+    parser.add_argument(
+        "--wait-for-resources",
+        type=_duration,
+        default="15m",
+        help="how long the job waits for nodes with its resources (GPU workers the autoscaler starts on "
+        "demand) before it stops with one line naming what is missing: 90s, 15m, 1h (0: do not wait)",
+    )
+
+
 def training_resources(*, num_workers: int = 1, failures_help: str = "a run recovers from") -> ArgumentParser:
     """The Ray Train flags of ``train``, ``tune`` and ``demo`` (``parents=[...]``), with one default each."""
     parser = ArgumentParser(add_help=False)
@@ -154,11 +165,12 @@ def training_resources(*, num_workers: int = 1, failures_help: str = "a run reco
         default=MAX_FAILURES,
         help=f"worker failures {failures_help} via checkpoints (default: {MAX_FAILURES})",
     )
+    add_wait_flag(parser)
     return parser
 
 
 # The destinations of training_resources, named as fit's and run_search's keywords.
-TRAINING_FLAGS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")
+TRAINING_FLAGS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "wait_for_resources")
 
 
 def training_fields(args: argparse.Namespace) -> dict:
@@ -211,13 +223,7 @@ def model_actor_flags() -> ArgumentParser:
         help="model device: auto, cpu or cuda; 'cpu' with --num-gpus-per-actor reserves the GPUs but runs "
         "on CPU (fake GPU nodes in tests); without it a GPU actor whose torch sees no CUDA is refused",
     )
-    parser.add_argument(
-        "--wait-for-resources",
-        type=_duration,
-        default="15m",
-        help="how long the job waits for nodes with its resources (GPU workers the autoscaler starts on "
-        "demand) before it stops with one line naming what is missing: 90s, 15m, 1h (0: do not wait)",
-    )
+    add_wait_flag(parser)
     parser.add_argument(
         "--flush-every",
         type=int,

@@ -43,7 +43,13 @@ def test_train_and_tune_share_one_default_per_flag(tmp_path):
     train = train_job.get_args_parser().parse_args(base)
     tune = tune_job.get_args_parser().parse_args(base)
     assert cli.training_fields(train) == cli.training_fields(tune)
-    assert set(cli.TRAINING_FLAGS) == {"num_workers", "use_gpu", "cpus_per_worker", "max_failures"}
+    assert set(cli.TRAINING_FLAGS) == {
+        "num_workers",
+        "use_gpu",
+        "cpus_per_worker",
+        "max_failures",
+        "wait_for_resources",
+    }
     assert train.max_failures == cli.MAX_FAILURES
 
 

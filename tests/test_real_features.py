@@ -142,7 +142,7 @@ def test_each_head_trains_on_real_features_and_evaluates(r3d34_store, tmp_path, 
     assert isinstance(model, kind) and payload["head"]["model"] == head
     assert payload["epoch"] == 1  # selection ema: the fixed budget's end, not the best validation epoch
     assert "train_model" not in payload and "optimizer" not in payload
-    features = torch.from_numpy(store.load_bags(str(out), split="test").features[:2])
+    features = torch.from_numpy(np.array(store.load_bags(str(out), split="test").features[:2]))
     with torch.no_grad():
         scores = model(features)
     assert scores.shape == (2, 32) and bool(((scores >= 0) & (scores <= 1)).all())

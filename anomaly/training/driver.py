@@ -12,7 +12,8 @@ import ray.train
 from ray.train import Checkpoint
 from ray.train.torch import TorchTrainer
 
-from anomaly import uris
+from anomaly import cluster, uris
+from anomaly.cluster import DEFAULT_WAIT_SECONDS
 from anomaly.config import TrainConfig, read_yaml, write_yaml
 from anomaly.errors import AnomalyError
 from anomaly.selection import selects_by_validation
@@ -81,6 +82,11 @@ def data_config() -> ray.train.DataConfig:
     return ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS), execution_options=options)
 
 
+def worker_bundles(num_workers: int, cpus_per_worker: float, use_gpu: bool) -> list[dict[str, float]]:
+    """What a fit's workers ask of the cluster, one bundle each."""
+    return [{"CPU": cpus_per_worker, "GPU": 1.0 if use_gpu else 0.0}] * num_workers
+
+
 def check_workers(inputs: TrainingInputs, config: TrainConfig, num_workers: int) -> None:
     """Every worker needs a share of the global batch and of each label's bags."""
     if config.batch_size < num_workers:
@@ -110,6 +116,8 @@ def fit(
     register: tuple | None = None,
     on_report: Callable[[dict, str | None], None] | None = None,
     name: str = "train",
+    wait_for_resources: float = DEFAULT_WAIT_SECONDS,
+    ray_train: bool | None = None,
 ) -> TrainResult:
     """Train with Ray Train and write ``RUN_DIR/model.pt``, config and curves.
 
@@ -122,11 +130,17 @@ def fit(
     One worker runs the loop in a Ray task (:mod:`anomaly.training.local`), or in this process
     when ``on_report`` is given (a Tune trial: called with each epoch's metrics and checkpoint
     path); ``callbacks`` and ``register`` concern Ray Train's worker groups, i.e. several workers.
+    Workers the cluster does not hold yet are waited for (the autoscaler asked), at most
+    ``wait_for_resources`` seconds. ``ray_train`` True runs even one worker through Ray Train
+    (None: only several workers do).
     """
     if uris.is_local(run_dir):
         run_dir = os.path.abspath(run_dir)
     _refuse_other_settings(run_dir, config)
-    if inputs is None:
+    if inputs is None:  # else a Tune trial: its search waited, and it holds its worker's resources
+        cluster.wait_for_resources(
+            worker_bundles(num_workers, cpus_per_worker, use_gpu), wait_for_resources, what="training"
+        )
         inputs = prepare_inputs(store, config)
     check_workers(inputs, config, num_workers)
     resume_from = latest_stored_checkpoint(run_dir, name)
@@ -139,7 +153,7 @@ def fit(
         "register": register,
     }
     write_yaml(uris.join(run_dir, "config.yaml"), config.to_dict())
-    if num_workers == 1:
+    if num_workers == 1 and not ray_train:
         # Nothing to distribute: the loop in one task (or in this Tune trial), without Train's start-up.
         storage = uris.join(run_dir, "ray_results", name)
         if on_report is not None:

@@ -9,7 +9,8 @@ import uuid
 
 import ray
 
-from anomaly import console, uris
+from anomaly import cluster, console, uris
+from anomaly.cluster import DEFAULT_WAIT_SECONDS
 from anomaly.config import read_yaml, write_yaml
 from anomaly.errors import AnomalyError
 from anomaly.tuning.domains import param_space
@@ -80,6 +81,7 @@ def run_search(
     max_concurrent: int | None = None,
     resume: bool = False,
     evaluate_best: bool = True,
+    wait_for_resources: float = DEFAULT_WAIT_SECONDS,
 ) -> SearchResult:
     """Run (or resume) the search and write the table, best config, best model, its evaluation, plot.
 
@@ -90,6 +92,7 @@ def run_search(
     from ray.tune.search import BasicVariantGenerator
 
     from anomaly.training import prepare_inputs
+    from anomaly.training.driver import worker_bundles
 
     if uris.is_local(out):
         out = os.path.abspath(out)
@@ -122,7 +125,11 @@ def run_search(
     if not resume:
         write_yaml(saved_spec, spec.to_dict())
 
-    # The split and statistics once for every trial (small; the bags go through Ray Data).
+    # Nodes for one trial's workers (the autoscaler asked), then the split and statistics once
+    # for every trial (small; the bags stay in Ray's object store or go through Ray Data).
+    cluster.wait_for_resources(
+        worker_bundles(num_workers, cpus_per_worker, use_gpu), wait_for_resources, what="the search"
+    )
     data = prepare_inputs(store, spec.base)
     registry_name = f"anomaly-tune-worker-groups-{uuid.uuid5(uuid.NAMESPACE_URL, experiment).hex}"
     registry = worker_groups(registry_name)
