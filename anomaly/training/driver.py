@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import ray
+import ray.data
 import ray.train
 from ray.train import Checkpoint
 from ray.train.torch import TorchTrainer
@@ -77,8 +78,14 @@ def data_config() -> ray.train.DataConfig:
     Ray Data yields finished blocks as they come by default (``preserve_order=False``), so two
     runs with the same seed would see their bags in different orders.
     """
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
+    # Built here rather than by DataConfig.default_ingest_options(), which copies the deprecated
+    # exclude_resources option into the new options and so prints Ray Data's deprecation warning.
+    current = ray.data.DataContext.get_current().execution_options
+    options = ray.data.ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=True,
+        verbose_progress=current.verbose_progress,
+    )
     return ray.train.DataConfig(datasets_to_split=list(TRAIN_SETS), execution_options=options)
 
 
