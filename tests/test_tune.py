@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +31,11 @@ def smoke(tmp_path_factory, ray_cluster):
     # A weak signal, so that trials differ and ASHA has something to cut.
     make_feature_store(store, num_train=40, num_test=16, feature_dim=16, signal=0.5, seed=1)
     out = root / "search"
-    # Ray Train hands a worker's report to the controller at each health poll (2 s by default);
-    # polling faster only shortens the test. The search forwards RAY_TRAIN_* to every trial.
-    saved = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"
-    try:
-        args = tune_job.get_args_parser().parse_args(
-            [
-                "--features",
-                store,
-                "--config",
-                str(SMOKE),
-                "--out",
-                str(out),
-                "--cpus-per-worker",
-                "0.5",
-                "--max-failures",
-                "0",
-            ]
-        )
-        assert tune_job.main(args) == 0
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
-        else:
-            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = saved
+    args = tune_job.get_args_parser().parse_args(
+        ["--features", store, "--config", str(SMOKE), "--out", str(out), "--cpus-per-worker", "0.5"]
+        + ["--max-failures", "0"]
+    )
+    assert tune_job.main(args) == 0
     with open(out / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return store, out, rows
@@ -130,6 +109,58 @@ def test_resume_without_a_search_is_refused(smoke, tmp_path):
         tune_job.main(args)
 
 
+# --- choosing by cross-validation on the train split's video labels ---------------------------
+
+
+def test_stratified_folds_cover_every_video_once_with_both_labels_in_each():
+    from anomaly.training.data import stratified_folds
+
+    labels = np.array([0] * 11 + [1] * 7)
+    folds = stratified_folds(labels, 3, seed=4)
+    joined = np.concatenate(folds)
+    assert sorted(joined.tolist()) == list(range(len(labels)))  # disjoint and complete
+    for fold in folds:
+        assert 3 <= (labels[fold] == 0).sum() <= 4 and 2 <= (labels[fold] == 1).sum() <= 3
+    assert [f.tolist() for f in stratified_folds(labels, 3, seed=4)] == [f.tolist() for f in folds]
+
+
+def test_a_cross_validated_search_ranks_by_held_out_folds_and_refits_the_winner(ray_cluster, tmp_path):
+    store = str(tmp_path / "store")
+    make_feature_store(store, num_train=24, num_test=8, feature_dim=16, signal=1.0, seed=2)
+    search = tmp_path / "cv.yaml"
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "base": {"max_epochs": 3, "batch_size": 4},
+                "search": {"loss": {"grid": ["sultani", "topk_bce"]}},
+                "tune": {"cv_folds": 3, "max_concurrent": 2},
+            }
+        )
+    )
+    out = tmp_path / "search"
+    args = tune_job.get_args_parser().parse_args(
+        ["--features", store, "--config", str(search), "--out", str(out), "--cpus-per-worker", "0.5"]
+    )
+    assert tune_job.main(args) == 0
+    with open(out / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["loss"] for row in rows) == ["sultani", "topk_bce"]
+    assert all(row["stopped_by"] == "cross_validation" and row["epochs"] == "3" for row in rows)
+    assert float(rows[0]["best_cv_auc"]) >= float(rows[1]["best_cv_auc"])  # best first
+    for row in rows:  # each trial trained one model per fold, each with that fold held out
+        folds = sorted(p.name for p in (out / "trials" / row["trial_id"]).iterdir())
+        assert folds == ["fold0", "fold1", "fold2"]
+        held_out = [
+            len(load_scorer(str(out / "trials" / row["trial_id"] / fold))[1]["history"]) for fold in folds
+        ]
+        assert held_out == [3, 3, 3]
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best["loss"] == rows[0]["loss"] and best["val_fraction"] == 0.0  # refitted on every video
+    _, payload = load_scorer(str(out / "best_run"))
+    assert payload["config"] == best and payload["epoch"] == 2
+    assert json.loads((out / "best_eval" / "metrics.json").read_text())["frame_auc"] > 0.5
+
+
 # --- the YAML format ------------------------------------------------------------------------
 
 
@@ -157,6 +188,10 @@ def test_resume_without_a_search_is_refused(smoke, tmp_path):
         ({"search": {"lr": 0.1}}, "expected a mapping"),
         ({"base": {"max_epochs": 5}, "tune": {"asha": {"max_t": 10}}}, "more than the base max_epochs"),
         ({"tune": {"metric": "test_auc"}}, "tune.metric"),
+        ({"tune": {"cv_folds": 1}}, "cv_folds: must be an integer >= 2"),
+        ({"tune": {"cv_folds": 3, "asha": {"grace_period": 1}}}, "set asha: false with cv_folds"),
+        ({"tune": {"cv_folds": 3, "metric": "val_auc"}}, "cv_folds ranks trials by cv_auc"),
+        ({"tune": {"metric": "cv_auc"}}, "cv_auc needs tune.cv_folds"),
     ],
 )
 def test_bad_search_files_are_one_line_errors(values, message):

@@ -96,6 +96,24 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.array(train_idx, dtype=np.int64)), np.sort(np.array(val_idx, dtype=np.int64))
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint index sets covering every video, each label spread evenly over them."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        for k in range(folds):
+            parts[k].extend(idx[k::folds])
+    return [np.sort(np.array(part, dtype=np.int64)) for part in parts]
+
+
+def train_labels(store: str) -> tuple[list[str], np.ndarray]:
+    """The train split's video ids and labels, sorted by id (so a seed alone decides any split)."""
+    table = feature_store.read_table(store, columns=["label"], split="train")
+    table = table.sort_by([("video_id", "ascending"), ("label", "ascending")])
+    return table.column("video_id").to_pylist(), table.column("label").to_numpy().astype(np.int64)
+
+
 FILTER_COLUMNS = ["video_id", "split", "label"]
 
 
@@ -310,18 +328,17 @@ def read_cache(inputs: TrainingInputs, kind: str, bag_bytes: int) -> tuple[dict,
     return cached, mean, std
 
 
-def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None) -> TrainingInputs:
+def prepare_inputs(
+    store: str, config: TrainConfig, *, cache: bool | None = None, val_ids: list[str] | None = None
+) -> TrainingInputs:
     """Split ids, bag counts and normalisation statistics; the features never reach the driver.
 
     ``cache``: hold the bags in Ray's object store (True), stream them every epoch (False), or
     decide by size (None: cached when they take at most :data:`CACHE_FRACTION` of it).
+    ``val_ids``: the validation videos (a cross-validation fold) instead of ``config.val_fraction``'s.
     """
-    table = feature_store.read_table(store, columns=["label"], split="train")
-    # Sorted by id, so the seed alone decides the validation split (not the part files' order).
-    table = table.sort_by([("video_id", "ascending"), ("label", "ascending")])
-    labels = table.column("label").to_numpy().astype(np.int64)
-    ids = table.column("video_id").to_pylist()
-    if table.num_rows == 0:
+    ids, labels = train_labels(store)
+    if not ids:
         raise AnomalyError(store, "feature store has no 'train' videos")
     counts = np.bincount(labels, minlength=2)
     if counts[0] < 2 or counts[1] < 2:
@@ -333,7 +350,12 @@ def prepare_inputs(store: str, config: TrainConfig, *, cache: bool | None = None
     if len(set(ids)) != len(ids):
         # The rows are read by Ray's tasks, which cannot tell which copy is the first.
         logger.warning("%s: duplicate video rows are trained on as often as they occur", store)
-    train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
+    if val_ids is None:
+        train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
+    else:
+        held = set(val_ids)
+        val_idx = np.array([i for i, vid in enumerate(ids) if vid in held], dtype=np.int64)
+        train_idx = np.array([i for i, vid in enumerate(ids) if vid not in held], dtype=np.int64)
     files = tuple(sorted(feature_store.part_files(store)))
     meta = feature_store.read_metadata(store)
     crops = (meta.crops or 1) if meta is not None and config.crops == "bags" else 1

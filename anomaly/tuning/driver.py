@@ -91,7 +91,8 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from anomaly.training import prepare_inputs
+    from anomaly.training import fit, prepare_inputs
+    from anomaly.training.data import stratified_folds, train_labels
     from anomaly.training.driver import worker_bundles
 
     if uris.is_local(out):
@@ -130,7 +131,18 @@ def run_search(
     cluster.wait_for_resources(
         worker_bundles(num_workers, cpus_per_worker, use_gpu), wait_for_resources, what="the search"
     )
-    data = prepare_inputs(store, spec.base)
+    data, folds = None, ()
+    if not tune_settings.cv_folds:
+        data = prepare_inputs(store, spec.base)
+    else:
+        ids, labels = train_labels(store)
+        parts = stratified_folds(labels, tune_settings.cv_folds, spec.base.seed)
+        folds = tuple(prepare_inputs(store, spec.base, val_ids=[ids[i] for i in part]) for part in parts)
+        logger.info(
+            "ranking trials by %d-fold cross-validation on the %d training videos' labels",
+            len(folds),
+            len(ids),
+        )
     registry_name = f"anomaly-tune-worker-groups-{uuid.uuid5(uuid.NAMESPACE_URL, experiment).hex}"
     registry = worker_groups(registry_name)
     inputs = TrialInputs(
@@ -145,6 +157,7 @@ def run_search(
             "max_failures": max_failures,
         },
         train_env={k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")},
+        folds=folds,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, inputs=inputs),
@@ -207,4 +220,25 @@ def run_search(
     unfinished = len(result_grid) - result_grid.num_terminated - result_grid.num_errors
     if unfinished:  # Tune returns after Ctrl+C (or SIGTERM) with its state saved
         raise SearchInterrupted(f"{unfinished} of {len(result_grid)} trials have not ended")
-    return write_results(store, out, spec, result_grid, experiment, evaluate_best=evaluate_best)
+
+    def refit(config, run_dir: str) -> None:  # cross-validated: the best settings on every training video
+        fit(
+            store,
+            run_dir,
+            config,
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            cpus_per_worker=cpus_per_worker,
+            max_failures=max_failures,
+            wait_for_resources=wait_for_resources,
+        )
+
+    return write_results(
+        store,
+        out,
+        spec,
+        result_grid,
+        experiment,
+        evaluate_best=evaluate_best,
+        refit=refit if tune_settings.cv_folds else None,
+    )

@@ -7,6 +7,7 @@ import io
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ def _trial_id(result) -> str:
 def _stopped_by(history: list[dict], spec: SearchSpec, config: TrainConfig, error) -> str:
     if error is not None:
         return "error"
+    if history and "folds" in history[-1]:  # cross-validated: one report after every fold's budget
+        return "cross_validation"
     epochs = len(history)
     if epochs >= config.max_epochs:
         return "max_epochs"
@@ -90,8 +93,10 @@ def summarise(result_grid, spec: SearchSpec) -> tuple[list[dict], list[str], dic
         row["best_val_auc"] = max(aucs) if aucs else math.nan
         if metric != "val_auc":
             row[f"best_{metric}"] = best_value
+        if best_row and "cv_auc_std" in best_row:
+            row["cv_auc_std"] = best_row["cv_auc_std"]
         row["best_epoch"] = int(best_row["epoch"]) if best_row else -1
-        row["epochs"] = len(history)
+        row["epochs"] = config.max_epochs if history and "folds" in history[-1] else len(history)
         row["status"] = "ERROR" if result.error is not None else "TERMINATED"
         row["stopped_by"] = _stopped_by(history, spec, config, result.error)
         row["_config"] = config
@@ -144,10 +149,49 @@ def _best_checkpoint(history: list[dict], metric: str, mode: str, out: str):
     return None, None
 
 
-def write_results(
-    store: str, out: str, spec: SearchSpec, result_grid, experiment: str, *, evaluate_best: bool = True
+def _write_refit(
+    store: str, out: str, best: dict, refit, experiment: str, sweep_uri, rows: list[dict], evaluate_best: bool
 ) -> SearchResult:
-    """trials.csv, best_config.yaml, best_run/ (model.pt, config, history), best_eval/, sweep.png."""
+    """best_config.yaml and best_run/ of a cross-validated search: the winner trained on every video."""
+    best_config: TrainConfig = best["_config"].replace(val_fraction=0.0)
+    write_yaml(uris.join(out, "best_config.yaml"), best_config.to_dict())
+    best_run = uris.join(out, "best_run")
+    refit(best_config, best_run)
+    eval_metrics = None
+    if evaluate_best:
+        from anomaly.evaluation import evaluate
+
+        eval_metrics = evaluate(store, best_run, uris.join(out, "best_eval"))
+    return SearchResult(
+        out=out,
+        rows=rows,
+        columns=[c for c in rows[0] if not c.startswith("_")],
+        best={
+            **{k: v for k, v in best.items() if not k.startswith("_")},
+            "checkpoint_epoch": best_config.max_epochs - 1,
+        },
+        best_config=best_config,
+        eval_metrics=eval_metrics,
+        experiment_path=experiment,
+        sweep_plot=sweep_uri,
+    )
+
+
+def write_results(
+    store: str,
+    out: str,
+    spec: SearchSpec,
+    result_grid,
+    experiment: str,
+    *,
+    evaluate_best: bool = True,
+    refit: Callable[[TrainConfig, str], None] | None = None,
+) -> SearchResult:
+    """trials.csv, best_config.yaml, best_run/ (model.pt, config, history), best_eval/, sweep.png.
+
+    ``refit`` (cross-validated searches): ``best_run`` is the best settings trained anew on every
+    training video (``val_fraction`` 0), since each trial's models each left a fold out.
+    """
     from anomaly.training import export_model, write_history
 
     rows, columns, histories = summarise(result_grid, spec)
@@ -168,6 +212,8 @@ def write_results(
         sweep_uri = sweep_plot(
             values, [row[key] for row in ranked], uris.join(out, "sweep.png"), metric_name=metric
         )
+    if refit is not None:
+        return _write_refit(store, out, ranked[0], refit, experiment, sweep_uri, rows, evaluate_best)
     best_checkpoint = None
     for best in ranked:  # the best trial whose best checkpoint is still there
         history = histories[best["trial_id"]]

@@ -13,6 +13,9 @@ A search file has up to three sections (any other top-level key is an error)::
       num_samples: 20
       max_concurrent: 4
       asha: {max_t: 40, grace_period: 5, reduction_factor: 3}
+      # or, to rank trials by k-fold cross-validation on the train split's video labels instead
+      # of one validation split (each trial trains k models; ASHA off; best_run is refitted):
+      # cv_folds: 3
 
 Distributions map one to one onto ``ray.tune``: ``uniform: [lo, hi]``, ``quniform: [lo, hi, q]``,
 ``loguniform: [lo, hi]``, ``qloguniform: [lo, hi, q]``, ``randint: [lo, hi]`` (hi excluded),
@@ -39,7 +42,8 @@ from anomaly.config import TrainConfig, read_yaml
 from anomaly.errors import AnomalyError
 
 SECTIONS = ("base", "search", "tune")
-METRICS = ("val_auc", "val_frame_auc", "val_video_auc", "loss")
+METRICS = ("val_auc", "val_frame_auc", "val_video_auc", "loss", "cv_auc")
+CV_METRIC = "cv_auc"  # a cross-validated trial's figure: the mean over folds of the held-out fold's bag AUC
 # The validation split and normalisation statistics are prepared once from the base config and
 # shared by every trial, so a trial may not change what they depend on (a searched feature_norm
 # would feed inputs normalised with another rule's statistics: |z| ~ 138 on raw ResNet3D rows;
@@ -84,6 +88,10 @@ class TuneSettings:
     seed: int | None = 0  # of the random search; null for a different search every run
     driver_cpus: float = 1.0  # CPUs of each trial's driver (the function trainable), besides its workers
     asha: AshaSettings | None = field(default_factory=AshaSettings)  # asha: false turns it off
+    # k >= 2: each trial trains k models, each with one stratified fold of the train split held
+    # out, and is ranked by the mean video (bag) AUC on the held-out folds (metric cv_auc); the
+    # best settings are then trained on every training video into best_run. No test labels.
+    cv_folds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,23 @@ def _parse_tune(values: dict, base: TrainConfig, where: str) -> TuneSettings:
     known = [f.name for f in dataclasses.fields(TuneSettings)]
     _check_keys(values, known, where, "tune")
     settings = dict(values)
+    folds = settings.get("cv_folds")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise AnomalyError(where, f"tune.cv_folds: must be an integer >= 2 or null, got {folds!r}")
+    if folds is not None:
+        if settings.get("asha"):
+            raise AnomalyError(
+                where,
+                "tune.asha: a cross-validated trial reports once, at its end; set asha: false with cv_folds",
+            )
+        settings["asha"] = False
+        if (
+            settings.setdefault("metric", CV_METRIC) != CV_METRIC
+            or settings.setdefault("mode", "max") != "max"
+        ):
+            raise AnomalyError(where, f"tune.metric: cv_folds ranks trials by {CV_METRIC} (max)")
+    elif settings.get("metric") == CV_METRIC:
+        raise AnomalyError(where, f"tune.metric: {CV_METRIC} needs tune.cv_folds")
     asha = settings.pop("asha", {})
     if asha is False or asha is None:
         asha_settings = None

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
@@ -30,6 +31,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from anomaly import uris
 from anomaly.cluster import bookkeeping_cpus
 from anomaly.config import TrainConfig
+from anomaly.tuning.spec import CV_METRIC
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,7 @@ class TrialInputs:
     # The driver's RAY_TRAIN_* settings: Train forwards them from its driver (here, the trial) to
     # its controller and workers, but a trial's process does not inherit the Tune driver's env.
     train_env: dict = field(default_factory=dict)
+    folds: tuple = ()  # cross-validation: one TrainingInputs per fold (that fold held out)
 
 
 def report_epoch(metrics: dict, checkpoint_path: str | None) -> None:
@@ -132,6 +135,46 @@ def report_epoch(metrics: dict, checkpoint_path: str | None) -> None:
     if checkpoint_path is not None:
         extra[CHECKPOINT_PATH_KEY] = checkpoint_path
     tune.report({**metrics, **extra})
+
+
+def _ignore(metrics: dict, checkpoint_path: str | None) -> None:
+    """A fold's epochs are not the trial's: only the folds' mean is reported to Tune."""
+
+
+def cross_validate(config: TrainConfig, inputs: TrialInputs, trial_id: str) -> None:
+    """Train one model per fold (that fold held out) and report the held-out folds' mean bag AUC.
+
+    Each fold's model is the one its run exports (the EMA or last weights of the fixed budget,
+    or its best validation epoch), scored on its held-out videos' video labels (training videos
+    have no frame labels). One report at the end: ``cv_auc`` (the mean), ``cv_auc_std``.
+    """
+    from anomaly.training import fit
+
+    aucs, losses = [], []
+    for k, data in enumerate(inputs.folds):
+        result = fit(
+            inputs.store,
+            uris.join(inputs.out, "trials", trial_id, f"fold{k}"),
+            config,
+            **inputs.resources,
+            inputs=data,
+            on_report=_ignore if inputs.resources["num_workers"] == 1 else None,
+        )
+        aucs.append(float(result.best_metrics["val_video_auc"]))
+        losses.append(float(result.best_metrics["loss"]))
+    mean = float(np.mean(aucs))
+    tune.report(
+        {
+            CV_METRIC: mean,
+            "cv_auc_std": float(np.std(aucs)),
+            "val_auc": mean,
+            "val_video_auc": mean,
+            "loss": float(np.mean(losses)),
+            "epoch": config.max_epochs - 1,
+            TIME_ATTR: config.max_epochs,
+            "folds": len(aucs),
+        }
+    )
 
 
 def run_trial(config: dict, inputs: TrialInputs) -> None:
@@ -146,6 +189,9 @@ def run_trial(config: dict, inputs: TrialInputs) -> None:
     trial_id = tune.get_context().get_trial_id()
     os.environ.update(inputs.train_env)
     train_config = TrainConfig.from_dict(config, where=f"trial {trial_id}")
+    if inputs.folds:
+        cross_validate(train_config, inputs, trial_id)
+        return
     if inputs.resources["num_workers"] == 1:
         fit(
             inputs.store,
