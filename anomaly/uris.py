@@ -233,3 +233,12 @@ def read_bytes(uri: str) -> bytes:
         raise AnomalyError(uri, "no such file or object") from exc
     except PermissionError as exc:
         raise AnomalyError(uri, f"access denied: {exc}") from exc
+
+
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """``(storage_path, storage_filesystem)`` for Ray Train's and Tune's ``RunConfig`` and for a
+    ``Checkpoint``: a local path and None, or the scheme-less path and its pyarrow filesystem."""
+    if is_local(uri):
+        return filesystem(uri)[1], None
+    filesystem_, path = pyarrow_filesystem(uri)
+    return path, filesystem_

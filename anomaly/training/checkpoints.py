@@ -27,7 +27,7 @@ def stored_checkpoints(storage: str) -> list[tuple[dict, Checkpoint]]:
     or not, with a summary of each (``epoch``, ``metrics``). A folder whose file does not load
     (cut short by a kill, or foreign) is skipped."""
     fs, path = uris.filesystem(storage)
-    filesystem = None if uris.is_local(storage) else uris.pyarrow_filesystem(storage)[0]
+    _, filesystem = uris.ray_storage(storage)
     found = []
     for folder in sorted(fs.glob(f"{path.rstrip('/')}/checkpoint_*")):
         try:

@@ -56,10 +56,7 @@ def run_config(
     callbacks: list | None = None,
     score_attribute: str = "val_auc",
 ) -> ray.train.RunConfig:
-    storage = uris.join(run_dir, "ray_results")
-    filesystem = None
-    if not uris.is_local(run_dir):
-        filesystem, storage = uris.pyarrow_filesystem(storage)
+    storage, filesystem = uris.ray_storage(uris.join(run_dir, "ray_results"))
     return ray.train.RunConfig(
         name=name,
         storage_path=storage,

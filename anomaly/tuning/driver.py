@@ -97,12 +97,9 @@ def run_search(
 
     if uris.is_local(out):
         out = os.path.abspath(out)
-    storage = uris.join(out, "ray_results")
-    filesystem = None
-    if not uris.is_local(out):
-        filesystem, storage = uris.pyarrow_filesystem(storage)
+    storage, filesystem = uris.ray_storage(uris.join(out, "ray_results"))
     experiment = uris.join(out, "ray_results", EXPERIMENT)
-    experiment_path = experiment if filesystem is None else uris.pyarrow_filesystem(experiment)[1]
+    experiment_path, _ = uris.ray_storage(experiment)
     saved_spec = uris.join(out, "search.yaml")
     started = tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem)
     if resume:

@@ -137,7 +137,7 @@ def _best_checkpoint(history: list[dict], metric: str, mode: str, out: str):
     """The kept Train checkpoint of the trial's best epoch (latest of ties: Train keeps the newest)."""
     from ray.train import Checkpoint
 
-    filesystem = None if uris.is_local(out) else uris.pyarrow_filesystem(out)[0]
+    _, filesystem = uris.ray_storage(out)
     candidates = [row for row in history if _is_finite(row.get(metric)) and row.get("checkpoint_path")]
     sign = 1 if mode == "max" else -1
     candidates.sort(key=lambda row: (sign * row[metric], row["epoch"]), reverse=True)
