@@ -40,6 +40,11 @@ from benchmarks.cv_select import RECIPES  # noqa: E402
 SECTION = "## Results on real features"
 
 
+def run_command(job, *argv: object) -> None:
+    """A ``ray_jobs`` module's ``main`` on ``argv`` (each made a string), as its command line runs it."""
+    job.main(job.get_args_parser().parse_args([str(arg) for arg in argv]))
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from ray_jobs import evaluate as evaluate_job
     from ray_jobs import import_features as import_job
@@ -48,11 +53,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     work = Path(args.work)
     store = work / "store"
     if not store.exists():
-        import_job.main(
-            import_job.get_args_parser().parse_args(
-                [args.features, "--out", str(store), "--backbone", "r3d34"]
-            )
-        )
+        run_command(import_job, args.features, "--out", store, "--backbone", "r3d34")
     rows = []
     for name, (base, overrides) in RECIPES.items():
         if args.recipes and not any(r in name for r in args.recipes):
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         for seed in args.seeds:
             slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
             tag = f"{slug}_{seed}_{args.epochs or 'own'}"
-            done = work / f"eval_{tag}" / "run.json"
+            run_dir, eval_dir = work / f"run_{tag}", work / f"eval_{tag}"
+            done = eval_dir / "run.json"
             if done.exists():  # finished by an earlier invocation with the same --work: reused
                 rows.append({"recipe": name, "seed": seed, **json.loads(done.read_text())})
                 continue
@@ -75,38 +77,24 @@ def run(args: argparse.Namespace) -> list[dict]:
                 },
             )
             started = time.perf_counter()
-            train_job.main(
-                train_job.get_args_parser().parse_args(
-                    [
-                        "--features",
-                        str(store),
-                        "--out",
-                        str(work / f"run_{tag}"),
-                        "--config",
-                        str(config),
-                        "--max-failures",
-                        "0",
-                    ]
-                )
+            run_command(
+                train_job, "--features", store, "--out", run_dir, "--config", config, "--max-failures", "0"
             )
-            evaluate_job.main(
-                evaluate_job.get_args_parser().parse_args(
-                    [
-                        "--features",
-                        str(store),
-                        "--checkpoint",
-                        str(work / f"run_{tag}"),
-                        "--out",
-                        str(work / f"eval_{tag}"),
-                        "--no-timelines",
-                    ]
-                )
+            run_command(
+                evaluate_job,
+                "--features",
+                store,
+                "--checkpoint",
+                run_dir,
+                "--out",
+                eval_dir,
+                "--no-timelines",
             )
-            metrics = json.loads((work / f"eval_{tag}" / "metrics.json").read_text())
+            metrics = json.loads((eval_dir / "metrics.json").read_text())
             record = {
                 "seconds": time.perf_counter() - started,
                 **metrics,
-                **normal_scores(work / f"eval_{tag}"),
+                **normal_scores(eval_dir),
             }
             done.write_text(json.dumps(record, default=str))
             rows.append({"recipe": name, "seed": seed, **record})

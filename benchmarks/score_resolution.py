@@ -185,30 +185,23 @@ def main() -> int:
     rng = np.random.default_rng(11)
     total = int(args.seconds * args.fps)
     length = int(args.event_seconds * args.fps)
+    # Each pair of recordings, anomalous and normal, is the same scene but for the event.
+    scene = {"num_frames": total, "fps": args.fps, "height": 48, "width": 64}
     recordings = []
     for i in range(args.recordings):
         start = int(rng.integers(int(0.15 * total), int(0.8 * total)))
+        event = EVENTS[i % len(EVENTS)]
         recordings.append(
             make_video(
-                os.path.join(out, "rec", f"{EVENTS[i % 3].title()}{i:03d}_x264.mp4"),
-                num_frames=total,
-                fps=args.fps,
-                height=48,
-                width=64,
-                event=EVENTS[i % len(EVENTS)],
+                os.path.join(out, "rec", f"{event.title()}{i:03d}_x264.mp4"),
+                event=event,
                 interval=(start, start + length),
                 seed=1000 + i,
+                **scene,
             )
         )
         recordings.append(
-            make_video(
-                os.path.join(out, "rec", f"Normal_Videos_{i:03d}_x264.mp4"),
-                num_frames=total,
-                fps=args.fps,
-                height=48,
-                width=64,
-                seed=2000 + i,
-            )
+            make_video(os.path.join(out, "rec", f"Normal_Videos_{i:03d}_x264.mp4"), seed=2000 + i, **scene)
         )
     for v in recordings:
         feats[v.video_id] = clip_features(v.uri, settings)[0]

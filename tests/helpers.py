@@ -175,6 +175,11 @@ def job_command(job: str, *argv) -> list[str]:
     return [sys.executable, "-m", f"ray_jobs.{job}", *map(str, argv)]
 
 
+def train_flags(store: str, run_dir: Path | str, config: Path | str) -> list[str]:
+    """``ray_jobs.train``'s flags for a test's run of ``config``; no restarts, so a failure fails at once."""
+    return ["--features", str(store), "--out", str(run_dir), "--config", str(config), "--max-failures", "0"]
+
+
 def run_and_kill(command: list[str], env: dict, log: Path, ready, *, poll_s: float = 0.01) -> int:
     """Start ``command``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
     with open(log, "wb") as out:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import INSTANCE_TYPES, free_ports, ray_cli, stop_head
+from helpers import INSTANCE_TYPES, free_ports, ray_cli, stop_head, train_flags
 from packaging.requirements import Requirement
 
 from anomaly.synthetic.features import make_feature_store
@@ -212,14 +212,7 @@ def test_train_job_runs_under_ray_job_submit(ray_head, tmp_path):
             "python",
             "-m",
             "ray_jobs.train",
-            "--features",
-            store,
-            "--out",
-            str(run_dir),
-            "--config",
-            str(config),
-            "--max-failures",
-            "0",
+            *train_flags(store, run_dir, config),
         ],
         env,
         cwd=tmp_path,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import train_flags
 
 from anomaly import cli
 from anomaly.checkpoints import load_scorer
@@ -34,18 +35,7 @@ def trained(tmp_path_factory, ray_cluster):
     config.write_text("max_epochs: 8\npatience: 4\nbatch_size: 6\n")
     run_dir = root / "run"
     args = train_job.get_args_parser().parse_args(
-        [
-            "--features",
-            store,
-            "--out",
-            str(run_dir),
-            "--config",
-            str(config),
-            "--num-workers",
-            "2",
-            "--max-failures",
-            "0",
-        ]
+        [*train_flags(store, run_dir, config), "--num-workers", "2"]
     )
     assert train_job.main(args) == 0
     return store, run_dir, args

@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from anomaly import listing, uris
+from anomaly import listing
 from anomaly import store as feature_store
 from anomaly.cluster import TASK_CPUS
 from anomaly.errors import AnomalyError
@@ -189,14 +189,10 @@ def extract(
     warn_if_random(settings)  # after the checks: a refused run says one line only
     if settings.keep_clips:
         feature_store.note_kept_clips(store)
-    # A run killed while writing leaves a dot-prefixed temporary file (readers skip it); tidy up.
-    for path in uris.remove_stale_temp_files(store, older_than=started_wall):
-        logger.info("removed %s, left by an interrupted write", path)
+    stream.tidy_interrupted_writes([store], started_wall=started_wall)
 
     report = ExtractionReport(store=store)
-    done = feature_store.video_ids(store)
-    report.skipped = sorted(vid for vid in ids if vid in done)
-    todo = {vid: uri for vid, uri in sorted(ids.items()) if vid not in done}
+    report.skipped, todo = stream.split_done(ids, feature_store.video_ids(store))
     report.failed.extend(list_failures)
     sampling = sampling_of(settings, spec)
     logger.info(
@@ -214,15 +210,7 @@ def extract(
     committer = _Committer(store, settings, spec, truth, todo, report)
     committer.new_failures.extend(list_failures)
     tracker = VideoTracker(clip_len=spec.clip_len, stride=sampling.stride, cells=committer_cells(settings))
-    run = feature_store.new_clip_run()
-    try:
-        if todo:
-            stream.wait_for_cluster(settings, f"extraction of {len(todo)} videos")
-            stream.run(stream.build_pipeline(todo, settings, spec, sampling, store, run), tracker, committer)
-    finally:
-        committer.drain()
-        if not settings.keep_clips:
-            feature_store.remove_clip_run(store, run)
+    stream.run_job(committer, tracker, settings, spec, sampling, what="extraction")
     report.seconds = time.monotonic() - started
     return report
 

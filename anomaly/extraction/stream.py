@@ -7,7 +7,10 @@ folds the writer's summary rows; every ``flush_every`` complete videos go to
 one Ray task (extraction: pooling into bags; scoring: the trained head and
 alarms), launched and collected by a :class:`VideoSink`. What differs per job
 is the task and what its result means: :meth:`VideoSink.entry`,
-:meth:`VideoSink.launch` and :meth:`VideoSink.accept`.
+:meth:`VideoSink.launch` and :meth:`VideoSink.accept`. Around the loop, the
+steps both jobs take alike: :func:`tidy_interrupted_writes` and
+:func:`split_done` before it, :func:`run_job` (the wait for the cluster, the
+run's own clip folder, the final drain) around it.
 
 Shared guarantees:
 
@@ -34,11 +37,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 
 import numpy as np
 
 from anomaly import store as feature_store
+from anomaly import uris
 from anomaly.cluster import TASK_CPUS, tasks_in_flight, wait_for_resources
 from anomaly.console import Progress
 from anomaly.errors import first_line
@@ -135,6 +139,22 @@ def wait_for_cluster(settings: ExtractionSettings, what: str) -> None:
         settings.wait_for_resources,
         what=what,
     )
+
+
+def tidy_interrupted_writes(folders: Iterable[str], *, started_wall: float) -> None:
+    """Remove the dot-prefixed temporary files a killed run left in ``folders`` (readers skip them).
+
+    Only files older than ``started_wall`` (this run's ``time.time()`` at its start): never a write in progress.
+    """
+    for folder in folders:
+        for path in uris.remove_stale_temp_files(folder, older_than=started_wall):
+            logger.info("removed %s, left by an interrupted write", path)
+
+
+def split_done(ids: Mapping[str, str], done: Container[str]) -> tuple[list[str], dict[str, str]]:
+    """``(ids already done, sorted; {id: uri} still to do, by id)``: what a re-run skips and what it runs."""
+    skipped = sorted(video_id for video_id in ids if video_id in done)
+    return skipped, {video_id: uri for video_id, uri in sorted(ids.items()) if video_id not in done}
 
 
 class VideoSink:
@@ -276,6 +296,32 @@ class VideoSink:
         self.flush_failures()
         feature_store.write_failure_summary(self.out)
         self.bar.close()
+
+
+def run_job(
+    sink: VideoSink,
+    tracker: VideoTracker,
+    settings: ExtractionSettings,
+    spec: BackboneSpec,
+    sampling: ClipSampling,
+    *,
+    what: str,
+) -> None:
+    """The job's pipeline over ``sink.todo`` through :func:`run`, in a clip folder of this run's own.
+
+    Whatever happens (nothing to do, no cluster, an error), the sink is drained, so the
+    failures found before the pipeline are written too, and the folder is removed
+    unless the sink keeps its clips. ``what``: the job's name in the wait message.
+    """
+    clip_run = feature_store.new_clip_run()  # no other run's clip files are touched
+    try:
+        if sink.todo:
+            wait_for_cluster(settings, f"{what} of {len(sink.todo)} videos")
+            run(build_pipeline(sink.todo, settings, spec, sampling, sink.out, clip_run), tracker, sink)
+    finally:
+        sink.drain()
+        if not sink.keep_clips:
+            feature_store.remove_clip_run(sink.out, clip_run)
 
 
 def run(ds, tracker: VideoTracker, sink: VideoSink) -> bool:

@@ -104,8 +104,24 @@ class LiveConfig:
     def alarm_settings(self) -> AlarmSettings:
         return AlarmSettings(self.threshold, self.min_duration_s, self.merge_gap_s).validate()
 
+    def scoring_overrides(self) -> dict:
+        """:func:`~anomaly.scoring.job.scoring_job`'s overrides, by their shared names (:data:`SCORING_FIELDS`)."""
+        return {name: getattr(self, name) for name in SCORING_FIELDS}
+
 
 _TYPES = {f.name: f.type for f in dataclasses.fields(LiveConfig)}
+# The LiveConfig fields batch scoring's job takes as they are; the alarm rule is not among them: the
+# service applies its own (LiveConfig.alarm_settings), as the camera's alarms close.
+SCORING_FIELDS = (
+    "backbone",
+    "weights",
+    "clip_len",
+    "stride",
+    "crop",
+    "device",
+    "window_seconds",
+    "window_clips",
+)
 
 
 def _from_text(key: str, value, kind) -> object:
@@ -185,18 +201,7 @@ def resolve(config: LiveConfig):
     from anomaly.scoring.job import check_job, expected_weights, scoring_job
 
     model, payload = load_scorer(config.checkpoint)
-    job = scoring_job(
-        config.checkpoint,
-        payload,
-        backbone=config.backbone,
-        weights=config.weights,
-        clip_len=config.clip_len,
-        stride=config.stride,
-        crop=config.crop,
-        device=config.device,
-        window_seconds=config.window_seconds,
-        window_clips=config.window_clips,
-    )
+    job = scoring_job(config.checkpoint, payload, **config.scoring_overrides())
     spec = check_job(job, model)
     config.alarm_settings()
     return model, payload, LiveScoring(job, job.rules(spec, payload, model), expected_weights(payload)), spec

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from anomaly import store as feature_store
 from anomaly import uris
 from anomaly.alarms import Alarm, AlarmSettings, find_alarms, sort_by_peak
 from anomaly.errors import AnomalyError
@@ -158,11 +159,11 @@ def write_scores_part(
 
 
 def score_parts(out: str) -> list[str]:
-    """Scheme-less paths of the part files under ``OUT/scores`` (temporary dot files are not parts)."""
-    fs, path = uris.filesystem(uris.join(out, SCORES_DIR))
-    if not fs.exists(path):
-        return []
-    return sorted(fs.glob(f"{path.rstrip('/')}/part-*.parquet"))
+    """Scheme-less paths of the part files under ``OUT/scores`` (temporary dot files are not parts).
+
+    Listed as a feature store lists its own parts: one listing for both folders of ``part-*.parquet``.
+    """
+    return feature_store.part_files(uris.join(out, SCORES_DIR))
 
 
 def _part_index(out: str, part: str) -> dict | None:

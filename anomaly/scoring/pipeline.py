@@ -284,14 +284,11 @@ def _score_all(videos, out: str, job: ScoringJob, prepared) -> ScoringReport:
     outputs.ensure_settings(
         out, scoring_settings_record(_checkpoint_sha(job.checkpoint), settings, spec, job, weights)
     )
-    for folder in (outputs.SCORES_DIR, feature_store.CLIPS_DIR):
-        for path in uris.remove_stale_temp_files(uris.join(out, folder), older_than=started_wall):
-            logger.info("removed %s, left by an interrupted write", path)
+    folders = (outputs.SCORES_DIR, feature_store.CLIPS_DIR)
+    stream.tidy_interrupted_writes([uris.join(out, folder) for folder in folders], started_wall=started_wall)
 
     report = ScoringReport(out=out)
-    done = outputs.scored_video_ids(out)
-    report.skipped = sorted(vid for vid in ids if vid in done)
-    todo = {vid: uri for vid, uri in sorted(ids.items()) if vid not in done}
+    report.skipped, todo = stream.split_done(ids, outputs.scored_video_ids(out))
     report.failed.extend(list_failures)
     logger.info(
         "%d videos: %d already scored in %s, %d to score", len(ids), len(report.skipped), out, len(todo)
@@ -301,14 +298,7 @@ def _score_all(videos, out: str, job: ScoringJob, prepared) -> ScoringReport:
     scorer = _Scorer(out, rules, model, todo, report, settings.flush_every)
     scorer.new_failures.extend(list_failures)
     tracker = VideoTracker(clip_len=spec.clip_len, stride=sampling.stride, cells=0)
-    run = feature_store.new_clip_run()  # this run's own clip folder: no other run's files are touched
-    try:
-        if todo:
-            stream.wait_for_cluster(settings, f"scoring of {len(todo)} videos")
-            stream.run(stream.build_pipeline(todo, settings, spec, sampling, out, run), tracker, scorer)
-    finally:
-        scorer.drain()
-        feature_store.remove_clip_run(out, run)
+    stream.run_job(scorer, tracker, settings, spec, sampling, what="scoring")
     report.seconds = time.monotonic() - started
     report.alarms = rebuild_alarms(out, job.alarms)
     report.num_alarms = len(report.alarms)
