@@ -64,9 +64,11 @@ class FeatureNorm(nn.Module):
         self.register_buffer("std", torch.ones(feature_dim))
 
     def set_statistics(self, mean, std) -> None:
-        # torch.tensor copies: statistics may arrive as read-only arrays (Ray's object store).
-        self.mean.copy_(torch.tensor(mean, dtype=torch.float32))
-        self.std.copy_(torch.clamp(torch.tensor(std, dtype=torch.float32), min=MIN_STD))
+        # Copied through numpy: statistics may arrive as read-only arrays (Ray's object store),
+        # which torch refuses to wrap, or as tensors, which torch.tensor warns about copying.
+        mean, std = (np.array(torch.as_tensor(v).cpu(), dtype=np.float32) for v in (mean, std))
+        self.mean.copy_(torch.from_numpy(mean))
+        self.std.copy_(torch.clamp(torch.from_numpy(std), min=MIN_STD))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "none":

@@ -64,20 +64,34 @@ class LocalSession:
 
     def _store(self, metrics: dict, folder: str) -> str:
         """Copy the epoch's checkpoint to storage (atomically) and prune to :data:`KEEP`; its path."""
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S.%f")
-        target = uris.join(self.storage, f"checkpoint_{stamp}")
+        name = "checkpoint_" + datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S.%f")
+        target = uris.join(self.storage, name)
         with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as handle:
-            uris.write_bytes_atomic(uris.join(target, CHECKPOINT_FILE), handle.read())
+            data = handle.read()
+        if uris.is_local(target):  # the folder appears whole: written under a hidden name, renamed
+            hidden = uris.join(self.storage, f".{name}.tmp")
+            uris.write_bytes_atomic(uris.join(hidden, CHECKPOINT_FILE), data)
+            os.replace(hidden, target)
+        else:  # an object store's PUT is atomic: the "folder" exists once its one object does
+            uris.write_bytes_atomic(uris.join(target, CHECKPOINT_FILE), data)
+        self._prune()
+        return target if uris.is_local(target) else uris.strip_scheme(target)
+
+    def _prune(self) -> None:
+        """Keep the :data:`KEEP` best by the run's score and the newest (to resume from), as Ray
+        Train's ``CheckpointConfig(num_to_keep=KEEP)`` does for multi-worker fits."""
         stored = stored_checkpoints(self.storage)
-        newest = max(stored, key=lambda item: item[0]["epoch"])
-        best = max(
-            stored, key=lambda item: (checkpoint_score(item[0], self.score_attribute), item[0]["epoch"])
+        ranked = sorted(
+            stored,
+            key=lambda item: (checkpoint_score(item[0], self.score_attribute), item[0]["epoch"]),
+            reverse=True,
         )
+        newest = max(stored, key=lambda item: item[0]["epoch"])
+        kept = {checkpoint.path for _, checkpoint in [*ranked[:KEEP], newest]}
         fs, _ = uris.filesystem(self.storage)
         for _, checkpoint in stored:
-            if checkpoint.path not in (newest[1].path, best[1].path):
+            if checkpoint.path not in kept:
                 fs.rm(checkpoint.path, recursive=True)
-        return uris.strip_scheme(target) if not uris.is_local(target) else target
 
 
 def checkpoint_score(summary: dict, attribute: str) -> float:

@@ -149,34 +149,6 @@ def _best_checkpoint(history: list[dict], metric: str, mode: str, out: str):
     return None, None
 
 
-def _write_refit(
-    store: str, out: str, best: dict, refit, experiment: str, sweep_uri, rows: list[dict], evaluate_best: bool
-) -> SearchResult:
-    """best_config.yaml and best_run/ of a cross-validated search: the winner trained on every video."""
-    best_config: TrainConfig = best["_config"].replace(val_fraction=0.0)
-    write_yaml(uris.join(out, "best_config.yaml"), best_config.to_dict())
-    best_run = uris.join(out, "best_run")
-    refit(best_config, best_run)
-    eval_metrics = None
-    if evaluate_best:
-        from anomaly.evaluation import evaluate
-
-        eval_metrics = evaluate(store, best_run, uris.join(out, "best_eval"))
-    return SearchResult(
-        out=out,
-        rows=rows,
-        columns=[c for c in rows[0] if not c.startswith("_")],
-        best={
-            **{k: v for k, v in best.items() if not k.startswith("_")},
-            "checkpoint_epoch": best_config.max_epochs - 1,
-        },
-        best_config=best_config,
-        eval_metrics=eval_metrics,
-        experiment_path=experiment,
-        sweep_plot=sweep_uri,
-    )
-
-
 def write_results(
     store: str,
     out: str,
@@ -192,8 +164,6 @@ def write_results(
     ``refit`` (cross-validated searches): ``best_run`` is the best settings trained anew on every
     training video (``val_fraction`` 0), since each trial's models each left a fold out.
     """
-    from anomaly.training import export_model, write_history
-
     rows, columns, histories = summarise(result_grid, spec)
     write_table(uris.join(out, "trials.csv"), rows, columns)
     metric, mode = spec.tune.metric, spec.tune.mode
@@ -212,8 +182,38 @@ def write_results(
         sweep_uri = sweep_plot(
             values, [row[key] for row in ranked], uris.join(out, "sweep.png"), metric_name=metric
         )
-    if refit is not None:
-        return _write_refit(store, out, ranked[0], refit, experiment, sweep_uri, rows, evaluate_best)
+    best_run = uris.join(out, "best_run")
+    if refit is not None:  # cross-validated: the winner trained anew on every training video
+        best = ranked[0]
+        best_config: TrainConfig = best["_config"].replace(val_fraction=0.0)
+        write_yaml(uris.join(out, "best_config.yaml"), best_config.to_dict())
+        refit(best_config, best_run)
+        best_epoch = best_config.max_epochs - 1
+    else:
+        best, best_config, best_epoch = _export_best(ranked, histories, metric, mode, out, best_run)
+    eval_metrics = None
+    if evaluate_best:
+        from anomaly.evaluation import evaluate
+
+        eval_metrics = evaluate(store, best_run, uris.join(out, "best_eval"))
+    return SearchResult(
+        out=out,
+        rows=rows,
+        columns=columns,
+        best={**{k: v for k, v in best.items() if not k.startswith("_")}, "checkpoint_epoch": best_epoch},
+        best_config=best_config,
+        eval_metrics=eval_metrics,
+        experiment_path=experiment,
+        sweep_plot=sweep_uri,
+    )
+
+
+def _export_best(
+    ranked: list[dict], histories: dict, metric: str, mode: str, out: str, best_run: str
+) -> tuple[dict, TrainConfig, int]:
+    """best_config.yaml and best_run/ from the best trial's kept checkpoint of the epoch it was ranked by."""
+    from anomaly.training import export_model, write_history
+
     best_checkpoint = None
     for best in ranked:  # the best trial whose best checkpoint is still there
         history = histories[best["trial_id"]]
@@ -226,28 +226,10 @@ def write_results(
         raise AnomalyError(out, "no trial left a checkpoint of its best epoch")
     best_config: TrainConfig = best["_config"]
     write_yaml(uris.join(out, "best_config.yaml"), best_config.to_dict())
-    best_run = uris.join(out, "best_run")
     export_model(best_checkpoint, best_run)
     write_yaml(uris.join(best_run, "config.yaml"), best_config.to_dict())
     history = [
         {k: v for k, v in row.items() if not str(k).startswith("_")} for row in histories[best["trial_id"]]
     ]
     write_history(best_run, history)
-    eval_metrics = None
-    if evaluate_best:
-        from anomaly.evaluation import evaluate
-
-        eval_metrics = evaluate(store, best_run, uris.join(out, "best_eval"))
-    return SearchResult(
-        out=out,
-        rows=rows,
-        columns=columns,
-        best={
-            **{k: v for k, v in best.items() if not k.startswith("_")},
-            "checkpoint_epoch": int(best_epoch["epoch"]),
-        },
-        best_config=best_config,
-        eval_metrics=eval_metrics,
-        experiment_path=experiment,
-        sweep_plot=sweep_uri,
-    )
+    return best, best_config, int(best_epoch["epoch"])
