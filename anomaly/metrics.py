@@ -63,6 +63,16 @@ def video_auc(segment_scores: np.ndarray, labels: np.ndarray) -> float:
     return _auc(np.asarray(labels), np.asarray(segment_scores).max(axis=1))
 
 
+def bag_auc(segment_scores: np.ndarray, labels: np.ndarray, k: int = 3) -> float:
+    """Video-level AUC of each bag's mean top-``k`` segment score (k=3: robust to one spike).
+
+    The cross-validation figure that chooses recipes on the train split's video labels
+    (``tune.cv_folds``, ``benchmarks/cv_select.py``).
+    """
+    scores = np.asarray(segment_scores)
+    return _auc(np.asarray(labels), np.sort(scores, axis=1)[:, -k:].mean(axis=1))
+
+
 def evaluate_frames(
     segment_scores: np.ndarray,
     labels: np.ndarray,

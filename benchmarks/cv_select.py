@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from anomaly.config import TrainConfig, read_yaml  # noqa: E402
 from anomaly.heads import build_head  # noqa: E402
 from anomaly.losses import config_loss  # noqa: E402
-from anomaly.metrics import _auc  # noqa: E402
+from anomaly.metrics import bag_auc  # noqa: E402
 from anomaly.normalization import fit_statistics  # noqa: E402
 from anomaly.selection import WeightAverage  # noqa: E402
 from anomaly.store import load_bags  # noqa: E402
@@ -113,12 +113,6 @@ def score(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
                 for i in range(0, len(features), 256)
             ]
         )
-
-
-def bag_auc(scores: np.ndarray, labels: np.ndarray, k: int = 3) -> float:
-    """Video-level AUC of each video's mean top-k segment score (k=3: robust to one spike)."""
-    top = np.sort(scores, axis=1)[:, -k:].mean(axis=1)
-    return _auc(labels, top)
 
 
 def folds_of(labels: np.ndarray, folds: int, seed: int = 1234) -> list[np.ndarray]:

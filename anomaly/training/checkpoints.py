@@ -76,7 +76,7 @@ def write_history(run_dir: str, history: list[dict]) -> None:
 
     if not history:
         return
-    columns = ["epoch", "loss", "val_auc", "val_frame_auc", "val_video_auc", "lr", "steps"]
+    columns = ["epoch", "loss", "val_auc", "val_frame_auc", "val_video_auc", "val_bag_auc", "lr", "steps"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()

@@ -25,7 +25,7 @@ from anomaly.config import TrainConfig
 from anomaly.crops import score_crop_batch
 from anomaly.heads import Head, build_head
 from anomaly.losses import config_loss
-from anomaly.metrics import evaluate_frames, video_auc
+from anomaly.metrics import bag_auc, evaluate_frames, video_auc
 from anomaly.protocols import SNIPPET, store_clip_len
 from anomaly.selection import WeightAverage, selects_by_validation
 from anomaly.training.checkpoints import load_checkpoint_payload
@@ -158,7 +158,8 @@ def validation_metrics(parts: list[dict], clip_len: int = SNIPPET) -> dict[str, 
         ((vid, p, i) for p in parts for i, vid in enumerate(p["video_ids"])), key=lambda item: item[0]
     )
     if not order:
-        return {"val_frame_auc": float("nan"), "val_video_auc": float("nan"), "val_auc": float("nan")}
+        nan = float("nan")
+        return {"val_frame_auc": nan, "val_video_auc": nan, "val_bag_auc": nan, "val_auc": nan}
     scores = np.stack([p["scores"][i] for _, p, i in order]) if order else np.zeros((0, 32))
     labels = np.array([p["labels"][i] for _, p, i in order], dtype=np.int64)
     num_frames = np.array([p["num_frames"][i] for _, p, i in order], dtype=np.int64)
@@ -177,6 +178,7 @@ def validation_metrics(parts: list[dict], clip_len: int = SNIPPET) -> dict[str, 
     return {
         "val_frame_auc": frame_auc,
         "val_video_auc": vid_auc,
+        "val_bag_auc": bag_auc(scores, labels),
         "val_auc": frame_auc if annotated else vid_auc,
     }
 

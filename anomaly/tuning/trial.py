@@ -146,7 +146,7 @@ def cross_validate(config: TrainConfig, inputs: TrialInputs, trial_id: str) -> N
 
     Each fold's model is the one its run exports (the EMA or last weights of the fixed budget,
     or its best validation epoch), scored on its held-out videos' video labels (training videos
-    have no frame labels). One report at the end: ``cv_auc`` (the mean), ``cv_auc_std``.
+    have no frame labels) by :func:`anomaly.metrics.bag_auc` (mean top-3 segment score). One report at the end: ``cv_auc`` (the mean), ``cv_auc_std``.
     """
     from anomaly.training import fit
 
@@ -160,7 +160,7 @@ def cross_validate(config: TrainConfig, inputs: TrialInputs, trial_id: str) -> N
             inputs=data,
             on_report=_ignore if inputs.resources["num_workers"] == 1 else None,
         )
-        aucs.append(float(result.best_metrics["val_video_auc"]))
+        aucs.append(float(result.best_metrics["val_bag_auc"]))
         losses.append(float(result.best_metrics["loss"]))
     mean = float(np.mean(aucs))
     tune.report(
@@ -168,7 +168,7 @@ def cross_validate(config: TrainConfig, inputs: TrialInputs, trial_id: str) -> N
             CV_METRIC: mean,
             "cv_auc_std": float(np.std(aucs)),
             "val_auc": mean,
-            "val_video_auc": mean,
+            "val_bag_auc": mean,
             "loss": float(np.mean(losses)),
             "epoch": config.max_epochs - 1,
             TIME_ATTR: config.max_epochs,
