@@ -1,15 +1,16 @@
-"""Training input through Ray Data: the store is read by Ray's tasks, never loaded by the driver.
+"""Training input: the store is read by Ray's tasks, never loaded by the driver.
 
 The driver reads only the small columns (``video_id``, ``label``) of the train split to carve a
-stratified validation split and count bags; the features themselves stream from the Parquet
-store through ``ray.data.read_parquet``: a distributed pass for the normalisation statistics,
-then two datasets (abnormal and normal training bags) that Ray Train splits across the workers
-(``ray.train.get_dataset_shard``) and one validation dataset split without dropping rows.
-So the driver's memory does not grow with the store, and each worker holds a bounded window
-of bags (its shuffle window and a small reservoir), whatever the store's size.
-
-Bags that fit in a quarter of Ray's object store are read once and held there (Ray spills
-them to disk under pressure); larger stores are read again every epoch, in a new file order.
+stratified validation split and count bags. The features are read by Ray tasks: a store whose
+bags fit in a quarter of Ray's object store is read once by a few plain tasks
+(:func:`read_cache`) that return the abnormal, normal and validation blocks into the object
+store with the normalisation moments of their part files; a larger store gets its statistics
+from tasks that read one part file at a time (:func:`read_statistics`) and streams through
+``ray.data.read_parquet`` every epoch, in a new file order. Either way the driver's memory does
+not grow with the store, and a training worker holds a bounded window of bags (its shuffle
+window and a small reservoir), whatever the store's size. Several workers get the datasets as
+Ray Train shards (``ray.train.get_dataset_shard``); one worker reads them directly
+(:func:`local_datasets`).
 """
 
 from __future__ import annotations
@@ -233,23 +234,6 @@ def _moments(batch: pa.Table, kind: str = "standardize") -> dict[str, np.ndarray
     }
 
 
-def feature_statistics(dataset: ray.data.Dataset, kind: str = "standardize") -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std of every segment, in one distributed pass.
-
-    Each block's moments are computed where it is read; the driver merges them as they stream
-    in (Chan et al.'s pairwise update), holding two D-vectors at a time.
-    """
-    moments = dataset.map_batches(
-        _moments, fn_kwargs={"kind": kind}, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS
-    )
-    parts = []  # (count, mean, m2) per block: two D-vectors each
-    for batch in moments.iter_batches(batch_size=None, batch_format="numpy"):
-        for n_b, mean_b, m2_b in zip(batch["count"], batch["mean"], batch["m2"], strict=True):
-            if int(n_b):
-                parts.append((int(n_b), mean_b.copy(), m2_b.copy()))
-    return _merge_moments(parts, kind)
-
-
 def _where_train(table: pa.Table, val_ids: pa.Array, label: int) -> pa.Array:
     import pyarrow.compute as pc
 
@@ -257,11 +241,11 @@ def _where_train(table: pa.Table, val_ids: pa.Array, label: int) -> pa.Array:
     return pc.and_(keep, pc.invert(pc.is_in(table.column("video_id"), value_set=val_ids)))
 
 
-def _read_cache_part(
-    store: str, files: list[str], val_ids: list[str], crops: int, kind: str
-) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
-    """One read task of the cache: its part files' abnormal, normal and validation rows, and the
-    normalisation moments of its training bags (each part file read once)."""
+def _read_parts(
+    store: str, paths: list[str], val_ids: list[str], crops: int, *, with_val: bool
+) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+    """Part files' abnormal and normal training bags (each crop a bag when ``crops > 1``) and,
+    if asked, their validation rows."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -270,17 +254,43 @@ def _read_cache_part(
     filesystem, _ = uris.pyarrow_filesystem(store)
     bag_column = "features" if crops == 1 else CROPS_COLUMN
     val_columns = VAL_COLUMNS + ([CROPS_COLUMN] if crops > 1 else [])
-    columns = list(dict.fromkeys([*FILTER_COLUMNS, bag_column, *val_columns]))
-    tables = [pq.read_table(path, columns=columns, filesystem=filesystem) for path in files]
+    columns = list(dict.fromkeys([*FILTER_COLUMNS, bag_column, *(val_columns if with_val else [])]))
+    tables = [pq.read_table(path, columns=columns, filesystem=filesystem) for path in paths]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     ids = pa.array(val_ids, type=pa.string())
-    bags = [
+    abnormal, normal = (
         expand_crop_bags(table.filter(_where_train(table, ids, label)).select([bag_column]))
         for label in (1, 0)
-    ]
-    val = table.filter(pc.is_in(table.column("video_id"), value_set=ids)).select(val_columns)
-    moments = [_moments(part, kind) for part in bags if part.num_rows]
-    return bags[0], bags[1], val, moments
+    )
+    val = (
+        table.filter(pc.is_in(table.column("video_id"), value_set=ids)).select(val_columns)
+        if with_val
+        else None
+    )
+    return abnormal, normal, val
+
+
+def _read_cache_part(
+    store: str, files: list[str], val_ids: list[str], crops: int, kind: str
+) -> tuple[pa.Table, pa.Table, pa.Table, list[dict]]:
+    """One read task of the cache: its part files' abnormal, normal and validation rows, and the
+    normalisation moments of its training bags (each part file read once)."""
+    abnormal, normal, val = _read_parts(store, files, val_ids, crops, with_val=True)
+    return abnormal, normal, val, [_moments(part, kind) for part in (abnormal, normal) if part.num_rows]
+
+
+def _moments_part(store: str, files: list[str], val_ids: list[str], crops: int, kind: str) -> list[dict]:
+    """One statistics task over a store too large to cache: moments of each file's training bags,
+    one part file in memory at a time."""
+    moments = []
+    for path in files:
+        abnormal, normal, _ = _read_parts(store, [path], val_ids, crops, with_val=False)
+        moments.extend(_moments(part, kind) for part in (abnormal, normal) if part.num_rows)
+    return moments
+
+
+def _moment_parts(batches) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    return [(int(m["count"][0]), m["mean"][0], m["m2"][0]) for moments in batches for m in moments]
 
 
 def _merge_moments(
@@ -320,12 +330,23 @@ def read_cache(inputs: TrainingInputs, kind: str, bag_bytes: int) -> tuple[dict,
     chunks = [list(inputs.files[i::tasks]) for i in range(tasks)]
     read = ray.remote(_read_cache_part).options(num_cpus=READ_CPUS, num_returns=4)
     refs = [read.remote(inputs.store, chunk, list(inputs.val_ids), inputs.crops, kind) for chunk in chunks]
-    parts = []
-    for moments in ray.get([ref[3] for ref in refs]):
-        parts.extend((int(m["count"][0]), m["mean"][0], m["m2"][0]) for m in moments)
-    mean, std = _merge_moments(parts, kind)
+    mean, std = _merge_moments(_moment_parts(ray.get([ref[3] for ref in refs])), kind)
     cached = {name: [ref[i] for ref in refs] for i, name in enumerate((*TRAIN_SETS, VAL_SET))}
     return cached, mean, std
+
+
+def read_statistics(inputs: TrainingInputs, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Normalisation statistics of a store too large to cache: one task per CPU, each reading
+    its part files one at a time (memory: one part file per task; the driver: two D-vectors per
+    file). Plain tasks, as :func:`read_cache`: a Ray Data pass started a dozen fresh workers."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    tasks = max(1, min(len(inputs.files), cpus))
+    task = ray.remote(_moments_part).options(num_cpus=READ_CPUS)
+    refs = [
+        task.remote(inputs.store, list(inputs.files[i::tasks]), list(inputs.val_ids), inputs.crops, kind)
+        for i in range(tasks)
+    ]
+    return _merge_moments(_moment_parts(ray.get(refs)), kind)
 
 
 def prepare_inputs(
@@ -382,7 +403,7 @@ def prepare_inputs(
             # epochs and Tune trials do not read and decode the Parquet files again.
             cached, mean, std = read_cache(inputs, config.feature_norm, bag_bytes)
         else:
-            mean, std = feature_statistics(read_bags(inputs, _train_rows(inputs)), config.feature_norm)
+            mean, std = read_statistics(inputs, config.feature_norm)
     except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
         raise AnomalyError(store, f"features: {exc}") from exc
     if cache is None and _fits_object_store(len(labels) * crops * NUM_SEGMENTS * len(mean) * 4):
