@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 import yaml
 from helpers import train_flags
@@ -171,6 +172,38 @@ def test_one_and_two_workers_take_the_same_optimizer_steps_per_epoch(trained, tm
     expected = math.ceil(prepare_inputs(store, config, cache=False).num_abnormal / config.batch_size)
     assert [row["steps"] for row in one] == [expected]
     assert set(two) == {expected}  # batch_size is global: each of the 2 workers took half of it
+
+
+def test_cached_and_streamed_inputs_agree(trained):
+    """The two reads of the store (cached blocks with their moments, or per-file statistics tasks
+    for a store too large to cache) give the same split, counts and statistics."""
+    store, _, _ = trained
+    config = TrainConfig(val_fraction=0.2, feature_norm="standardize")
+    cached, streamed = (prepare_inputs(store, config, cache=c) for c in (True, False))
+    assert cached.cached is not None and streamed.cached is None
+    assert cached.val_ids == streamed.val_ids and len(cached.val_ids) > 0
+    assert (cached.num_abnormal, cached.num_normal) == (streamed.num_abnormal, streamed.num_normal)
+    np.testing.assert_allclose(cached.mean, streamed.mean, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(cached.std, streamed.std, rtol=1e-6, atol=1e-9)
+    blocks = {name: sum(ray.get(b).num_rows for b in refs) for name, refs in cached.cached.items()}
+    assert blocks == {
+        "abnormal": cached.num_abnormal,
+        "normal": cached.num_normal,
+        "val": len(cached.val_ids),
+    }
+
+
+def test_a_fit_waits_for_its_workers_then_names_what_never_came(trained, tmp_path):
+    store, _, _ = trained
+    with pytest.raises(AnomalyError, match=r"training waited \d+ s for a node with 64 CPU") as info:
+        fit(
+            store,
+            str(tmp_path / "run"),
+            TrainConfig(max_epochs=1),
+            cpus_per_worker=64,
+            wait_for_resources=0.5,
+        )
+    assert info.value.where == "wait_for_resources" and not (tmp_path / "run").exists()
 
 
 DRIVER = """
