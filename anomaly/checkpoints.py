@@ -84,11 +84,12 @@ def stored_metadata(payload: dict, where: str = "checkpoint") -> StoreMetadata |
 def score_bags(model: Head, features: np.ndarray, batch: int = 512) -> np.ndarray:
     """(N, 32, D) features -> (N, 32) scores, in eval mode, without gradients."""
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # a GPU-trained head
     out = []
     with torch.inference_mode():
         for start in range(0, len(features), batch):
             chunk = torch.from_numpy(
                 np.array(features[start : start + batch], dtype=np.float32)
             )  # a writable copy
-            out.append(model(chunk).float().numpy())
+            out.append(model(chunk.to(device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 32), dtype=np.float32)

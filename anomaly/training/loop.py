@@ -221,7 +221,9 @@ def train_loop(loop_config: dict, session) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, stale = state["epoch"] + 1, state["best_val_auc"], state["stale_epochs"]
         history = list(state.get("history", []))
-    model = session.prepare(model)
+    model = session.prepare(model)  # on the worker's device (a GPU with --use-gpu)
+    if average is not None:
+        average.model.to(session.device)
     val_shard = session.dataset(VAL_SET)
     clip_len = store_clip_len(inputs.store_metadata)
     for epoch in range(start_epoch, config.max_epochs):
