@@ -21,7 +21,8 @@ def test_gpu_script_smoke_run_prints_every_figure(tmp_path):
         timeout=400,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    row, trained = [json.loads(line) for line in out.read_text().splitlines()]
+    assert trained["epochs"] == 3 and trained["fit_s"] > 0 and 0 <= trained["val_auc"] <= 1
     assert row["backbone"] == "r3d_18" and row["pipeline_clips"] > 0
     for key in (
         "model_only_clips_per_s",
