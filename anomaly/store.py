@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -631,18 +630,6 @@ def remove_clip_files(store: str, files: Iterable[str]) -> int:
         except FileNotFoundError:
             continue
     return removed
-
-
-def remove_clip_run(store: str, run: str) -> None:
-    """Remove a run's clip folder once it is empty (object stores have no folders to remove)."""
-    if not run or not uris.is_local(store):
-        return
-    _, path = uris.filesystem(uris.join(store, CLIPS_DIR, run))
-    try:
-        os.rmdir(path)
-        os.rmdir(os.path.dirname(path))  # _clips itself, when no other run has files there
-    except OSError:
-        pass
 
 
 def iter_clip_batches(

@@ -183,6 +183,91 @@ def test_killed_run_resumes_to_the_same_store(local_videos, local_run, tmp_path,
         assert np.allclose(resumed[video_id]["features"], row["features"], atol=1e-5), video_id
         for key in ("split", "label", "anomaly_class", "anomaly_intervals", "num_frames", "fps"):
             assert resumed[video_id][key] == row[key], (video_id, key)
+    assert not os.path.exists(os.path.join(store, "_clips"))  # the killed run's folder adopted, removed
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_a_resumed_run_commits_a_killed_runs_complete_videos_from_their_clips(
+    local_videos, local_run, tmp_path
+):
+    """A killed run's folder (claimed by a process that is gone) whose manifest records complete
+    videos: the next run commits them from their clip files without decoding, then removes the folder.
+    The folder is made by a real run that kept its clips, claimed again by a dead process id,
+    with its bags removed as a kill between manifest and commit would leave them."""
+    import json
+
+    from anomaly.extraction import clip_runs
+
+    folder, annotations, videos = local_videos
+    reference, _ = local_run
+    store = str(tmp_path / "store")
+    truth = GroundTruth.load(annotations, None)
+    extract(folder, store, replace(SETTINGS, keep_clips=True), truth)
+    (run,) = os.listdir(os.path.join(store, "_clips"))
+    rows = store_rows(store)
+    manifest = []
+    for video_id, row in rows.items():
+        clips = feature_store.read_clips(store, [video_id])
+        files = [
+            path
+            for path in feature_store.clip_files(store)
+            if video_id in set(pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist())
+        ]
+        num = int(row["num_frames"])
+        manifest.append(
+            {
+                "video_id": video_id,
+                "uri": row["source_uri"],
+                "num_frames": num,
+                "fps": row["fps"],
+                "num_clips": clips.num_rows,
+                "files": files,
+            }
+        )
+    clip_runs.write_manifest(store, run, manifest)
+    owner = {"host": __import__("socket").gethostname(), "pid": _dead_pid(), "heartbeat": 0}
+    Path(store, "_clips", run, clip_runs.OWNER_FILE).write_text(json.dumps(owner))
+    for part in part_files(store):
+        os.remove(part)
+    assert clip_runs.abandoned(store, own="") == [run]
+
+    report = extract(folder, store, SETTINGS, truth)
+    assert sorted(report.adopted) == sorted(rows) and sorted(report.extracted) == sorted(rows)
+    assert "from a killed run's clips" in report.summary()
+    assert not os.path.exists(os.path.join(store, "_clips"))  # adopted, then removed whole
+    resumed, uninterrupted = store_rows(store), store_rows(reference)
+    assert set(resumed) == set(uninterrupted)
+    for video_id, row in uninterrupted.items():
+        assert np.allclose(resumed[video_id]["features"], row["features"], atol=1e-5), video_id
+
+
+def test_only_folders_whose_owner_is_gone_count_as_abandoned(tmp_path):
+    import json
+
+    from anomaly.extraction import clip_runs
+
+    store = str(tmp_path / "store")
+    for run, owner in (
+        ("run-1-live", {"pid": os.getpid(), "heartbeat": 0}),  # this process: alive
+        ("run-2-dead", {"pid": _dead_pid(), "heartbeat": 0}),
+        ("run-3-elsewhere-fresh", {"host": "another-host", "pid": 1, "heartbeat": 9e99}),
+        ("run-4-elsewhere-stale", {"host": "another-host", "pid": 1, "heartbeat": 0}),
+    ):
+        owner.setdefault("host", __import__("socket").gethostname())
+        Path(store, "_clips", run).mkdir(parents=True)
+        Path(store, "_clips", run, clip_runs.OWNER_FILE).write_text(json.dumps(owner))
+    Path(store, "_clips", "run-5-released").mkdir()  # no owner: released, or kept clips
+    assert clip_runs.abandoned(store, own="run-2-dead") == ["run-4-elsewhere-stale"]
+    assert clip_runs.abandoned(store, own="") == ["run-2-dead", "run-4-elsewhere-stale"]
 
 
 def test_incompatible_settings_are_refused_before_writing(local_videos, local_run, capsys):

@@ -45,14 +45,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from anomaly import listing
+from anomaly import listing, uris
 from anomaly import store as feature_store
 from anomaly.cluster import TASK_CPUS
 from anomaly.errors import AnomalyError
-from anomaly.extraction import stream
+from anomaly.extraction import clip_runs, stream
 from anomaly.extraction.commit import VideoTracker, commit_videos
 from anomaly.extraction.decode import ClipSampling
 from anomaly.extraction.settings import (
@@ -82,6 +83,29 @@ def sampling_of(settings: ExtractionSettings, spec: BackboneSpec) -> ClipSamplin
         window_seconds=settings.window_seconds,
         crops=settings.crops,
     )
+
+
+@dataclass(frozen=True)
+class AdoptedVideo:
+    """A complete video from a killed run's manifest: what :meth:`_Committer.entry` reads of a
+    :class:`~anomaly.extraction.commit.TrackedVideo`."""
+
+    uri: str
+    num_frames: int
+    fps: float
+    files: set[str]
+
+
+def _facts(entry: dict) -> dict:
+    """A committed batch's video as its manifest records it (JSON-ready)."""
+    return {
+        "video_id": entry["video_id"],
+        "uri": entry["uri"],
+        "num_frames": int(entry["row"]["num_frames"]),
+        "fps": float(entry["row"]["fps"]),
+        "num_clips": int(entry["num_clips"]),
+        "files": list(entry["files"]),
+    }
 
 
 class _Committer(VideoSink):
@@ -132,7 +156,33 @@ class _Committer(VideoSink):
         }
 
     def launch(self, entries: list[dict]):
+        # Recorded before the commit: a run killed before it ends leaves these for the next to adopt.
+        clip_runs.write_manifest(self.store, self.clip_run, [_facts(entry) for entry in entries])
         return self.task.remote(self.store, entries, self.spec.feature_dim, self.settings.crops)
+
+    def adopt(self, videos: list[dict]) -> None:
+        """Commit the complete videos a killed run recorded whose clip files are all still there,
+        without decoding them again; they leave ``todo``."""
+        present = {uris.strip_scheme(path) for path in feature_store.clip_files(self.store)}
+        adopted = []
+        for video in videos:
+            video_id = video["video_id"]
+            if video_id not in self.todo or video_id in adopted:
+                continue
+            if not all(uris.strip_scheme(path) in present for path in video["files"]):
+                continue
+            adopted.append(video_id)
+            facts = AdoptedVideo(
+                video["uri"], int(video["num_frames"]), float(video["fps"]), set(video["files"])
+            )
+            self.complete(video_id, facts, int(video["num_clips"]))
+        self.submit()
+        while self.in_flight:
+            self.collect(wait=True)
+        if adopted:
+            logger.info("reused the clip files of %d videos a killed run had extracted", len(adopted))
+            self.report.adopted.extend(adopted)
+            self.todo = {video_id: uri for video_id, uri in self.todo.items() if video_id not in adopted}
 
     def accept(self, result: dict, entries: list[dict]) -> None:
         for video_id, uri, reason in result["failed"]:

@@ -157,6 +157,7 @@ class ExtractionReport:
     seconds: float = 0.0  # wall time of the whole call
     first_commit_seconds: float | None = None  # from the start of the call to the first finished video
     part_files: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)  # of `extracted`: clips a killed run had made
 
     @property
     def all_failed(self) -> bool:
@@ -168,8 +169,9 @@ class ExtractionReport:
         return uris.join(self.store, feature_store.FAILURES_FILE)
 
     def summary(self) -> str:
+        reused = f" ({len(self.adopted)} from a killed run's clips)" if self.adopted else ""
         return (
-            f"{len(self.extracted)} extracted, {len(self.skipped)} skipped as done, "
+            f"{len(self.extracted)} extracted{reused}, {len(self.skipped)} skipped as done, "
             f"{len(self.failed)} failed — see {self.failures_uri}"
         )
 

@@ -27,7 +27,8 @@ Shared guarantees:
 - the clip table of this run lives in its own folder (``_clips/run-…``); a
   clip file is removed as soon as every video with clips in it is committed or
   failed (unless ``keep_clips``), so the table holds only what is still needed
-  and no run removes another run's files;
+  and no live run removes another's files; a killed run's folder is adopted by
+  the next run and then removed (:mod:`anomaly.extraction.clip_runs`);
 - failure records are appended to the log (never re-read); the summary file
   is rewritten once, at the end.
 """
@@ -46,6 +47,7 @@ from anomaly import uris
 from anomaly.cluster import TASK_CPUS, tasks_in_flight, wait_for_resources
 from anomaly.console import Progress
 from anomaly.errors import first_line
+from anomaly.extraction import clip_runs
 from anomaly.extraction.commit import VideoTracker, write_clip_rows
 from anomaly.extraction.decode import ClipSampling, decode_window, plan_video
 from anomaly.extraction.settings import ExtractionSettings
@@ -187,8 +189,14 @@ class VideoSink:
         # so a job without earlier failures writes no failure log at all.
         self.failed_before = set(feature_store.read_failures(out).column("uri").to_pylist())
         self.bar = Progress(self.label, len(todo), "videos")
+        self.clip_run = ""  # this run's clip folder (run_job), claimed again every HEARTBEAT_S
+        self.heartbeat = time.monotonic()
 
     # --- what differs per job
+    def adopt(self, videos: list[dict]) -> None:
+        """Take over complete videos a killed run recorded (:func:`clip_runs.manifests`); by default
+        nothing is adopted (scoring re-scores a killed run's unfinished recordings)."""
+
     def entry(self, video_id: str, video, num_clips: int) -> dict | None:
         raise NotImplementedError
 
@@ -261,6 +269,9 @@ class VideoSink:
                 continue
             self.accept(result, entries)
         self.flush_failures()
+        if self.clip_run and time.monotonic() - self.heartbeat > clip_runs.HEARTBEAT_S:
+            clip_runs.claim(self.out, self.clip_run)
+            self.heartbeat = time.monotonic()
 
     def progress(self) -> str:
         return f"[{self.settled}/{len(self.todo)}]"
@@ -309,19 +320,37 @@ def run_job(
 ) -> None:
     """The job's pipeline over ``sink.todo`` through :func:`run`, in a clip folder of this run's own.
 
-    Whatever happens (nothing to do, no cluster, an error), the sink is drained, so the
-    failures found before the pipeline are written too, and the folder is removed
-    unless the sink keeps its clips. ``what``: the job's name in the wait message.
+    First the folders killed runs left (:mod:`anomaly.extraction.clip_runs`): the sink adopts
+    what it can of them (:meth:`VideoSink.adopt`), then they are removed. Whatever happens
+    (nothing to do, no cluster, an error), the sink is drained, so the failures found before the
+    pipeline are written too. A run that ends on its own removes its folder (or, keeping its
+    clips, releases it); an interrupted one leaves it claimed for the next run to adopt.
+    ``what``: the job's name in the wait message.
     """
-    clip_run = feature_store.new_clip_run()  # no other run's clip files are touched
+    clip_run = feature_store.new_clip_run()  # no live run's clip files are touched
+    sink.clip_run = clip_run
+    clip_runs.claim(sink.out, clip_run)
+    ended = False
     try:
+        stale = clip_runs.abandoned(sink.out, clip_run)  # folders of killed runs
         if sink.todo:
             wait_for_cluster(settings, f"{what} of {len(sink.todo)} videos")
+            for folder in stale:
+                sink.adopt(clip_runs.manifests(sink.out, folder))
+        for folder in stale:
+            clip_runs.remove(sink.out, folder)
+        if stale:
+            logger.info("removed %d clip folder(s) left by killed runs", len(stale))
+        if sink.todo:
             run(build_pipeline(sink.todo, settings, spec, sampling, sink.out, clip_run), tracker, sink)
+        ended = True
     finally:
         sink.drain()
-        if not sink.keep_clips:
-            feature_store.remove_clip_run(sink.out, clip_run)
+        if ended and sink.keep_clips:
+            clip_runs.release(sink.out, clip_run)
+        elif ended:
+            clip_runs.remove(sink.out, clip_run)
+        # else (an error, Ctrl-C): the folder stays claimed, for the next run to adopt
 
 
 def run(ds, tracker: VideoTracker, sink: VideoSink) -> bool:
