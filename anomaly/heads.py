@@ -244,6 +244,10 @@ class TransformerHead(Head):
 # layout of the features :class:`BNWVADHead` returns and ``loss: bnwvad`` reads.
 BNWVAD_WIDTH = 512
 BNWVAD_HIDDEN = (BNWVAD_WIDTH // 16, BNWVAD_WIDTH // 32)
+# The DFM of a typical segment: ‖z‖ of C standardised channels is about √C, summed over both
+# layers. Dividing by it puts the project's 0.5 threshold at "DFM · p above that of an ordinary
+# segment scored with full confidence" (a constant: ranks, AUC and AP are the reference's).
+BNWVAD_TYPICAL_DFM = sum(math.sqrt(width) for width in BNWVAD_HIDDEN)
 
 
 class DualAttention(nn.Module):
@@ -316,8 +320,10 @@ class BNWVADHead(Head):
       feature from its BatchNorm's running mean and variance (updated by this batch first in
       training, as the reference reads them after the forward pass); summed over both layers.
     - Score (``WSAD.forward`` at test): ``y = DFM · sigmoid(c)``. This head returns the logit
-      ``log y``, so the project's score ``sigmoid(log y) = y / (1 + y)`` is a monotone map of the
-      reference's score: frame AUC and AP are those of ``y``; the 0.5 alarm threshold means y > 1.
+      ``log(y / DFM₀)`` with DFM₀ = √32 + √16 (:data:`BNWVAD_TYPICAL_DFM`, this project's
+      calibration, not the reference's: it has no threshold), so the project's score
+      ``y' / (1 + y')``, ``y' = y / DFM₀``, is a monotone map of the reference's score (frame AUC
+      and AP are those of ``y``) and the 0.5 alarm threshold means DFM · p > DFM₀.
     - Features for the loss (``loss: bnwvad``): ``[(h1 - μ1)/σ1 | (h2 - μ2)/σ2 | c]``, (…, T, 49).
 
     Left out: ten-crop averaging of distances and scores inside the head (the store's crops are
@@ -364,7 +370,7 @@ class BNWVADHead(Head):
         c = self.classifier(self._bn_relu(self.bn2, h2)).squeeze(-1)  # (B, T)
         z1, z2 = divergence_from_mean(h1, self.bn1), divergence_from_mean(h2, self.bn2)
         dfm = z1.norm(dim=-1) + z2.norm(dim=-1)
-        logits = torch.log(dfm.clamp_min(1e-12)) + nn.functional.logsigmoid(c)
+        logits = torch.log(dfm.clamp_min(1e-12) / BNWVAD_TYPICAL_DFM) + nn.functional.logsigmoid(c)
         features = torch.cat([z1, z2, c.unsqueeze(-1)], dim=-1)
         return (logits[0], features[0]) if single else (logits, features)
 

@@ -164,7 +164,7 @@ def test_bnwvad_head_scores_by_divergence_from_the_batchnorm_mean(tmp_path):
     scores = head(x)
     assert scores.shape == (3, 32) and bool(((scores >= 0) & (scores < 1)).all())
     assert head(x[0]).shape == (32,)
-    # By hand from the BatchNorm buffers: sigmoid(log y) = y / (1 + y), y = DFM · p.
+    # By hand from the BatchNorm buffers: sigmoid(log y) = y / (1 + y), y = DFM · p / (√32 + √16).
     with torch.no_grad():
         enhanced = head.enhancer(head.embed(x.transpose(1, 2)).transpose(1, 2))
         h1 = head.hidden1(enhanced)
@@ -174,7 +174,7 @@ def test_bnwvad_head_scores_by_divergence_from_the_batchnorm_mean(tmp_path):
         def dfm(h, bn):
             return ((h - bn.running_mean) ** 2 / (bn.running_var + bn.eps)).sum(-1).sqrt()
 
-        y = (dfm(h1, head.bn1) + dfm(h2, head.bn2)) * p
+        y = (dfm(h1, head.bn1) + dfm(h2, head.bn2)) * p / (32**0.5 + 16**0.5)
     assert torch.allclose(scores, y / (1 + y), atol=1e-6)
     # The paper's premise: a segment far from the batch mean diverges more than the ordinary ones.
     outlier = x.clone()
