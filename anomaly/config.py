@@ -21,11 +21,12 @@ SELECTIONS = ("ema", "last", "best_val")  # anomaly.selection
 class TrainConfig:
     """Defaults are the principled choices explained in the README (and ``tune_configs/default.yaml``)."""
 
-    # Head (anomaly.heads.HEADS): "mlp" (Sultani's reference), "rtfm" (multi-scale temporal network), ...
+    # Head (anomaly.heads.HEADS): "mlp" (Sultani's reference), "rtfm" (multi-scale temporal network),
+    # "transformer", "bnwvad" (BN-WVAD's enhancer + BatchNorm normal head), ...
     model: str = "mlp"
     # Heads trained side by side from different initialisations; their scores are averaged.
     ensemble: int = 1
-    # Loss (anomaly.losses.LOSSES): sultani | topk | topk_bce | rtfm | false_alarm | ...
+    # Loss (anomaly.losses.LOSSES): sultani | topk | topk_bce | rtfm | false_alarm | bnwvad | ...
     loss: str = "topk_bce"
     topk: int = 3
     lambda_smooth: float = 8e-5  # Sultani's λ1
@@ -55,11 +56,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from anomaly.heads import HEADS
-        from anomaly.losses import LOSSES
+        from anomaly.losses import LOSSES, NEEDS_HEAD
 
         checks = [
             (self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}"),
             (self.model in HEADS, "model", f"must be one of {', '.join(HEADS)}"),
+            (
+                NEEDS_HEAD.get(self.loss, self.model) == self.model,
+                "model",
+                f"must be {NEEDS_HEAD.get(self.loss)} with loss {self.loss} (it reads that head's features)",
+            ),
             (1 <= self.ensemble <= 64, "ensemble", "must be between 1 and 64"),
             (self.optimizer in ("adam", "adagrad"), "optimizer", "must be adam or adagrad"),
             (self.feature_norm in NORMS, "feature_norm", f"must be one of {', '.join(NORMS)}"),

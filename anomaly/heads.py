@@ -6,9 +6,9 @@ Selected by the config key ``model`` and recorded in every checkpoint (its
 How to score (for evaluation, ``ray_jobs.score`` and the tuner):
 - ``mlp`` (Sultani et al. 2018, the reference): each segment is scored on its
   own (``context = "segment"``); any (..., D) array works, one clip's features too;
-- ``rtfm`` (Tian et al. 2021, multi-scale temporal network) and ``transformer``
-  see the whole bag (``context = "bag"``): their scores depend on the
-  neighbouring segments, so score a *window* of consecutive segments as one
+- ``rtfm`` (Tian et al. 2021, multi-scale temporal network), ``transformer`` and
+  ``bnwvad`` (Zhou et al. 2023, BatchNorm-based WVAD) see the whole bag
+  (``context = "bag"``): their scores depend on the neighbouring segments, so score a *window* of consecutive segments as one
   (1, T, D) bag (a whole video's 32 segments as in training, or a sliding window
   of the latest T >= 8 clip features for streaming; T = 1 degenerates to a per-clip
   score without temporal context). A (T, D) input is taken as one bag.
@@ -237,6 +237,141 @@ class TransformerHead(Head):
         h = self.embed(bags) + sinusoidal_positions(bags.shape[1], self.width).to(bags.device)
         features = self.encoder(h)
         logits = self.out(features).squeeze(-1)
+        return (logits[0], features[0]) if single else (logits, features)
+
+
+# BN-WVAD's normal head: hidden widths of its two BatchNorm'd layers (512 // 16, 512 // 32), the
+# layout of the features :class:`BNWVADHead` returns and ``loss: bnwvad`` reads.
+BNWVAD_WIDTH = 512
+BNWVAD_HIDDEN = (BNWVAD_WIDTH // 16, BNWVAD_WIDTH // 32)
+# The DFM of a typical segment: ‖z‖ of C standardised channels is about √C, summed over both
+# layers. Dividing by it puts the project's 0.5 threshold at "DFM · p above that of an ordinary
+# segment scored with full confidence" (a constant: ranks, AUC and AP are the reference's).
+BNWVAD_TYPICAL_DFM = sum(math.sqrt(width) for width in BNWVAD_HIDDEN)
+
+
+class DualAttention(nn.Module):
+    """UR-DMU's attention (``translayer.py``, ``Attention``), which BN-WVAD reuses: each head
+    mixes content attention ``softmax(q kᵀ / √d) v`` with a fixed temporal-distance kernel
+    ``exp(-|i - j| / e)`` applied to a fourth projection, and projects both back to ``dim``.
+
+    The kernel is divided by its row sums along the last axis, as the reference's
+    ``attn2 / attn2.sum(-1)`` broadcasts (for this symmetric kernel: each column by its sum).
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        self.qkvt = nn.Linear(dim, 4 * heads * dim_head, bias=False)
+        self.out = nn.Sequential(nn.Linear(2 * heads * dim_head, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, dim)
+        b, t, _ = x.shape
+        q, k, v, g = self.qkvt(x).view(b, t, 4, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        content = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.dim_head), dim=-1) @ v
+        position = torch.arange(t, dtype=x.dtype, device=x.device)
+        kernel = torch.exp(-(position[None, :] - position[:, None]).abs() / math.e)
+        local = (kernel / kernel.sum(-1)) @ g
+        mixed = torch.cat([content, local], dim=-1).transpose(1, 2).reshape(b, t, -1)
+        return self.out(mixed)
+
+
+class DualAttentionBlock(nn.Module):
+    """Pre-norm residual block of UR-DMU's ``Transformer``: attention, then GELU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attention = nn.Sequential(nn.LayerNorm(dim), DualAttention(dim, heads, dim_head, dropout))
+        self.feed_forward = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, mlp_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_dim, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(x)
+        return x + self.feed_forward(x)
+
+
+def divergence_from_mean(hidden: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:
+    """(..., C) pre-BatchNorm features -> (..., C) deviations ``(h - μ) / σ`` from the BatchNorm's
+    running mean and variance; their L2 norm is BN-WVAD's Divergence of Feature from Mean (DFM,
+    a Mahalanobis distance with a diagonal covariance). The statistics are constants (no gradient)."""
+    mean = bn.running_mean.detach().clone()
+    std = (bn.running_var.detach() + bn.eps).sqrt()
+    return (hidden - mean) / std
+
+
+@register_head("bnwvad")
+class BNWVADHead(Head):
+    """BN-WVAD (Zhou et al., "BatchNorm-based Weakly Supervised Video Anomaly Detection", 2023),
+    as in its public code (github.com/cool-xuan/BN-WVAD: ``models/model.py``, ``WSAD``;
+    ``models/normal_head.py``, ``NormalHead``; the enhancer is UR-DMU's ``translayer.py``).
+
+    - Enhancer (``WSAD.embedding`` + ``WSAD.selfatt``): Conv1d(D -> 512, kernel 3) + ReLU, then two
+      pre-norm :class:`DualAttentionBlock` (4 heads of 128, feed-forward 512, the config's dropout;
+      the reference's is 0).
+    - Normal head (``NormalHead``, kernel sizes 1, channel ratios 16 and 32): h1 = W1 x (512 -> 32),
+      BN, ReLU, h2 = W2 · (32 -> 16), BN, ReLU, classifier (16 -> 1) giving the logit ``c``.
+    - DFM (``WSAD.get_mahalanobis_distance``): ``‖(h_l - μ_l) / σ_l‖₂`` of each pre-BN hidden
+      feature from its BatchNorm's running mean and variance (updated by this batch first in
+      training, as the reference reads them after the forward pass); summed over both layers.
+    - Score (``WSAD.forward`` at test): ``y = DFM · sigmoid(c)``. This head returns the logit
+      ``log(y / DFM₀)`` with DFM₀ = √32 + √16 (:data:`BNWVAD_TYPICAL_DFM`, this project's
+      calibration, not the reference's: it has no threshold), so the project's score
+      ``y' / (1 + y')``, ``y' = y / DFM₀``, is a monotone map of the reference's score (frame AUC
+      and AP are those of ``y``) and the 0.5 alarm threshold means DFM · p > DFM₀.
+    - Features for the loss (``loss: bnwvad``): ``[(h1 - μ1)/σ1 | (h2 - μ2)/σ2 | c]``, (…, T, 49).
+
+    Left out: ten-crop averaging of distances and scores inside the head (the store's crops are
+    bags here), the reference's gradient-norm clipping (1.0) in its training step; BatchNorm
+    statistics are per worker under DDP (the reference trains on one GPU). The input is the
+    project's normalised features, not raw I3D features.
+    """
+
+    context = "bag"
+
+    def __init__(
+        self,
+        feature_dim: int,
+        *,
+        dropout: float = 0.0,
+        feature_norm: str = "robust",
+        revision: int = HEAD_REVISION,
+        depth: int = 2,
+        heads: int = 4,
+        dim_head: int = 128,
+    ) -> None:
+        super().__init__(feature_dim, feature_norm)
+        width = BNWVAD_WIDTH
+        first, second = BNWVAD_HIDDEN
+        self.embed = nn.Sequential(nn.Conv1d(feature_dim, width, 3, padding=1), nn.ReLU())
+        self.enhancer = nn.Sequential(
+            *[DualAttentionBlock(width, heads, dim_head, width, dropout) for _ in range(depth)]
+        )
+        self.hidden1 = nn.Linear(width, first)  # NormalHead.conv1 (kernel 1)
+        self.bn1 = nn.BatchNorm1d(first)
+        self.hidden2 = nn.Linear(first, second)  # NormalHead.conv2
+        self.bn2 = nn.BatchNorm1d(second)
+        self.classifier = nn.Linear(second, 1)  # NormalHead.conv3
+
+    @staticmethod
+    def _bn_relu(bn: nn.BatchNorm1d, h: torch.Tensor) -> torch.Tensor:  # (B, T, C), BN over B and T
+        return torch.relu(bn(h.transpose(1, 2)).transpose(1, 2))
+
+    def logits(self, x):
+        bags, single = _as_bags(x)
+        enhanced = self.enhancer(self.embed(bags.transpose(1, 2)).transpose(1, 2))  # (B, T, 512)
+        h1 = self.hidden1(enhanced)
+        h2 = self.hidden2(self._bn_relu(self.bn1, h1))
+        c = self.classifier(self._bn_relu(self.bn2, h2)).squeeze(-1)  # (B, T)
+        z1, z2 = divergence_from_mean(h1, self.bn1), divergence_from_mean(h2, self.bn2)
+        dfm = z1.norm(dim=-1) + z2.norm(dim=-1)
+        logits = torch.log(dfm.clamp_min(1e-12) / BNWVAD_TYPICAL_DFM) + nn.functional.logsigmoid(c)
+        features = torch.cat([z1, z2, c.unsqueeze(-1)], dim=-1)
         return (logits[0], features[0]) if single else (logits, features)
 
 

@@ -27,7 +27,11 @@ any registered name, and adding one is one decorated function here (plus its tes
 - ``false_alarm``: ``sultani`` plus a term on *every* segment of the normal bags,
   ``λ_fa · mean_n mean_t -log(1 - s_{n,t})``: all segments of a normal video are
   known negatives (Zhong et al., CVPR 2019, treat normal videos' snippets as noise-free
-  negatives).
+  negatives);
+- ``bnwvad`` (Zhou et al. 2023, BN-WVAD, as in its ``losses/``): the L2 norm of the classifier's
+  probabilities on each normal bag, plus 5 and 20 x the mean-based pull-push triplet loss on the
+  two BatchNorm'd hidden layers of ``model: bnwvad``, over the segments picked by Divergence of
+  Feature from Mean with sample-batch selection (``topk`` per bag OR the top 20 % of the batch).
 """
 
 from __future__ import annotations
@@ -59,17 +63,24 @@ class LossTerms:
 LossFn = Callable[[torch.Tensor, torch.Tensor, LossTerms], torch.Tensor]
 LOSSES: dict[str, LossFn] = {}
 NEEDS_FEATURES: set[str] = set()
+# loss -> the head whose feature layout it reads (config validation requires that head with it).
+NEEDS_HEAD: dict[str, str] = {}
 
 
-def register_loss(name: str, *, needs_features: bool = False) -> Callable[[LossFn], LossFn]:
-    """Register ``fn(abnormal_logits, normal_logits, terms) -> scalar`` as config ``loss: name``."""
+def register_loss(
+    name: str, *, needs_features: bool = False, head: str | None = None
+) -> Callable[[LossFn], LossFn]:
+    """Register ``fn(abnormal_logits, normal_logits, terms) -> scalar`` as config ``loss: name``;
+    ``head``: the one head (config ``model``) whose features the loss can read."""
 
     def add(fn: LossFn) -> LossFn:
         if name in LOSSES:
             raise ValueError(f"loss {name!r} is registered twice")
         LOSSES[name] = fn
-        if needs_features:
+        if needs_features or head:
             NEEDS_FEATURES.add(name)
+        if head:
+            NEEDS_HEAD[name] = head
         return fn
 
     return add
@@ -158,6 +169,52 @@ def rtfm_terms(
     return bce, magnitude
 
 
+# BN-WVAD's weights (``losses/mpp_loss.py``: ``w_triplet = [5, 20]``, margin 1) and its UCF-Crime
+# batch-level selection ratio (0.2 of the abnormal bags' snippets; the sample-level one, 0.1 of 32,
+# is the config's ``topk`` = 3).
+BNWVAD_MPP_WEIGHTS = (5.0, 20.0)
+BNWVAD_MARGIN = 1.0
+BNWVAD_BATCH_RATIO = 0.2
+
+
+def sample_batch_selection(abnormal_dfm: torch.Tensor, per_bag: int, batch_ratio: float) -> torch.Tensor:
+    """BN-WVAD's Sample-Batch Selection (``WSAD.pos_neg_select``): a (bags, T) mask of the abnormal
+    segments that are among the ``per_bag`` highest DFM of their bag OR among the
+    ``int(bags · T · batch_ratio)`` highest of the whole batch (so a bag with many outlying
+    segments gives more than ``per_bag``, one with none gives its ``per_bag``)."""
+    bags, length = abnormal_dfm.shape
+    sample = torch.zeros_like(abnormal_dfm, dtype=torch.bool)
+    sample.scatter_(1, abnormal_dfm.topk(min(per_bag, length), dim=-1).indices, True)
+    batch = torch.zeros(bags * length, dtype=torch.bool, device=abnormal_dfm.device)
+    count = int(bags * length * batch_ratio)
+    if count > 0:
+        batch[abnormal_dfm.reshape(-1).topk(count).indices] = True
+    return sample | batch.view(bags, length)
+
+
+def mean_pull_push(
+    abnormal_z: torch.Tensor,
+    normal_z: torch.Tensor,
+    per_bag: int,
+    batch_ratio: float = BNWVAD_BATCH_RATIO,
+    margin: float = BNWVAD_MARGIN,
+) -> torch.Tensor:
+    """BN-WVAD's mean-based pull-push loss for one hidden layer (``losses/mpp_loss.py``).
+
+    ``*_z``: (bags, T, C) deviations from the BatchNorm mean (``heads.divergence_from_mean``), so a
+    segment's DFM is ``‖z‖``. The N abnormal segments chosen by :func:`sample_batch_selection`
+    (in bag, time order) are paired with the N highest-DFM normal segments, taken as the
+    ``N // bags + 1`` highest of each normal bag, rank by rank (as ``pos_neg_select``); the loss is
+    the triplet hinge with the BatchNorm mean as anchor: ``mean max(0, DFM(n) - DFM(a) + margin)``.
+    """
+    abnormal_dfm, normal_dfm = abnormal_z.norm(dim=-1), normal_z.norm(dim=-1)
+    picked_a = abnormal_dfm[sample_batch_selection(abnormal_dfm.detach(), per_bag, batch_ratio)]
+    per_normal = min(len(picked_a) // len(normal_dfm) + 1, normal_dfm.shape[1])
+    picked_n = normal_dfm.topk(per_normal, dim=-1).values.t().reshape(-1)
+    pairs = min(len(picked_a), len(picked_n))
+    return torch.relu(picked_n[:pairs] - picked_a[:pairs] + margin).mean()
+
+
 def _sultani_regularisers(abnormal_logits: torch.Tensor, terms: LossTerms) -> torch.Tensor:
     s_a = torch.sigmoid(abnormal_logits)
     return terms.lambda_smooth * smoothness(s_a) + terms.lambda_sparse * sparsity(s_a)
@@ -201,6 +258,24 @@ def rtfm_loss(abnormal, normal, terms: LossTerms):
     return (
         bce + terms.lambda_magnitude * magnitude + terms.lambda_smooth * smooth + terms.lambda_sparse * sparse
     )
+
+
+@register_loss("bnwvad", head="bnwvad")
+def bnwvad_loss(abnormal, normal, terms: LossTerms):
+    """BN-WVAD (Zhou et al. 2023; ``losses/loss_computer.py``): the normal loss, the L2 norm over
+    T of the classifier's probabilities on each *normal* bag averaged over bags
+    (``losses/normal_loss.py``; abnormal bags get no classification target), plus
+    ``5 · MPP(layer 1) + 20 · MPP(layer 2)`` (:func:`mean_pull_push`). Reads the features of
+    ``model: bnwvad`` (``[z1 | z2 | c]``); the logits (the DFM-weighted score) are not used."""
+    from anomaly.heads import BNWVAD_HIDDEN
+
+    first, second = BNWVAD_HIDDEN
+    split = (first, second, 1)
+    za1, za2, _ = terms.abnormal_features.split(split, dim=-1)
+    zn1, zn2, c_normal = terms.normal_features.split(split, dim=-1)
+    normal_term = torch.sigmoid(c_normal.squeeze(-1)).norm(dim=-1).mean()
+    w1, w2 = BNWVAD_MPP_WEIGHTS
+    return normal_term + w1 * mean_pull_push(za1, zn1, terms.topk) + w2 * mean_pull_push(za2, zn2, terms.topk)
 
 
 def mil_loss(

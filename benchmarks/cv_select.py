@@ -42,6 +42,7 @@ from anomaly.store import load_bags  # noqa: E402
 DEFAULT = "tune_configs/default.yaml"
 PAPER = "tune_configs/sultani2018.yaml"
 RTFM = "tune_configs/rtfm.yaml"
+BNWVAD = "tune_configs/bnwvad.yaml"
 # name -> (base YAML, overrides); results_real.py uses the same names.
 RECIPES = {
     "sultani2018 (paper preset, l2)": (PAPER, {"max_epochs": 30}),
@@ -53,6 +54,7 @@ RECIPES = {
         {"ensemble": 5, "val_fraction": 0.0, "feature_norm": "l2"},
     ),
     "rtfm head + rtfm loss (RTFM's weights)": (RTFM, {}),
+    "bnwvad head + bnwvad loss (BN-WVAD's weights)": (BNWVAD, {}),
 }
 
 

@@ -183,3 +183,63 @@ def test_a_registered_loss_is_accepted_by_config_and_training_code():
             register_loss("mean_bce_test")(mean_bce)
     finally:
         LOSSES.pop("mean_bce_test")
+
+
+def test_sample_batch_selection_takes_more_from_a_bag_with_more_outlying_segments():
+    """BN-WVAD's SBS (Fig. 4 of the paper): top-k per bag OR the top ratio of the whole batch."""
+    from anomaly.losses import sample_batch_selection
+
+    dfm = torch.full((3, 10), 0.1)
+    dfm[0, :6] = torch.tensor([9.0, 8.0, 7.0, 6.0, 5.0, 4.0])  # a bag full of outliers
+    dfm[1, 3] = 0.5  # a bag with one mild outlier
+    mask = sample_batch_selection(dfm, per_bag=1, batch_ratio=0.2)  # 6 of the batch's 30
+    assert mask.sum(dim=1).tolist() == [6, 1, 1]  # the batch part goes to bag 0, each bag gives 1
+    assert bool(mask[1, 3])
+    assert sample_batch_selection(dfm, per_bag=2, batch_ratio=0.0).sum(dim=1).tolist() == [2, 2, 2]
+
+
+def test_mean_pull_push_is_the_triplet_hinge_around_the_batchnorm_mean():
+    from anomaly.losses import mean_pull_push
+
+    # DFM = norm of z: abnormal bags (2 bags of 4 segments, z in 1-D), normal bags likewise.
+    abnormal = torch.tensor([[3.0, 0.5, 0.2, 0.1], [0.3, 0.2, 2.5, 0.1]])[..., None]
+    normal = torch.tensor([[0.4, 0.1, 0.0, 0.2], [1.0, 0.3, 0.1, 0.0]])[..., None]
+    abnormal.requires_grad_(True)
+    normal.requires_grad_(True)
+    loss = mean_pull_push(abnormal, normal, per_bag=1, batch_ratio=0.0)
+    # Picked: abnormal 3.0 (bag 0), 2.5 (bag 1); normal: 2 // 2 + 1 = 2 per bag, rank-major
+    # [0.4, 1.0, 0.2, 0.3] truncated to 2 -> pairs (0.4, 3.0), (1.0, 2.5): both past the margin 1.
+    assert float(loss.detach()) == 0.0
+    close = mean_pull_push(abnormal * 0.3, normal, per_bag=1, batch_ratio=0.0)  # 0.9 and 0.75
+    assert float(close.detach()) == pytest.approx(((0.4 - 0.9 + 1) + (1.0 - 0.75 + 1)) / 2)
+    close.backward()
+    # Pull the picked normal segments to the mean, push the picked abnormal ones away; no others.
+    assert abnormal.grad[0, 0, 0] < 0 and abnormal.grad[1, 2, 0] < 0
+    assert normal.grad[0, 0, 0] > 0 and normal.grad[1, 0, 0] > 0
+    assert int((abnormal.grad != 0).sum()) == 2 and int((normal.grad != 0).sum()) == 2
+
+
+def test_bnwvad_loss_trains_the_bnwvad_head_and_only_with_it():
+    from anomaly.config import TrainConfig
+    from anomaly.errors import AnomalyError
+    from anomaly.heads import build_head
+    from anomaly.losses import config_loss
+
+    config = TrainConfig(model="bnwvad", loss="bnwvad", dropout=0.0, batch_size=4)
+    with pytest.raises(AnomalyError, match="model"):
+        TrainConfig(loss="bnwvad")  # the mlp head has no BatchNorm deviations to read
+    torch.manual_seed(0)
+    head = build_head("bnwvad", 16, dropout=0.0, feature_norm="none").train()
+    bags = torch.randn(8, 32, 16)
+    ((logits, features),) = head.member_outputs(bags)
+    assert logits.shape == (8, 32) and features.shape == (8, 32, 32 + 16 + 1)
+    loss = config_loss(config, logits[:4], logits[4:], features[:4], features[4:])
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name, parameter in head.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    assert float(head.embed[0].weight.grad.abs().max()) > 0
+    # The normal loss alone: the L2 norm over T of the normal bags' classifier probabilities.
+    c_normal = features[4:, :, -1].detach()
+    normal_term = torch.sigmoid(c_normal).norm(dim=-1).mean()
+    assert float(loss.detach()) >= float(normal_term) - 1e-6

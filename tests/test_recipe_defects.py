@@ -146,3 +146,54 @@ def test_search_mil_covers_every_loss_and_the_default_normalisation():
     assert raw["base"]["feature_norm"] == TrainConfig().feature_norm
     assert "patience" not in raw["base"]  # unused under the default EMA selection
     load_search_spec(str(REPO / "tune_configs" / "search_mil.yaml"))
+
+
+def test_bnwvad_head_scores_by_divergence_from_the_batchnorm_mean(tmp_path):
+    """BN-WVAD (models/model.py): score = DFM x sigmoid(classifier), DFM = ‖(h - μ) / σ‖ of each
+    pre-BN hidden layer against its BatchNorm running statistics, summed over the two layers."""
+    from anomaly.heads import BNWVADHead
+
+    torch.manual_seed(0)
+    head = build_head("bnwvad", 16, dropout=0.0, feature_norm="none")
+    assert isinstance(head, BNWVADHead) and head.context == "bag"
+    head.train()
+    for _ in range(20):  # running statistics of "normal" segments
+        head.member_outputs(torch.randn(8, 32, 16))
+    head.eval()
+    x = torch.randn(3, 32, 16)
+    scores = head(x)
+    assert scores.shape == (3, 32) and bool(((scores >= 0) & (scores < 1)).all())
+    assert head(x[0]).shape == (32,)
+    # By hand from the BatchNorm buffers: sigmoid(log y) = y / (1 + y), y = DFM · p / (√32 + √16).
+    with torch.no_grad():
+        enhanced = head.enhancer(head.embed(x.transpose(1, 2)).transpose(1, 2))
+        h1 = head.hidden1(enhanced)
+        h2 = head.hidden2(torch.relu(head.bn1(h1.transpose(1, 2)).transpose(1, 2)))
+        p = torch.sigmoid(head.classifier(torch.relu(head.bn2(h2.transpose(1, 2)).transpose(1, 2)))[..., 0])
+
+        def dfm(h, bn):
+            return ((h - bn.running_mean) ** 2 / (bn.running_var + bn.eps)).sum(-1).sqrt()
+
+        y = (dfm(h1, head.bn1) + dfm(h2, head.bn2)) * p / (32**0.5 + 16**0.5)
+    assert torch.allclose(scores, y / (1 + y), atol=1e-6)
+    # The paper's premise: a segment far from the batch mean diverges more than the ordinary ones.
+    outlier = x.clone()
+    outlier[0, 10] = 25.0
+    with torch.no_grad():
+        _, features = head.logits(outlier)
+    divergence = features[..., :32].norm(dim=-1) + features[..., 32:48].norm(dim=-1)
+    assert int(divergence[0].argmax()) in (9, 10, 11)  # the embedding convolution has kernel 3
+    assert float(divergence[0, 9:12].min()) > 2 * float(divergence[1:].max())
+    # Scores depend on the BatchNorm buffers: a checkpoint round-trips them.
+    config = TrainConfig(model="bnwvad", loss="bnwvad", feature_norm="none", dropout=0.0)
+    torch.save(checkpoint_payload(head, config), tmp_path / "model.pt")
+    loaded, _ = load_scorer(str(tmp_path / "model.pt"))
+    assert torch.allclose(loaded(x), scores, atol=1e-6)
+
+
+def test_bnwvad_preset_is_valid_and_carries_the_references_settings():
+    preset = load_train_config(str(REPO / "tune_configs" / "bnwvad.yaml"))
+    assert (preset.model, preset.loss) == ("bnwvad", "bnwvad")
+    assert (preset.lr, preset.weight_decay, preset.batch_size, preset.dropout) == (1e-4, 5e-5, 64, 0.0)
+    assert preset.topk == 3  # the UCF sample-level ratio 0.1 of 32 segments
+    assert preset.selection == "last"  # the BatchNorm statistics belong to the live weights
