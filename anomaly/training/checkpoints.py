@@ -40,17 +40,15 @@ def stored_checkpoints(storage: str) -> list[tuple[dict, Checkpoint]]:
     return found
 
 
-def latest_stored_checkpoint(run_dir: str, name: str | None = None) -> Checkpoint | None:
-    """The newest complete epoch checkpoint in ``RUN_DIR/ray_results/NAME`` (or in ``run_dir`` itself
-    when ``name`` is None), recorded by Ray or not.
+def latest_stored_checkpoint(run_dir: str, name: str) -> Checkpoint | None:
+    """The newest complete epoch checkpoint in ``RUN_DIR/ray_results/NAME``, recorded by Ray or not.
 
     Ray persists a checkpoint's folder first and records it in its run snapshot
     (what ``ray.train.get_checkpoint()`` resumes from) a moment later; a run
     killed in between would otherwise start over from an older epoch, or from
     scratch.
     """
-    storage = run_dir if name is None else uris.join(run_dir, "ray_results", name)
-    stored = stored_checkpoints(storage)
+    stored = stored_checkpoints(uris.join(run_dir, "ray_results", name))
     return max(stored, key=lambda item: item[0]["epoch"])[1] if stored else None
 
 

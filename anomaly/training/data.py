@@ -393,7 +393,8 @@ def prepare_inputs(
         crops=crops,
     )
     store_dim = inputs.store_metadata.get("feature_dim")
-    bag_bytes = len(labels) * crops * NUM_SEGMENTS * int(store_dim or 0) * 4  # a bag per crop
+    bytes_per_dim = len(labels) * crops * NUM_SEGMENTS * 4  # float32 bags, a bag per crop
+    bag_bytes = bytes_per_dim * int(store_dim or 0)
     if cache is None and store_dim:
         cache = _fits_object_store(bag_bytes)
     cached = None
@@ -406,11 +407,9 @@ def prepare_inputs(
             mean, std = read_statistics(inputs, config.feature_norm)
     except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
         raise AnomalyError(store, f"features: {exc}") from exc
-    if cache is None and _fits_object_store(len(labels) * crops * NUM_SEGMENTS * len(mean) * 4):
+    if cache is None and _fits_object_store(bytes_per_dim * len(mean)):
         # A store without a recorded width: decided now that the width is known.
-        cached, _, _ = read_cache(
-            inputs, config.feature_norm, len(labels) * crops * NUM_SEGMENTS * len(mean) * 4
-        )
+        cached, _, _ = read_cache(inputs, config.feature_norm, bytes_per_dim * len(mean))
     logger.info(
         "training bags: %d abnormal, %d normal, %d for validation; %s",
         inputs.num_abnormal,

@@ -33,7 +33,7 @@ from anomaly.training.data import (
     train_datasets,
     val_dataset,
 )
-from anomaly.training.local import checkpoint_score, fit_in_task, run_local
+from anomaly.training.local import fit_in_task, newest, ranked, run_local
 from anomaly.training.loop import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -147,15 +147,9 @@ def fit(
         )
         inputs = prepare_inputs(store, config)
     check_workers(inputs, config, num_workers)
-    resume_from = latest_stored_checkpoint(run_dir, name)
     by_validation = selects_by_validation(config.selection)
     score_attribute = "val_auc" if by_validation else "epoch"
-    loop_config = {
-        "train": config.to_dict(),
-        "inputs": inputs,
-        "resume_from": resume_from,
-        "register": register,
-    }
+    loop_config = {"train": config.to_dict(), "inputs": inputs, "register": register}
     write_yaml(uris.join(run_dir, "config.yaml"), config.to_dict())
     if num_workers == 1 and not ray_train:
         # Nothing to distribute: the loop in one task (or in this Tune trial), without Train's start-up.
@@ -172,6 +166,9 @@ def fit(
                 max_failures=max_failures,
             )
         return _write_local_outputs(run_dir, storage, score_attribute)
+    # Ray's latest checkpoint, or a newer one on storage that Ray had not recorded when killed.
+    resume_from = latest_stored_checkpoint(run_dir, name)
+    loop_config["resume_from"] = resume_from
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -211,9 +208,7 @@ def _write_local_outputs(run_dir: str, storage: str, score_attribute: str) -> Tr
     stored = stored_checkpoints(storage)
     if not stored:
         raise AnomalyError(run_dir, "training produced no checkpoint")
-    latest = max(stored, key=lambda item: item[0]["epoch"])[1]
-    best = max(stored, key=lambda item: (checkpoint_score(item[0], score_attribute), item[0]["epoch"]))[1]
-    return _export(run_dir, best, latest)
+    return _export(run_dir, ranked(stored, score_attribute)[0][1], newest(stored))
 
 
 def _export(run_dir: str, best: Checkpoint, latest: Checkpoint) -> TrainResult:

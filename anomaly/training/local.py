@@ -8,7 +8,7 @@ a one-worker Tune trial runs it in the trial itself; several workers go through 
 
 What Ray Train did for the one-worker case is kept here: checkpoints in the same folders
 (``RUN_DIR/ray_results/NAME/checkpoint_<time>``, at most :data:`KEEP` of them: the newest and the
-best by the run's score), resuming from the newest (:func:`latest_stored_checkpoint`), and a task
+best by the run's score), resuming from the newest, and a task
 retried on another node after a worker or node loss (``max_failures``).
 """
 
@@ -31,9 +31,30 @@ logger = logging.getLogger(__name__)
 KEEP = 2  # checkpoints kept per run, as Ray Train's CheckpointConfig(num_to_keep=2) of multi-worker fits
 
 
+def newest(stored: list[tuple[dict, object]]):
+    """The newest of ``(summary, checkpoint)`` pairs (:func:`stored_checkpoints`), or None."""
+    return max(stored, key=lambda item: item[0]["epoch"])[1] if stored else None
+
+
+def ranked(stored: list[tuple[dict, object]], attribute: str) -> list:
+    """``(summary, checkpoint)`` pairs best first by the run's score (``epoch`` or a metric), then epoch."""
+    return sorted(
+        stored, key=lambda item: (checkpoint_score(item[0], attribute), item[0]["epoch"]), reverse=True
+    )
+
+
+def checkpoint_score(summary: dict, attribute: str) -> float:
+    value = summary["epoch"] if attribute == "epoch" else summary["metrics"].get(attribute)
+    return float(value) if value is not None and value == value else float("-inf")
+
+
 class LocalSession:
     """The loop's session for one worker in this process: cached blocks or Ray Data streams as its
-    datasets, checkpoints written to the run's storage, each report handed to ``on_report``."""
+    datasets, checkpoints written to the run's storage, each report handed to ``on_report``.
+
+    The stored checkpoints are listed once, when the session starts (what a retried task resumes
+    from); after that the session knows what it wrote and prunes without reading them back.
+    """
 
     rank, world = 0, 1
 
@@ -42,6 +63,9 @@ class LocalSession:
         self.storage = storage  # RUN_DIR/ray_results/NAME
         self.score_attribute = score_attribute
         self.on_report = on_report
+        stored = stored_checkpoints(storage)
+        self.resume_from = newest(stored)
+        self.kept = [(summary, checkpoint.path) for summary, checkpoint in stored]  # what storage holds
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if use_gpu and self.device.type != "cuda":
             logger.warning("--use-gpu: torch sees no CUDA device here; training on CPU")
@@ -50,7 +74,7 @@ class LocalSession:
         return self.datasets[name]
 
     def checkpoint(self):
-        return None  # the driver's resume_from is the newest stored checkpoint
+        return self.resume_from  # the newest stored checkpoint: a retried task resumes from it
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
@@ -74,38 +98,25 @@ class LocalSession:
             os.replace(hidden, target)
         else:  # an object store's PUT is atomic: the "folder" exists once its one object does
             uris.write_bytes_atomic(uris.join(target, CHECKPOINT_FILE), data)
+        self.kept.append(({"epoch": int(metrics["epoch"]), "metrics": metrics}, uris.filesystem(target)[1]))
         self._prune()
         return target if uris.is_local(target) else uris.strip_scheme(target)
 
     def _prune(self) -> None:
         """Keep the :data:`KEEP` best by the run's score and the newest (to resume from), as Ray
         Train's ``CheckpointConfig(num_to_keep=KEEP)`` does for multi-worker fits."""
-        stored = stored_checkpoints(self.storage)
-        ranked = sorted(
-            stored,
-            key=lambda item: (checkpoint_score(item[0], self.score_attribute), item[0]["epoch"]),
-            reverse=True,
-        )
-        newest = max(stored, key=lambda item: item[0]["epoch"])
-        kept = {checkpoint.path for _, checkpoint in [*ranked[:KEEP], newest]}
+        keep = {path for _, path in ranked(self.kept, self.score_attribute)[:KEEP]} | {newest(self.kept)}
         fs, _ = uris.filesystem(self.storage)
-        for _, checkpoint in stored:
-            if checkpoint.path not in kept:
-                fs.rm(checkpoint.path, recursive=True)
-
-
-def checkpoint_score(summary: dict, attribute: str) -> float:
-    value = summary["epoch"] if attribute == "epoch" else summary["metrics"].get(attribute)
-    return float(value) if value is not None and value == value else float("-inf")
+        for _, path in self.kept:
+            if path not in keep:
+                fs.rm(path, recursive=True)
+        self.kept = [item for item in self.kept if item[1] in keep]
 
 
 def run_local(loop_config: dict, storage: str, score_attribute: str, use_gpu: bool, on_report=None) -> None:
     """The training loop in this process (a Ray task of :func:`fit`, or a Tune trial)."""
-    from anomaly.training.checkpoints import latest_stored_checkpoint
     from anomaly.training.loop import train_loop
 
-    # A retried task resumes from what its previous attempt stored.
-    loop_config = {**loop_config, "resume_from": latest_stored_checkpoint(storage)}
     train_loop(loop_config, LocalSession(loop_config, storage, score_attribute, use_gpu, on_report))
 
 
