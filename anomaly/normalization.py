@@ -52,6 +52,13 @@ def fit_statistics(features: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndar
     return floor_std(rows.mean(axis=0), rows.std(axis=0), kind)
 
 
+def _float32_copy(value) -> np.ndarray:
+    """A writable float32 numpy copy of an array or a tensor (on any device)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy().astype(np.float32, copy=True)
+    return np.array(value, dtype=np.float32, copy=True)
+
+
 class FeatureNorm(nn.Module):
     """Applies one of :data:`NORMS` with buffers ``mean``/``std`` (in the checkpoint's state dict)."""
 
@@ -64,9 +71,9 @@ class FeatureNorm(nn.Module):
         self.register_buffer("std", torch.ones(feature_dim))
 
     def set_statistics(self, mean, std) -> None:
-        # Copied through numpy: statistics may arrive as read-only arrays (Ray's object store),
-        # which torch refuses to wrap, or as tensors, which torch.tensor warns about copying.
-        mean, std = (np.array(torch.as_tensor(v).cpu(), dtype=np.float32) for v in (mean, std))
+        # Copied into fresh float32 arrays: statistics may arrive as read-only arrays (Ray's object
+        # store), which torch warns about wrapping, or as tensors, which torch.tensor warns about copying.
+        mean, std = (_float32_copy(v) for v in (mean, std))
         self.mean.copy_(torch.from_numpy(mean))
         self.std.copy_(torch.clamp(torch.from_numpy(std), min=MIN_STD))
 

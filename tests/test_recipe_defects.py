@@ -197,3 +197,19 @@ def test_bnwvad_preset_is_valid_and_carries_the_references_settings():
     assert (preset.lr, preset.weight_decay, preset.batch_size, preset.dropout) == (1e-4, 5e-5, 64, 0.0)
     assert preset.topk == 3  # the UCF sample-level ratio 0.1 of 32 segments
     assert preset.selection == "last"  # the BatchNorm statistics belong to the live weights
+
+
+def test_statistics_from_read_only_arrays_and_tensors_load_without_a_warning():
+    import warnings
+
+    from anomaly.normalization import FeatureNorm
+
+    frozen = np.full(4, 2.0, dtype=np.float64)
+    frozen.flags.writeable = False  # as they come out of Ray's object store
+    norm = FeatureNorm(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norm.set_statistics(frozen, frozen)
+        norm.set_statistics(torch.full((4,), 3.0), torch.full((4,), 3.0))
+        norm.set_statistics(frozen, frozen)
+    assert norm.mean.tolist() == [2.0] * 4 and norm.std.dtype == torch.float32

@@ -96,6 +96,8 @@ class Webhook:
         self.retries, self.timeout_s = retries, timeout_s
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.sent = self.failed = self.dropped = 0
+        self._deadline: float | None = None  # set by close(): events still queued after it are dropped
+        self._stop = threading.Event()  # wakes a retry's back-off when close() gives up waiting
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
 
@@ -111,11 +113,17 @@ class Webhook:
                 except queue.Empty:
                     pass
 
+    def _late(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
     def _run(self) -> None:
         while True:
             event = self.queue.get()
             if event is None:
                 return
+            if self._late():  # closing and out of time: the rest is counted, not sent
+                self.dropped += 1
+                continue
             body = json.dumps(event).encode()
             for attempt in range(self.retries + 1):
                 try:
@@ -127,7 +135,7 @@ class Webhook:
                     self.sent += 1
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure of the receiver: retry, then log and drop
-                    if attempt == self.retries:
+                    if attempt == self.retries or self._late():
                         self.failed += 1
                         logger.warning(
                             "webhook %s: event dropped after %d attempts: %s",
@@ -135,11 +143,24 @@ class Webhook:
                             attempt + 1,
                             mask_text(str(exc), self.url),
                         )
-                    else:
-                        time.sleep(0.5 * 2**attempt)
+                        break
+                    self._stop.wait(0.5 * 2**attempt)
 
-    def close(self) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether the sending thread is still alive (it ends in :meth:`close`)."""
+        return self._thread.is_alive()
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Deliver what is queued for up to ``wait_s``, then stop: the thread never outlives its owner.
+
+        Events still queued at the deadline are counted in ``dropped``, not sent.
+        """
+        self._deadline = time.monotonic() + max(0.0, wait_s)
         self.post(None)
+        self._thread.join(max(0.0, wait_s))
+        self._stop.set()  # a retry waiting out its back-off wakes, sees the deadline, and gives up
+        self._thread.join(self.timeout_s + 1.0)
 
 
 class EventHub:
