@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -45,6 +46,7 @@ FLAG_ALIASES = {
         "--window",
     ),  # scoring's clip window; extraction's --window-seconds is the dashed name
     "annotated_videos": ("--annotated-video",),
+    "cameras": ("--camera",),
 }
 
 
@@ -62,21 +64,35 @@ def flag_for(parameter: str, args: argparse.Namespace | None = None) -> str | No
     return next((flag for flag in candidates if flag in flags), None)
 
 
+_NAMED = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def flag_text(text: str, args: argparse.Namespace | None = None) -> str:
+    """A library message with each backquoted parameter (```out```) shown as its flag (``--out``).
+
+    The library names a parameter it advises about in backquotes; the command shows its own flag
+    for it, or the parameter's usual flag when the advice concerns another command.
+    """
+    return _NAMED.sub(lambda m: flag_for(m.group(1), args) or flag_for(m.group(1)) or m.group(1), text)
+
+
 def flag_message(exc: AnomalyError, args: argparse.Namespace) -> str:
     """The error's line, with a library parameter shown as the flag that set it (``--stride=0``).
 
     A parameter is shown as a flag when this command has that flag; otherwise (a library
-    name no flag sets, a file) the error reads as the library wrote it.
+    name no flag sets, a file) the error reads as the library wrote it. Parameters the message
+    names in backquotes become flags too (:func:`flag_text`).
     """
+    what = flag_text(exc.what, args)
     if isinstance(exc, SettingError):
         flag = flag_for(exc.parameter, args)
         if flag:
             value = exc.value
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-            return f"{flag}={shown}: {exc.what}"
-        return str(exc)
+            return f"{flag}={shown}: {what}"
+        return f"{exc.where}: {what}"
     flag = flag_for(exc.where, args) if exc.where.isidentifier() else None
-    return f"{flag}: {exc.what}" if flag else str(exc)
+    return f"{flag or exc.where}: {what}"
 
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser, argv=None) -> None:

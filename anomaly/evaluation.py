@@ -159,7 +159,7 @@ def evaluate(
         raise AnomalyError(
             store,
             f"{len(missing)} {split} videos have no frame count (e.g. {missing[0]}); "
-            "import them with --frame-counts",
+            "import them with `frame_counts`",
         )
     unannotated = [
         vid

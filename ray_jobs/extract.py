@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--backbone",
         required=True,
         help="feature extractor (width, frames, crop; the published features it reproduces; "
-        f"table in docs/backbones.md): {backbone_help()}",
+        f"table in docs/backbones.md): {cli.flag_text(backbone_help())}",
     )
     parser.add_argument(
         "--crops",

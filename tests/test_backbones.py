@@ -149,7 +149,7 @@ def test_the_other_releases_layout_is_refused_in_one_line(depth):
             check_layout(name, checkpoint, where="x.pth")
         message = str(info.value)
         assert "\n" not in message and len(message) < 600
-        assert f"do not fit backbone {name!r}" in message and f"--backbone {other}" in message
+        assert f"do not fit backbone {name!r}" in message and f"`backbone` {other}" in message
     # Without the classifier (a stripped file) the shortcut layout alone tells the 2017 basic nets apart.
     if depth <= 34:
         state = hara_layout(depth, 2020, 700)

@@ -134,3 +134,51 @@ def test_library_errors_name_parameters_and_the_command_shows_its_flags(capsys):
     err = _fails(plain, score_job.get_args_parser(), ["v", "--checkpoint", "run"], capsys)
     assert err == "error: labels: give one UCSDpedN folder when overriding labels or masks"  # no such flag
     assert cli.flag_for("decode_num_cpus") == "--decode-cpus" and cli.flag_for("clip_len") == "--clip-len"
+
+
+def test_advice_names_parameters_and_each_command_shows_them_as_flags(capsys, tmp_path):
+    """A message that advises a setting names it in backquotes; the command shows its flag."""
+
+    def clash(args):
+        raise AnomalyError(str(tmp_path), "holds a run with other settings; use a new `out`")
+
+    argv = ["--features", str(tmp_path), "--out", str(tmp_path / "o"), "--num-workers", "2"]
+    err = _fails(clash, train_job.get_args_parser(), argv, capsys)
+    assert err == f"error: {tmp_path}: holds a run with other settings; use a new --out"
+
+    def workers(args):
+        raise AnomalyError("num_workers", "2 workers cannot share a global batch of 1 bags per label")
+
+    err = _fails(workers, train_job.get_args_parser(), argv, capsys)
+    assert err == "error: --num-workers: 2 workers cannot share a global batch of 1 bags per label"
+    # A parameter of another command: its usual flag. Through the Python API: the name.
+    assert cli.flag_text("import them with `frame_counts`") == "import them with --frame-counts"
+    assert str(AnomalyError("cameras", "given twice")) == "cameras: given twice"
+
+
+def test_the_library_has_no_flag_strings_in_its_code():
+    """Flags are the commands' business (anomaly/cli.py maps them); code outside it names parameters."""
+    import ast
+    import re
+    from pathlib import Path
+
+    package = Path(cli.__file__).parent
+    flag = re.compile(r"(^|[\s(\"'`])--[a-z][a-z0-9-]+")
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if flag.search(node.value):
+                    found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value[:60]!r}")
+    assert not found, "\n".join(found)

@@ -98,7 +98,7 @@ def test_resume_of_a_finished_search_rewrites_the_same_results(smoke):
 def test_a_second_search_into_the_same_out_is_refused(smoke):
     store, out, _ = smoke
     args = tune_job.get_args_parser().parse_args(["--features", store, "--out", str(out)])
-    with pytest.raises(AnomalyError, match="--resume"):
+    with pytest.raises(AnomalyError, match="`resume`"):
         tune_job.main(args)
 
 

@@ -363,7 +363,7 @@ def _registry() -> dict[str, BackboneSpec]:
             head_prefixes=("fc.",),
             source="GowthamGottimukkala/I3D_Feature_Extraction_resnet preprocessing, "
             "Tushar-N/pytorch-resnet3d I3Res50 layout",
-            reproduces="RTFM, MGFN, UR-DMU and later UCF-Crime I3D features, with --crops 10",
+            reproduces="RTFM, MGFN, UR-DMU and later UCF-Crime I3D features, with `crops` 10",
         )
     )
     return {spec.name: spec for spec in sorted(specs, key=lambda s: s.name)}
@@ -494,7 +494,7 @@ def _foreign_head(state: Mapping[str, torch.Tensor], spec: BackboneSpec) -> str 
                 if outputs == width:
                     return (
                         f"its classifier {key} has {outputs} outputs, as the published {other!r} "
-                        f"checkpoints; use --backbone {other}"
+                        f"checkpoints; use `backbone` {other}"
                     )
     return None
 
@@ -537,7 +537,7 @@ def check_layout(name: str, checkpoint: object, *, where: str = "checkpoint") ->
     parts = _layout_mismatch(model, state, spec)
     if parts:
         if spec.sibling and _fits(spec.sibling, state):
-            parts.append(f"the file has the layout of {spec.sibling!r}; use --backbone {spec.sibling}")
+            parts.append(f"the file has the layout of {spec.sibling!r}; use `backbone` {spec.sibling}")
         raise AnomalyError(where, f"weights do not fit backbone {spec.name!r}: " + "; ".join(parts))
     return state
 

@@ -295,7 +295,7 @@ def detect_kind(root: str) -> str:
     if find_path(fs, path, ["test_frame_mask", "frame_labels_shanghai.npy", "shanghaitech.mat"]):
         return "shanghaitech"
     raise AnomalyError(
-        root, "cannot tell the data set from its layout; pass --dataset ucsd|avenue|shanghaitech"
+        root, "cannot tell the data set from its layout; pass `dataset` ucsd|avenue|shanghaitech"
     )
 
 
@@ -334,7 +334,7 @@ def _load_ucsd(fs, root: str, path: str, labels: str | None, masks: str | None) 
         ]
         preferred = [m for m in m_files if _ucsd_name(base_name(m)) == dataset] or m_files
         if not preferred:
-            raise AnomalyError(root, "no UCSD ground-truth .m file (e.g. Test/UCSDped2.m); pass --labels")
+            raise AnomalyError(root, "no UCSD ground-truth .m file (e.g. Test/UCSDped2.m); pass `labels`")
         labels = uris.in_scheme_of(root, preferred[0])
     tests = list(test_videos.values())
     _assign_labels(dataset, tests, labels)
@@ -371,7 +371,7 @@ def _load_frames_dataset(
         found = find_path(fs, path, _LABEL_SEARCH[kind], depth=3)
         if found is None:
             raise AnomalyError(
-                root, f"no {kind} ground truth found ({', '.join(_LABEL_SEARCH[kind])}); pass --labels"
+                root, f"no {kind} ground truth found ({', '.join(_LABEL_SEARCH[kind])}); pass `labels`"
             )
         labels = uris.in_scheme_of(root, found)
     tests = list(test_videos.values())

@@ -146,10 +146,10 @@ def parse_cameras(items: list[str]) -> dict[str, str]:
     for item in items:
         camera_id, sep, url = str(item).partition("=")
         if not sep or not url:
-            raise AnomalyError("--camera", f"expected ID=URL, got {mask_url(str(item))!r}")
+            raise AnomalyError("cameras", f"expected ID=URL, got {mask_url(str(item))!r}")
         check_camera(camera_id, url)
         if camera_id in cameras:
-            raise AnomalyError("--camera", f"camera id {camera_id!r} given twice")
+            raise AnomalyError("cameras", f"camera id {camera_id!r} given twice")
         cameras[camera_id] = url
     return cameras
 

@@ -49,7 +49,7 @@ class Backbone:
             clip_len=clip_len,
             device=device,
         )
-        check_weights(weights or "--weights", self.extractor.weights_sha256, expected_weights)
+        check_weights(weights or "weights", self.extractor.weights_sha256, expected_weights)
         self.features.set_max_batch_size(max_batch_size)
         self.features.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batches = self.clips = 0

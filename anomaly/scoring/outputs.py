@@ -219,7 +219,7 @@ def ensure_settings(out: str, settings: dict) -> None:
         ]
         if clashes:
             raise AnomalyError(
-                out, "scored with other settings: " + "; ".join(clashes) + " (use another --out)"
+                out, "scored with other settings: " + "; ".join(clashes) + " (use another `out`)"
             )
     uris.write_bytes_atomic(
         uri, json.dumps(settings, indent=2, sort_keys=True).encode()

@@ -95,7 +95,7 @@ def check_workers(inputs: TrainingInputs, config: TrainConfig, num_workers: int)
     """Every worker needs a share of the global batch and of each label's bags."""
     if config.batch_size < num_workers:
         raise AnomalyError(
-            "--num-workers",
+            "num_workers",
             f"{num_workers} workers cannot share a global batch of {config.batch_size} bags per label "
             "(batch_size is global: raise it or use fewer workers)",
         )
@@ -199,7 +199,7 @@ def _refuse_other_settings(run_dir: str, config: TrainConfig) -> None:
     if uris.exists(previous):
         if TrainConfig.from_dict(read_yaml(previous), where=previous) != config:
             raise AnomalyError(
-                run_dir, "holds a run with other settings; resume with the same config or use a new --out"
+                run_dir, "holds a run with other settings; resume with the same config or use a new `out`"
             )
 
 

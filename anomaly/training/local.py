@@ -68,7 +68,7 @@ class LocalSession:
         self.kept = [(summary, checkpoint.path) for summary, checkpoint in stored]  # what storage holds
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if use_gpu and self.device.type != "cuda":
-            logger.warning("--use-gpu: torch sees no CUDA device here; training on CPU")
+            logger.warning("use_gpu: torch sees no CUDA device here; training on CPU")
 
     def dataset(self, name: str):
         return self.datasets[name]

@@ -104,7 +104,7 @@ def run_search(
     started = tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem)
     if resume:
         if not started:
-            raise AnomalyError(out, "no search to resume here (run without --resume to start one)")
+            raise AnomalyError(out, "no search to resume here (run without `resume` to start one)")
         previous = parse_search_spec(read_yaml(saved_spec), where=saved_spec)
         if spec is not None and _comparable(previous) != _comparable(spec):
             raise AnomalyError(
@@ -112,7 +112,7 @@ def run_search(
             )
         spec = previous
     elif started:
-        raise AnomalyError(out, "already holds a search; pass --resume to continue it or use a new --out")
+        raise AnomalyError(out, "already holds a search; pass `resume` to continue it or use a new `out`")
     spec = spec or load_search_spec(None)
     tune_settings = spec.tune
     if num_samples is not None:
