@@ -10,7 +10,7 @@ from helpers import REPO
 from anomaly.store import load_bags
 from anomaly.synthetic.features import make_feature_store
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.append(str(REPO / "benchmarks"))  # after the repo: its scripts shadow nothing
 import cv_select  # noqa: E402
 import video_context  # noqa: E402
 
