@@ -96,7 +96,8 @@ SLOW_FIXTURES = {"ray_cluster", "ray_head", "iam_s3"}
 
 
 # The suite runs on two pytest-xdist workers, one test file per unit of work (``--dist loadfile``:
-# a file's module fixtures are built once). Files are handed out in collection order, so the
+# a file's module fixtures are built once). Files are handed out in collection order
+# (``--no-loadscope-reorder``; xdist would otherwise order them by their number of tests), so the
 # longest ones (seconds on a 2-core machine, from ``--durations``) go first and the short ones
 # fill in beside them at the end; the rest keep their alphabetical order.
 LONGEST_FILES_FIRST = (
