@@ -73,7 +73,7 @@ def flag_text(text: str, args: argparse.Namespace | None = None) -> str:
     The library names a parameter it advises about in backquotes; the command shows its own flag
     for it, or the parameter's usual flag when the advice concerns another command.
     """
-    return _NAMED.sub(lambda m: flag_for(m.group(1), args) or flag_for(m.group(1)) or m.group(1), text)
+    return _NAMED.sub(lambda m: flag_for(m.group(1), args) or flag_for(m.group(1)), text)
 
 
 def flag_message(exc: AnomalyError, args: argparse.Namespace) -> str:

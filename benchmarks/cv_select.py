@@ -128,6 +128,22 @@ def folds_of(labels: np.ndarray, folds: int, seed: int = 1234) -> list[np.ndarra
     return [np.sort(np.array(f)) for f in out]
 
 
+def train_split(store: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The train split's bags, labels and classes, ordered by video id (the part files' order decides nothing)."""
+    bags = load_bags(store, split="train")
+    order = np.argsort(bags.video_ids)
+    return bags.features[order], np.asarray(bags.labels)[order], np.asarray(bags.classes)[order]
+
+
+def dev_half_split(store: str):
+    """The store's test split (here the dev half) and the clip length its frame mapping needs."""
+    from anomaly.protocols import store_clip_len
+    from anomaly.store import read_metadata
+
+    meta = read_metadata(store)
+    return load_bags(store, split="test"), store_clip_len(meta.to_dict() if meta else None)
+
+
 def per_class_bag_auc(scores: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> dict[str, float]:
     """Bag AUC of each anomaly class's videos against every normal video of the fold."""
     normal = labels == 0
@@ -140,10 +156,7 @@ def per_class_bag_auc(scores: np.ndarray, labels: np.ndarray, classes: np.ndarra
 def cross_validate(
     store: str, names: list[str], folds: int, seeds: list[int], epochs: int | None
 ) -> list[dict]:
-    bags = load_bags(store, split="train")
-    order = np.argsort(bags.video_ids)  # by id: the part files' order decides nothing
-    features, labels = bags.features[order], np.asarray(bags.labels)[order]
-    classes = np.asarray(bags.classes)[order]
+    features, labels, classes = train_split(store)
     rows = []
     for name in names:
         for seed in seeds:
@@ -176,15 +189,9 @@ def dev_half(store: str, names: list[str], seeds: list[int], epochs: int | None)
     (the dev half): frame AUC, AP, false-alarm and detection rates by the default protocol.
     A reporting figure only: nothing is chosen from it here."""
     from anomaly.metrics import evaluate_frames
-    from anomaly.protocols import store_clip_len
-    from anomaly.store import read_metadata
 
-    train = load_bags(store, split="train")
-    order = np.argsort(train.video_ids)
-    features, labels = train.features[order], np.asarray(train.labels)[order]
-    test = load_bags(store, split="test")
-    meta = read_metadata(store)
-    clip_len = store_clip_len(meta.to_dict() if meta else None)
+    features, labels, _ = train_split(store)
+    test, clip_len = dev_half_split(store)
     rows = []
     for name in names:
         for seed in seeds:

@@ -35,12 +35,10 @@ from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cv_select import REPO, fit_in_process, recipe_config, score  # noqa: E402
+from cv_select import REPO, dev_half_split, fit_in_process, recipe_config, score, train_split  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from anomaly.metrics import evaluate_frames, frame_level  # noqa: E402
-from anomaly.protocols import store_clip_len  # noqa: E402
-from anomaly.store import load_bags, read_metadata  # noqa: E402
 
 RECIPE = "mlp topk_bce robust EMA, all train videos"
 
@@ -82,12 +80,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train = load_bags(args.store, split="train")
-    order = np.argsort(train.video_ids)
-    features, labels = train.features[order], np.asarray(train.labels)[order]
-    test = load_bags(args.store, split="test")
-    meta = read_metadata(args.store)
-    clip_len = store_clip_len(meta.to_dict() if meta else None)
+    features, labels, _ = train_split(args.store)
+    test, clip_len = dev_half_split(args.store)
     test_labels = np.asarray(test.labels)
     rng = np.random.default_rng(0)
     rows, gains = [], {}
