@@ -7,11 +7,12 @@ import sys
 import numpy as np
 from helpers import REPO
 
-from anomaly.store import load_bags
+from anomaly.store import Bags, load_bags
 from anomaly.synthetic.features import make_feature_store
 
 sys.path.append(str(REPO / "benchmarks"))  # after the repo: its scripts shadow nothing
 import cv_select  # noqa: E402
+import frame_auc_anatomy  # noqa: E402
 import video_context  # noqa: E402
 
 
@@ -47,3 +48,64 @@ def test_video_context_variants_keep_shapes_and_multiply_by_the_bag_score():
         assert post(scores).shape == scores.shape
     np.testing.assert_allclose(chosen["video_topk"](scores), scores * 0.7)
     np.testing.assert_allclose(chosen["none"](scores), scores)
+
+
+def _split(features: np.ndarray, labels, frames, intervals) -> Bags:
+    n = len(labels)
+    return Bags(
+        video_ids=[f"v{i}" for i in range(n)],
+        features=features.astype(np.float32),
+        labels=np.asarray(labels),
+        num_frames=np.asarray(frames),
+        intervals=intervals,
+        classes=["Arson" if y else "Normal" for y in labels],
+        splits=["test"] * n,
+    )
+
+
+def test_video_oracles_are_computed_from_the_annotations_alone():
+    # a normal video, one half anomalous, one a tenth anomalous (100 frames each):
+    # 60 anomalous frames against 240 normal ones, 140 of those inside anomalous videos.
+    test = _split(np.zeros((3, 32, 4)), [0, 1, 1], [100, 100, 100], [[], [(0, 50)], [(0, 10)]])
+    got = frame_auc_anatomy.label_ceilings(test, clip_len=1)
+    assert got["anomalous_videos"] == 2 and got["anomalous_frame_share"] == 60 / 300
+    assert np.isclose(got["mean_anomalous_fraction"], 0.3)
+    # equal scores: each anomalous frame beats the 100 normal-video frames, ties the 140 others
+    assert np.isclose(got["video_oracle_equal"], (100 + 0.5 * 140) / 240)
+    # ordered by fraction: the half-anomalous video's 50 frames beat 190 and tie 50; the other's 10 beat 100, tie 90
+    assert np.isclose(got["video_oracle_by_fraction"], (50 * (190 + 25) + 10 * (100 + 45)) / (60 * 240))
+
+
+def test_segment_labels_follow_the_clip_mapping_of_the_evaluation():
+    # 64 frames in clips of 2: 32 clips, one per segment; frames [8, 13) make clips 4 and 5
+    # anomalous and clip 6 one frame in two (not over half)
+    test = _split(np.zeros((1, 32, 4)), [1], [64], [[(8, 13)]])
+    got = frame_auc_anatomy.segment_labels(test, clip_len=2)
+    assert np.flatnonzero(got[0]).tolist() == [4, 5]
+
+
+def test_recipe_anatomy_separates_video_ranking_from_moments():
+    rng = np.random.default_rng(0)
+    frames, intervals = [320] * 4, [[], [], [(0, 160)], [(160, 320)]]
+    # scores that find the anomalous half of each anomalous video and rank videos perfectly
+    scores = np.zeros((4, 32))
+    scores[2, :16] = scores[3, 16:] = 0.9
+    scores[2:, :] += 0.05
+    test = _split(np.zeros((4, 32, 4)), [0, 0, 1, 1], frames, intervals)
+    got = frame_auc_anatomy.recipe_anatomy(scores, test, clip_len=10, topk=3, rng=rng)
+    assert got["frame_auc"] == 1.0 and got["within_video_auc"] == 1.0 and got["bag_auc"] == 1.0
+    # held constant per video, the moments are gone: anomalous frames tie their own normal half
+    assert np.isclose(got["bag_score_constant"], (2 * 320 + 0.5 * 320) / (4 * 320 - 320))
+    assert got["shuffled_within_video"] < got["frame_auc"]
+
+
+def test_supervised_probe_finds_moments_when_the_features_carry_them():
+    rng = np.random.default_rng(1)
+    labels = [1] * 10
+    intervals = [[(int(s) * 10, int(s) * 10 + 80)] for s in rng.integers(0, 24, 10)]
+    test = _split(rng.normal(size=(10, 32, 8)), labels, [320] * 10, intervals)
+    truth = frame_auc_anatomy.segment_labels(test, clip_len=10)
+    test.features[..., 0] += 3.0 * truth  # one feature marks anomalous segments
+    assert frame_auc_anatomy.supervised_probe(test, clip_len=10)["probe_within_video_auc"] > 0.95
+    test.features[..., 0] = rng.normal(size=(10, 32))  # and without it, nothing to find
+    assert frame_auc_anatomy.supervised_probe(test, clip_len=10)["probe_within_video_auc"] < 0.8
