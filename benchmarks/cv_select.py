@@ -135,13 +135,14 @@ def train_split(store: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return bags.features[order], np.asarray(bags.labels)[order], np.asarray(bags.classes)[order]
 
 
-def dev_half_split(store: str):
-    """The store's test split (here the dev half) and the clip length its frame mapping needs."""
+def dev_half_split(store: str, features: bool = True):
+    """The store's test split (here the dev half) and the clip length its frame mapping needs
+    (``features=False``: the labels and frame counts only)."""
     from anomaly.protocols import store_clip_len
     from anomaly.store import read_metadata
 
     meta = read_metadata(store)
-    return load_bags(store, split="test"), store_clip_len(meta.to_dict() if meta else None)
+    return load_bags(store, split="test", features=features), store_clip_len(meta.to_dict() if meta else None)
 
 
 def per_class_bag_auc(scores: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> dict[str, float]:

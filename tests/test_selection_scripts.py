@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -109,3 +110,17 @@ def test_supervised_probe_finds_moments_when_the_features_carry_them():
     assert frame_auc_anatomy.supervised_probe(test, clip_len=10)["probe_within_video_auc"] > 0.95
     test.features[..., 0] = rng.normal(size=(10, 32))  # and without it, nothing to find
     assert frame_auc_anatomy.supervised_probe(test, clip_len=10)["probe_within_video_auc"] < 0.8
+
+
+def test_labels_only_run_reads_no_feature_and_writes_the_oracles(tmp_path, monkeypatch):
+    store = make_feature_store(
+        str(tmp_path / "store"), num_train=4, num_test=6, feature_dim=8, signal=2.0, seed=3
+    )
+    out = tmp_path / "anatomy.json"
+    monkeypatch.setattr(
+        sys, "argv", ["frame_auc_anatomy.py", "--store", store, "--labels-only", "--out", str(out)]
+    )
+    assert frame_auc_anatomy.main() == 0
+    got = json.loads(out.read_text())
+    assert set(got) == {"labels"} and got["labels"]["videos"] == 6
+    assert 0.5 <= got["labels"]["video_oracle_equal"] <= got["labels"]["video_oracle_by_fraction"] <= 1.0
