@@ -210,7 +210,7 @@ DRIVER = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-mode, store, out = sys.argv[1:4]
+mode, store, out, address = sys.argv[1:5]
 if mode == "load":  # what training did before Ray Data: the driver read every bag
     from anomaly.store import load_bags
     bags = load_bags(store, split="train")
@@ -218,7 +218,7 @@ else:
     import ray
     from anomaly.config import TrainConfig
     from anomaly.training import fit
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    ray.init(address=address)  # the test session's Ray: a driver of its own, without a cluster start-up
     config = TrainConfig(max_epochs=1, batch_size=8)
     history = fit(store, out, config, num_workers=int(mode), cpus_per_worker=0.5).history
     assert [row["steps"] for row in history], history
@@ -228,18 +228,18 @@ print(json.dumps({"peak_rss_kb": int(peak.split()[1])}))
 """
 
 
-def _driver_peak_rss(mode: str, store: str, out: str) -> int:
+def _driver_peak_rss(mode: str, store: str, out: str, address: str = "") -> int:
     env = {**os.environ, "ANOMALY_CACHE_FRACTION": "0", "PYTHONPATH": str(REPO)}  # stream every epoch
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, mode, store, out], env=env, capture_output=True, text=True
+        [sys.executable, "-c", DRIVER, mode, store, out, address], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_kb"] * 1024
 
 
 @pytest.mark.slow
-def test_driver_peak_rss_stays_flat_when_the_store_grows_four_times(tmp_path):
+def test_driver_peak_rss_stays_flat_when_the_store_grows_four_times(tmp_path, ray_cluster):
     dim, small_n = 4096, 48
     stores = {}
     for name, n in (("small", small_n), ("large", 4 * small_n)):
@@ -249,9 +249,10 @@ def test_driver_peak_rss_stays_flat_when_the_store_grows_four_times(tmp_path):
     growth = 3 * small_n * 32 * dim * 4  # bytes of features the large store adds (75 MiB)
     # The measurement can see a driver that loads the store: loading them grows the peak by more.
     loaded = {name: _driver_peak_rss("load", store, "") for name, store in stores.items()}
+    address = ray_cluster.get_runtime_context().gcs_address
     assert loaded["large"] - loaded["small"] > 0.9 * growth, loaded
     trained = {
-        name: _driver_peak_rss(workers, stores[name], str(tmp_path / f"run_{name}"))
+        name: _driver_peak_rss(workers, stores[name], str(tmp_path / f"run_{name}"), address)
         for name, workers in (("small", "1"), ("large", "1"))
     }
     # Not loading: measured +24-27 MiB here for 4x the store (Ray Data's per-file and per-task
