@@ -115,6 +115,50 @@ def recipe_anatomy(scores: np.ndarray, test, clip_len: int, topk: int, rng: np.r
     }
 
 
+def half_splits(labels: np.ndarray, rounds: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``rounds`` random halves of the videos, each label halved (the held-back check's kind of split)."""
+    return [
+        np.sort(
+            np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(labels == y), (labels == y).sum() // 2, replace=False)
+                    for y in (0, 1)
+                ]
+            )
+        )
+        for _ in range(rounds)
+    ]
+
+
+def split_to_split(scores: np.ndarray, test, clip_len: int, halves: list[np.ndarray]) -> dict:
+    """How the recipe's frame AUC and the video oracle move together from one half of the split to
+    another: the spread of each, their correlation, and the spread of the recipe's margin over the
+    oracle (what predicts a half's figure from its labels alone)."""
+    labels = np.asarray(test.labels)
+    frames = frames_of(scores, test, clip_len)
+    oracle = labels[frames.video_index].astype(float)
+    owner = [np.flatnonzero(frames.video_index == i) for i in range(len(labels))]
+    recipe, video = [], []
+    for half in halves:
+        idx = np.concatenate([owner[i] for i in half])
+        recipe.append(roc_auc_score(frames.labels[idx], frames.scores[idx]))
+        video.append(roc_auc_score(frames.labels[idx], oracle[idx]))
+    recipe, video = np.asarray(recipe), np.asarray(video)
+    margin = recipe - video
+    return {
+        "halves": len(halves),
+        "half_frame_auc_mean": float(recipe.mean()),
+        "half_frame_auc_std": float(recipe.std()),
+        "half_frame_auc_range": [float(recipe.min()), float(recipe.max())],
+        "half_oracle_std": float(video.std()),
+        "correlation": float(np.corrcoef(recipe, video)[0, 1])
+        if recipe.std() and video.std()
+        else float("nan"),
+        "margin_over_oracle_mean": float(margin.mean()),
+        "margin_over_oracle_std": float(margin.std()),
+    }
+
+
 def supervised_probe(test, clip_len: int, folds: int = 5, c: float = 0.01) -> dict:
     """Within-video AUC of a linear probe trained on the split's own segment labels (anomalous
     videos only, grouped CV over videos): a diagnostic ceiling for localisation."""
@@ -156,6 +200,9 @@ def main() -> int:
     parser.add_argument(
         "--labels-only", action="store_true", help="only the annotations' figures (no training)"
     )
+    parser.add_argument(
+        "--halves", type=int, default=300, help="random half-splits of the test split (0: none)"
+    )
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -167,11 +214,14 @@ def main() -> int:
         print("supervised probe:", json.dumps(out["probe"]), flush=True)
         features, labels, _ = train_split(args.store)
         rng = np.random.default_rng(0)
+        halves = half_splits(np.asarray(test.labels), args.halves, np.random.default_rng(1))
         out["recipe"] = {"name": args.recipe, "overrides": args.overrides, "seeds": []}
         for seed in args.seeds:
             config = recipe_config(args.recipe, **{**args.overrides, "seed": seed})
             scores = score(fit_in_process(features, labels, config), test.features)
             row = {"seed": seed, **recipe_anatomy(scores, test, clip_len, config.topk, rng)}
+            if args.halves:
+                row["split_to_split"] = split_to_split(scores, test, clip_len, halves)
             out["recipe"]["seeds"].append(row)
             print(f"seed {seed}:", json.dumps(row), flush=True)
         rows = out["recipe"]["seeds"]
@@ -184,6 +234,15 @@ def main() -> int:
             "bag_auc",
         ):
             print(f"| {key} | {mean_std(rows, key)} |")
+        if args.halves:
+            for key in (
+                "half_frame_auc_std",
+                "correlation",
+                "margin_over_oracle_mean",
+                "margin_over_oracle_std",
+            ):
+                got = [r["split_to_split"][key] for r in rows]
+                print(f"| half-splits: {key} | {statistics.mean(got):.4f} ± {statistics.pstdev(got):.4f} |")
         print(f"| supervised probe within-video AUC | {out['probe']['probe_within_video_auc']:.4f} |")
     for key in ("video_oracle_equal", "video_oracle_by_fraction"):
         print(f"| {key} (labels only) | {out['labels'][key]:.4f} |")

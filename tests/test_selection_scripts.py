@@ -124,3 +124,19 @@ def test_labels_only_run_reads_no_feature_and_writes_the_oracles(tmp_path, monke
     got = json.loads(out.read_text())
     assert set(got) == {"labels"} and got["labels"]["videos"] == 6
     assert 0.5 <= got["labels"]["video_oracle_equal"] <= got["labels"]["video_oracle_by_fraction"] <= 1.0
+
+
+def test_half_splits_halve_each_label_and_a_scorer_equal_to_the_oracle_has_no_margin():
+    labels = np.array([0] * 6 + [1] * 4)
+    halves = frame_auc_anatomy.half_splits(labels, 5, np.random.default_rng(0))
+    assert len(halves) == 5 and all(labels[h].tolist().count(1) == 2 and len(h) == 5 for h in halves)
+    intervals = [[]] * 6 + [[(0, 10)], [(0, 40)], [(20, 60)], [(50, 64)]]
+    test = _split(np.zeros((10, 32, 4)), labels, [64] * 10, intervals)
+    got = frame_auc_anatomy.split_to_split(np.repeat(labels[:, None], 32, 1), test, 2, halves)
+    assert (
+        got["halves"] == 5 and got["margin_over_oracle_mean"] == 0.0 and got["margin_over_oracle_std"] == 0.0
+    )
+    # a scorer that also finds the moments beats the oracle on every half
+    truth = frame_auc_anatomy.segment_labels(test, clip_len=2)
+    better = frame_auc_anatomy.split_to_split(labels[:, None] + truth, test, 2, halves)
+    assert better["margin_over_oracle_mean"] > 0.0 and better["half_frame_auc_range"][0] == 1.0
