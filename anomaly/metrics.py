@@ -73,6 +73,27 @@ def bag_auc(segment_scores: np.ndarray, labels: np.ndarray, k: int = 3) -> float
     return _auc(np.asarray(labels), np.sort(scores, axis=1)[:, -k:].mean(axis=1))
 
 
+def within_video_auc(frames: FrameLevel, video_labels: np.ndarray) -> float:
+    """Mean over anomalous videos (with both kinds of frame) of the AUC of their own frames.
+
+    How well a scorer finds the moments *inside* a video: frame AUC pools every video's frames,
+    so it also rewards ranking whole videos; this does not (0.5: no better than chance).
+    """
+    got = [
+        _auc(frames.labels[mine], frames.scores[mine])
+        for mine in (frames.video_index == i for i in np.flatnonzero(np.asarray(video_labels) == 1))
+    ]
+    got = [auc for auc in got if auc == auc]
+    return float(np.mean(got)) if got else float("nan")
+
+
+def video_oracle_auc(frames: FrameLevel, video_labels: np.ndarray) -> float:
+    """Frame AUC of a perfect *video* classifier: every frame of an anomalous video scores 1, of a
+    normal one 0. From the labels alone, it says how much of a split's frame AUC ranking whole
+    videos can earn (it rises with the share of each anomalous video that is anomalous)."""
+    return _auc(frames.labels, np.asarray(video_labels)[frames.video_index].astype(np.float64))
+
+
 def evaluate_frames(
     segment_scores: np.ndarray,
     labels: np.ndarray,
@@ -89,7 +110,10 @@ def evaluate_frames(
     - false-alarm rate: share of the frames of normal videos scored above ``threshold``;
     - detection rate: share of the anomalous frames scored above ``threshold`` (read the
       false-alarm rate beside it: a scorer that never alarms has 0 % of both);
-    - per-class AUC: frame AUC over the videos of one class plus all normal videos.
+    - per-class AUC: frame AUC over the videos of one class plus all normal videos;
+    - ``within_video_auc`` and ``video_oracle_auc``: what of the frame AUC is finding moments
+      and what ranking whole videos could earn on these labels (:func:`within_video_auc`,
+      :func:`video_oracle_auc`).
     """
     frames = frame_level(segment_scores, num_frames, intervals, protocol=protocol, clip_len=clip_len)
     labels = np.asarray(labels)
@@ -112,6 +136,8 @@ def evaluate_frames(
         if (frames.labels == 1).any()
         else float("nan"),
         "per_class_auc": per_class,
+        "within_video_auc": within_video_auc(frames, labels),
+        "video_oracle_auc": video_oracle_auc(frames, labels),
         "num_videos": int(len(labels)),
         "num_frames": int(frames.labels.size),
     }

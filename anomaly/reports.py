@@ -22,6 +22,11 @@ def format_metrics(metrics: dict) -> str:
         f"frame AP         {pct(metrics['frame_ap'])}",
         f"false alarms@{DEFAULT_THRESHOLD:g} {pct(metrics['false_alarm_rate'])} % of normal frames",
     ]
+    if "within_video_auc" in metrics:
+        lines += [
+            f"within-video AUC {pct(metrics['within_video_auc'])}   (anomalous videos' own frames; 50 = chance)",
+            f"video oracle     {pct(metrics['video_oracle_auc'])}   (frame AUC of a perfect video classifier here)",
+        ]
     lines += [f"  AUC {name:<16s} {pct(auc)}" for name, auc in sorted(metrics["per_class_auc"].items())]
     for name, values in sorted(metrics.get("per_dataset", {}).items()):
         region = f", region AUC {pct(values['region_auc'])}" if "region_auc" in values else ""

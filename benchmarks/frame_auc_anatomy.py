@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cv_select import REPO, dev_half_split, fit_in_process, recipe_config, score, train_split  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from anomaly.metrics import FrameLevel, frame_level  # noqa: E402
+from anomaly.metrics import FrameLevel, frame_level, video_oracle_auc, within_video_auc  # noqa: E402
 from anomaly.segments import clip_frame_segments, frame_labels, l2_normalize  # noqa: E402
 
 RECIPE = "mlp topk_bce robust EMA, all train videos"
@@ -70,16 +70,6 @@ def segment_labels(test, clip_len: int, threshold: float = 0.5) -> np.ndarray:
     return out
 
 
-def within_video_auc(frames: FrameLevel, video_labels: np.ndarray) -> float:
-    """Mean over anomalous videos (with both kinds of frame) of the AUC of their own frames."""
-    got = []
-    for i in np.flatnonzero(video_labels == 1):
-        mine = frames.video_index == i
-        if 0 < frames.labels[mine].mean() < 1:
-            got.append(roc_auc_score(frames.labels[mine], frames.scores[mine]))
-    return float(np.mean(got)) if got else float("nan")
-
-
 def label_ceilings(test, clip_len: int) -> dict:
     """What the split's annotations alone allow a scorer that sees whole videos only."""
     labels = np.asarray(test.labels)
@@ -92,7 +82,7 @@ def label_ceilings(test, clip_len: int) -> dict:
         "anomalous_videos": int(labels.sum()),
         "anomalous_frame_share": float(frames.labels.mean()),
         "mean_anomalous_fraction": float(fraction[labels == 1].mean()),
-        "video_oracle_equal": float(roc_auc_score(frames.labels, labels[frames.video_index].astype(float))),
+        "video_oracle_equal": video_oracle_auc(frames, labels),
         "video_oracle_by_fraction": float(
             roc_auc_score(frames.labels, (labels + fraction)[frames.video_index])
         ),

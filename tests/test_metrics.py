@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from anomaly.metrics import evaluate_frames, frame_level, video_auc
+from anomaly.metrics import evaluate_frames, frame_level, video_auc, video_oracle_auc, within_video_auc
+from anomaly.reports import format_metrics
 
 
 def test_hand_built_case_known_auc():
@@ -20,6 +21,24 @@ def test_hand_built_case_known_auc():
     assert metrics["per_class_auc"] == {"Explosion": pytest.approx(55 / 56)}
     assert 0 < metrics["frame_ap"] <= 1
     assert metrics["num_frames"] == 64
+    # the moments of the anomalous video are ranked perfectly inside it
+    assert metrics["within_video_auc"] == 1.0
+    # a perfect video classifier: the 8 anomalous frames beat the 32 normal-video frames, tie the other 24
+    assert metrics["video_oracle_auc"] == pytest.approx((32 + 0.5 * 24) / 56)
+    printed = format_metrics(metrics)  # what ray_jobs.evaluate prints
+    assert "within-video AUC 100.00" in printed and "video oracle     78.57" in printed
+
+
+def test_within_video_auc_ignores_how_videos_rank_against_each_other():
+    intervals = [[(0, 8)], [(16, 32)], []]
+    scores = np.full((3, 32), 0.1)
+    scores[0, :8], scores[1, :16] = 0.3, 0.9  # video 1 finds the wrong half; videos ranked perfectly
+    frames = frame_level(scores, [32, 32, 32], intervals, protocol="frames32")
+    # video 0: 8 positives above 24 negatives (1.0); video 1: 16 positives below 16 negatives (0.0)
+    assert within_video_auc(frames, np.array([1, 1, 0])) == 0.5
+    assert video_oracle_auc(frames, np.array([1, 1, 0])) == pytest.approx(
+        (24 * 32 + 0.5 * 24 * 40) / (24 * 72)
+    )
 
 
 def test_frame_level_spreads_segments_over_frames():

@@ -65,8 +65,9 @@ def test_trained_model_beats_chance_on_test_frames(trained, tmp_path):
     )
     assert evaluate_job.main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) >= {"frame_auc", "frame_ap", "false_alarm_rate", "per_class_auc"}
+    assert set(metrics) >= {"frame_auc", "frame_ap", "false_alarm_rate", "per_class_auc", "video_oracle_auc"}
     assert metrics["frame_auc"] > 0.85, metrics
+    assert 0.5 < metrics["video_oracle_auc"] < 1.0 and 0.0 <= metrics["within_video_auc"] <= 1.0
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     timelines = sorted((out / "timelines").glob("*.png"))
     assert len(timelines) == 12  # one per anomalous test video
