@@ -140,3 +140,18 @@ def test_half_splits_halve_each_label_and_a_scorer_equal_to_the_oracle_has_no_ma
     truth = frame_auc_anatomy.segment_labels(test, clip_len=2)
     better = frame_auc_anatomy.split_to_split(labels[:, None] + truth, test, 2, halves)
     assert better["margin_over_oracle_mean"] > 0.0 and better["half_frame_auc_range"][0] == 1.0
+
+
+def test_full_run_trains_the_recipe_with_overrides_and_writes_every_part(tmp_path, monkeypatch):
+    store = make_feature_store(
+        str(tmp_path / "store"), num_train=16, num_test=8, feature_dim=16, signal=2.0, seed=4
+    )
+    out = tmp_path / "anatomy.json"
+    argv = ["--store", store, "--seeds", "0", "--halves", "4", "--overrides", '{"max_epochs": 1}']
+    monkeypatch.setattr(sys, "argv", ["frame_auc_anatomy.py", *argv, "--out", str(out)])
+    assert frame_auc_anatomy.main() == 0
+    got = json.loads(out.read_text())
+    assert set(got) == {"labels", "probe", "recipe"} and got["recipe"]["overrides"] == {"max_epochs": 1}
+    (row,) = got["recipe"]["seeds"]
+    assert {"frame_auc", "shuffled_within_video", "bag_score_constant", "within_video_auc"} <= set(row)
+    assert row["split_to_split"]["halves"] == 4
