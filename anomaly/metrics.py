@@ -73,18 +73,33 @@ def bag_auc(segment_scores: np.ndarray, labels: np.ndarray, k: int = 3) -> float
     return _auc(np.asarray(labels), np.sort(scores, axis=1)[:, -k:].mean(axis=1))
 
 
+def saturated_share(segment_scores: np.ndarray) -> float:
+    """Share of segment scores that are exactly 0 or 1: in float32, sigmoid reaches 1.0 from a logit
+    of about 17, so the most confident segments tie and lose their order (a frame AUC counts ties
+    as half): read a frame AUC with many of them as partly a video-level figure."""
+    scores = np.asarray(segment_scores)
+    return float(((scores <= 0.0) | (scores >= 1.0)).mean()) if scores.size else float("nan")
+
+
+def within_video_aucs(frames: FrameLevel, video_labels: np.ndarray) -> dict[int, float]:
+    """Video index -> the AUC of its own frames, for each anomalous video with both kinds of frame."""
+    got = {}
+    for i in np.flatnonzero(np.asarray(video_labels) == 1):
+        mine = frames.video_index == i
+        auc = _auc(frames.labels[mine], frames.scores[mine])
+        if auc == auc:
+            got[int(i)] = auc
+    return got
+
+
 def within_video_auc(frames: FrameLevel, video_labels: np.ndarray) -> float:
     """Mean over anomalous videos (with both kinds of frame) of the AUC of their own frames.
 
     How well a scorer finds the moments *inside* a video: frame AUC pools every video's frames,
     so it also rewards ranking whole videos; this does not (0.5: no better than chance).
     """
-    got = [
-        _auc(frames.labels[mine], frames.scores[mine])
-        for mine in (frames.video_index == i for i in np.flatnonzero(np.asarray(video_labels) == 1))
-    ]
-    got = [auc for auc in got if auc == auc]
-    return float(np.mean(got)) if got else float("nan")
+    got = within_video_aucs(frames, video_labels)
+    return float(np.mean(list(got.values()))) if got else float("nan")
 
 
 def video_oracle_auc(frames: FrameLevel, video_labels: np.ndarray) -> float:
@@ -111,6 +126,7 @@ def evaluate_frames(
     - detection rate: share of the anomalous frames scored above ``threshold`` (read the
       false-alarm rate beside it: a scorer that never alarms has 0 % of both);
     - per-class AUC: frame AUC over the videos of one class plus all normal videos;
+    - ``saturated_share``: the share of segment scores exactly 0 or 1 (:func:`saturated_share`);
     - ``within_video_auc`` and ``video_oracle_auc``: what of the frame AUC is finding moments
       and what ranking whole videos could earn on these labels (:func:`within_video_auc`,
       :func:`video_oracle_auc`).
@@ -136,6 +152,7 @@ def evaluate_frames(
         if (frames.labels == 1).any()
         else float("nan"),
         "per_class_auc": per_class,
+        "saturated_share": saturated_share(segment_scores),
         "within_video_auc": within_video_auc(frames, labels),
         "video_oracle_auc": video_oracle_auc(frames, labels),
         "num_videos": int(len(labels)),

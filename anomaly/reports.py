@@ -13,6 +13,9 @@ def format_alarms(scores, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
     return [format_alarm(alarm) for alarm in scores.alarms(AlarmSettings(threshold=threshold))]
 
 
+SATURATED_LINE = 0.05  # the share of scores exactly 0 or 1 from which the table shows it
+
+
 def format_metrics(metrics: dict) -> str:
     def pct(value):
         return "n/a" if value is None or value != value else f"{100 * value:.2f}"
@@ -27,6 +30,10 @@ def format_metrics(metrics: dict) -> str:
             f"within-video AUC {pct(metrics['within_video_auc'])}   (anomalous videos' own frames; 50 = chance)",
             f"video oracle     {pct(metrics['video_oracle_auc'])}   (frame AUC of a perfect video classifier here)",
         ]
+    if metrics.get("saturated_share", 0.0) >= SATURATED_LINE:
+        lines.append(
+            f"saturated        {pct(metrics['saturated_share'])} % of segment scores are exactly 0 or 1 (ties)"
+        )
     lines += [f"  AUC {name:<16s} {pct(auc)}" for name, auc in sorted(metrics["per_class_auc"].items())]
     for name, values in sorted(metrics.get("per_dataset", {}).items()):
         region = f", region AUC {pct(values['region_auc'])}" if "region_auc" in values else ""

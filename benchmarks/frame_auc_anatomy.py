@@ -34,6 +34,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cv_select import REPO, dev_half_split, fit_in_process, recipe_config, score, train_split  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from anomaly.metrics import FrameLevel, frame_level, video_oracle_auc, within_video_auc  # noqa: E402
+from anomaly.metrics import (  # noqa: E402
+    FrameLevel,
+    frame_level,
+    saturated_share,
+    video_oracle_auc,
+    within_video_auc,
+    within_video_aucs,
+)
 from anomaly.segments import clip_frame_segments, frame_labels, l2_normalize  # noqa: E402
 
 RECIPE = "mlp topk_bce robust EMA, all train videos"
@@ -89,10 +97,45 @@ def label_ceilings(test, clip_len: int) -> dict:
     }
 
 
-def recipe_anatomy(scores: np.ndarray, test, clip_len: int, topk: int, rng: np.random.Generator) -> dict:
-    """The recipe's frame AUC, and what is left of it without the order of moments or without moments."""
+def per_class_mean(per_video: dict[int, float], classes) -> dict[str, float]:
+    """Class -> the mean of its videos' values."""
+    out: dict[str, list[float]] = {}
+    for i, value in per_video.items():
+        out.setdefault(str(classes[i]), []).append(value)
+    return {name: float(np.mean(values)) for name, values in sorted(out.items())}
+
+
+def logits_of(model: torch.nn.Module, features: np.ndarray) -> np.ndarray | None:
+    """A single head's segment logits (float64): the order its float32 scores lose where they saturate."""
+    if len(model.member_outputs(torch.zeros(1, 1, features.shape[-1]))) != 1:
+        return None  # an ensemble's score is a mean of sigmoids, not one logit
+    with torch.inference_mode():
+        return np.concatenate(
+            [
+                model.member_outputs(torch.from_numpy(features[i : i + 256].astype(np.float32)))[0][0]
+                .double()
+                .numpy()
+                for i in range(0, len(features), 256)
+            ]
+        )
+
+
+def recipe_anatomy(
+    scores: np.ndarray,
+    test,
+    clip_len: int,
+    topk: int,
+    rng: np.random.Generator,
+    logits: np.ndarray | None = None,
+) -> dict:
+    """The recipe's frame AUC, and what is left of it without the order of moments or without moments;
+    with ``logits``, also the frame AUC ranked by them (no float32 saturation)."""
     labels = np.asarray(test.labels)
     frames = frames_of(scores, test, clip_len)
+    by_logit = {}
+    if logits is not None:
+        ranked = frames_of(logits, test, clip_len)
+        by_logit = {"frame_auc_by_logits": float(roc_auc_score(ranked.labels, ranked.scores))}
     shuffled = frames_of(rng.permuted(scores, axis=1), test, clip_len)
     bag = np.sort(scores, axis=1)[:, -topk:].mean(axis=1, keepdims=True)
     constant = frames_of(np.repeat(bag, scores.shape[1], axis=1), test, clip_len)
@@ -101,7 +144,10 @@ def recipe_anatomy(scores: np.ndarray, test, clip_len: int, topk: int, rng: np.r
         "shuffled_within_video": float(roc_auc_score(shuffled.labels, shuffled.scores)),
         "bag_score_constant": float(roc_auc_score(constant.labels, constant.scores)),
         "within_video_auc": within_video_auc(frames, labels),
+        "within_video_auc_per_class": per_class_mean(within_video_aucs(frames, labels), test.classes),
         "bag_auc": float(roc_auc_score(labels, bag[:, 0])),
+        "saturated_share": saturated_share(scores),
+        **by_logit,
     }
 
 
@@ -166,11 +212,17 @@ def supervised_probe(test, clip_len: int, folds: int = 5, c: float = 0.01) -> di
         )
         for video in anomalous[held]:
             scores[video] = probe.decision_function((x[video] - mean) / std)
-    return {"probe_within_video_auc": within_video_auc(frames_of(scores, test, clip_len), labels)}
+    frames = frames_of(scores, test, clip_len)
+    return {
+        "probe_within_video_auc": within_video_auc(frames, labels),
+        "probe_within_video_auc_per_class": per_class_mean(within_video_aucs(frames, labels), test.classes),
+    }
 
 
 def mean_std(rows: list[dict], key: str) -> str:
-    got = [r[key] for r in rows]
+    got = [r[key] for r in rows if key in r]
+    if not got:
+        return "n/a"
     return f"{statistics.mean(got):.4f} ± {statistics.pstdev(got) if len(got) > 1 else 0.0:.4f}"
 
 
@@ -208,8 +260,10 @@ def main() -> int:
         out["recipe"] = {"name": args.recipe, "overrides": args.overrides, "seeds": []}
         for seed in args.seeds:
             config = recipe_config(args.recipe, **{**args.overrides, "seed": seed})
-            scores = score(fit_in_process(features, labels, config), test.features)
-            row = {"seed": seed, **recipe_anatomy(scores, test, clip_len, config.topk, rng)}
+            model = fit_in_process(features, labels, config)
+            scores = score(model, test.features)
+            logits = logits_of(model, test.features)
+            row = {"seed": seed, **recipe_anatomy(scores, test, clip_len, config.topk, rng, logits)}
             if args.halves:
                 row["split_to_split"] = split_to_split(scores, test, clip_len, halves)
             out["recipe"]["seeds"].append(row)
@@ -222,6 +276,8 @@ def main() -> int:
             "bag_score_constant",
             "within_video_auc",
             "bag_auc",
+            "saturated_share",
+            "frame_auc_by_logits",
         ):
             print(f"| {key} | {mean_std(rows, key)} |")
         if args.halves:
@@ -233,6 +289,18 @@ def main() -> int:
             ):
                 got = [r["split_to_split"][key] for r in rows]
                 print(f"| half-splits: {key} | {statistics.mean(got):.4f} ± {statistics.pstdev(got):.4f} |")
+        print("| class | videos | within-video AUC (recipe) | within-video AUC (supervised probe) |")
+        print("| --- | --- | --- | --- |")
+        probe = out["probe"]["probe_within_video_auc_per_class"]
+        count = Counter(
+            str(test.classes[i])
+            for i in within_video_aucs(
+                frames_of(np.ones(test.features.shape[:2]), test, clip_len), test.labels
+            )
+        )
+        for name in sorted(probe):
+            got = [r["within_video_auc_per_class"].get(name, float("nan")) for r in rows]
+            print(f"| {name} | {count[name]} | {statistics.mean(got):.3f} | {probe[name]:.3f} |")
         print(f"| supervised probe within-video AUC | {out['probe']['probe_within_video_auc']:.4f} |")
     for key in ("video_oracle_equal", "video_oracle_by_fraction"):
         print(f"| {key} (labels only) | {out['labels'][key]:.4f} |")

@@ -72,3 +72,16 @@ def test_auc_undefined_is_nan():
     metrics = evaluate_frames(np.zeros((1, 32)), np.array([0]), [40], [[]], ["Normal"])
     assert np.isnan(metrics["frame_auc"])
     assert video_auc(np.zeros((2, 32)), np.array([0, 0])) != video_auc(np.zeros((2, 32)), np.array([0, 0]))
+
+
+def test_saturated_scores_are_counted_and_shown():
+    scores = np.full((2, 32), 0.5)
+    scores[0, :8] = 1.0  # a float32 sigmoid past a logit of about 17
+    scores[1, :2] = 0.0
+    metrics = evaluate_frames(scores, np.array([1, 0]), [32, 32], [[(0, 8)], []], ["A", ""], clip_len=1)
+    assert metrics["saturated_share"] == 10 / 64
+    assert "saturated        15.62 % of segment scores" in format_metrics(metrics)
+    calm = evaluate_frames(
+        np.full((2, 32), 0.5), np.array([1, 0]), [32, 32], [[(0, 8)], []], ["A", ""], clip_len=1
+    )
+    assert calm["saturated_share"] == 0.0 and "saturated" not in format_metrics(calm)

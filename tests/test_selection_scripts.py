@@ -154,4 +154,16 @@ def test_full_run_trains_the_recipe_with_overrides_and_writes_every_part(tmp_pat
     assert set(got) == {"labels", "probe", "recipe"} and got["recipe"]["overrides"] == {"max_epochs": 1}
     (row,) = got["recipe"]["seeds"]
     assert {"frame_auc", "shuffled_within_video", "bag_score_constant", "within_video_auc"} <= set(row)
+    assert 0.0 <= row["saturated_share"] <= 1.0 and 0.0 <= row["frame_auc_by_logits"] <= 1.0
     assert row["split_to_split"]["halves"] == 4
+
+
+def test_logits_of_a_single_head_give_its_scores_and_an_ensemble_has_none():
+    from anomaly.heads import build_head
+
+    features = np.random.default_rng(0).normal(size=(3, 32, 8)).astype(np.float32)
+    head = build_head("mlp", 8, dropout=0.0, feature_norm="none").eval()
+    logits = frame_auc_anatomy.logits_of(head, features)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), cv_select.score(head, features), rtol=1e-5)
+    pair = build_head("mlp", 8, dropout=0.0, feature_norm="none", ensemble=2).eval()
+    assert frame_auc_anatomy.logits_of(pair, features) is None
