@@ -124,6 +124,47 @@ def test_stratified_folds_cover_every_video_once_with_both_labels_in_each():
     assert [f.tolist() for f in stratified_folds(labels, 3, seed=4)] == [f.tolist() for f in folds]
 
 
+def _rows(blocks) -> list[tuple]:
+    import ray
+
+    tables = ray.get(list(blocks))
+    return sorted(
+        tuple(np.asarray(f, dtype=np.float32).ravel().tolist()[:4])
+        for t in tables
+        for f in t.column("features").to_pylist()
+    )
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_folds_from_one_read_equal_a_read_per_fold(ray_cluster, tmp_path, monkeypatch, cache):
+    """prepare_folds reads the store once for every fold; each fold must still be what a read of
+    its own gives: its validation videos, counts, training-part statistics and bags."""
+    from anomaly.training import data
+
+    store = make_feature_store(
+        str(tmp_path / "store"), num_train=30, num_test=4, feature_dim=8, signal=1.0, seed=6, rows_per_part=7
+    )
+    config = TrainConfig(feature_norm="standardize", seed=3)
+    monkeypatch.setattr(data, "CACHE_FRACTION", 1.0 if cache else 0.0)
+    folds = data.prepare_folds(store, config, 3)
+    ids, labels = data.train_labels(store)
+    parts = data.stratified_folds(labels, 3, config.seed)
+    assert [f.val_ids for f in folds] == [tuple(ids[i] for i in part) for part in parts]
+    for fold in folds:
+        alone = data.prepare_inputs(store, config, cache=cache, val_ids=list(fold.val_ids))
+        assert (fold.num_abnormal, fold.num_normal) == (alone.num_abnormal, alone.num_normal)
+        np.testing.assert_allclose(fold.mean, alone.mean, rtol=1e-9)
+        np.testing.assert_allclose(fold.std, alone.std, rtol=1e-9)
+        assert (fold.cached is not None) is cache
+        if cache:
+            for name in ("abnormal", "normal"):
+                assert _rows(fold.cached[name]) == _rows(alone.cached[name])
+            val = sorted(
+                vid for t in ray_cluster.get(fold.cached["val"]) for vid in t.column("video_id").to_pylist()
+            )
+            assert val == sorted(fold.val_ids)
+
+
 def test_a_cross_validated_search_ranks_by_held_out_folds_and_refits_the_winner(ray_cluster, tmp_path):
     store = str(tmp_path / "store")
     make_feature_store(store, num_train=24, num_test=8, feature_dim=16, signal=1.0, seed=2)

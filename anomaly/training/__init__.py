@@ -15,7 +15,7 @@ from anomaly.training.checkpoints import (
     load_checkpoint_payload,
     write_history,
 )
-from anomaly.training.data import TrainingInputs, prepare_inputs, stratified_split
+from anomaly.training.data import TrainingInputs, prepare_folds, prepare_inputs, stratified_split
 from anomaly.training.driver import TrainResult, fit, run_config
 from anomaly.training.loop import build_model, make_optimizer, train_loop_per_worker
 
@@ -28,6 +28,7 @@ __all__ = [
     "latest_stored_checkpoint",
     "load_checkpoint_payload",
     "make_optimizer",
+    "prepare_folds",
     "prepare_inputs",
     "run_config",
     "stratified_split",

@@ -10,7 +10,8 @@ from tasks that read one part file at a time (:func:`read_statistics`) and strea
 not grow with the store, and a training worker holds a bounded window of bags (its shuffle
 window and a small reservoir), whatever the store's size. Several workers get the datasets as
 Ray Train shards (``ray.train.get_dataset_shard``); one worker reads them directly
-(:func:`local_datasets`).
+(:func:`local_datasets`). A k-fold cross-validation gets every fold from one read
+(:func:`prepare_folds`): the read tasks return rows and moments per fold.
 """
 
 from __future__ import annotations
@@ -241,15 +242,12 @@ def _where_train(table: pa.Table, val_ids: pa.Array, label: int) -> pa.Array:
     return pc.and_(keep, pc.invert(pc.is_in(table.column("video_id"), value_set=val_ids)))
 
 
-def _read_parts(
-    store: str, paths: list[str], val_ids: list[str], crops: int, *, with_val: bool
-) -> tuple[pa.Table, pa.Table, pa.Table | None]:
-    """Part files' abnormal and normal training bags (each crop a bag when ``crops > 1``) and,
-    if asked, their validation rows."""
-    import pyarrow.compute as pc
+def _read_table(
+    store: str, paths: list[str], crops: int, *, with_val: bool
+) -> tuple[pa.Table, str, list[str]]:
+    """Part files' rows with the columns a cache or statistics task needs; the bag column and the
+    validation columns."""
     import pyarrow.parquet as pq
-
-    from anomaly.crops import expand_crop_bags
 
     filesystem, _ = uris.pyarrow_filesystem(store)
     bag_column = "features" if crops == 1 else CROPS_COLUMN
@@ -257,6 +255,17 @@ def _read_parts(
     columns = list(dict.fromkeys([*FILTER_COLUMNS, bag_column, *(val_columns if with_val else [])]))
     tables = [pq.read_table(path, columns=columns, filesystem=filesystem) for path in paths]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    return table, bag_column, val_columns
+
+
+def _read_parts(
+    store: str, paths: list[str], val_ids: list[str], crops: int, *, with_val: bool
+) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+    """Part files' abnormal and normal training bags (each crop a bag when ``crops > 1``) and,
+    if asked, their validation rows."""
+    import pyarrow.compute as pc
+
+    table, bag_column, val_columns = _read_table(store, paths, crops, with_val=with_val)
     ids = pa.array(val_ids, type=pa.string())
     abnormal, normal = (
         expand_crop_bags(table.filter(_where_train(table, ids, label)).select([bag_column]))
@@ -268,6 +277,24 @@ def _read_parts(
         else None
     )
     return abnormal, normal, val
+
+
+def _group_rows(
+    table: pa.Table, group: list[str], bag_column: str, val_columns: list[str] | None
+) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+    """The abnormal and normal training bags of one fold's videos and (``val_columns``) their rows
+    as validation rows: what that fold adds to the other folds' training and checks its own."""
+    import pyarrow.compute as pc
+
+    inside = pc.is_in(table.column("video_id"), value_set=pa.array(group, type=pa.string()))
+    train = pc.and_(inside, pc.equal(table.column("split"), "train"))
+    abnormal, normal = (
+        expand_crop_bags(
+            table.filter(pc.and_(train, pc.equal(table.column("label"), label))).select([bag_column])
+        )
+        for label in (1, 0)
+    )
+    return abnormal, normal, table.filter(inside).select(val_columns) if val_columns else None
 
 
 def _read_cache_part(
@@ -349,15 +376,75 @@ def read_statistics(inputs: TrainingInputs, kind: str) -> tuple[np.ndarray, np.n
     return _merge_moments(_moment_parts(ray.get(refs)), kind)
 
 
-def prepare_inputs(
-    store: str, config: TrainConfig, *, cache: bool | None = None, val_ids: list[str] | None = None
-) -> TrainingInputs:
-    """Split ids, bag counts and normalisation statistics; the features never reach the driver.
+def _read_fold_part(store: str, files: list[str], groups: list[list[str]], crops: int, kind: str) -> tuple:
+    """One read task of a cross-validation cache: for each fold's videos, their abnormal, normal and
+    validation rows and the moments of their training bags (4 values per fold; files read once)."""
+    table, bag_column, val_columns = _read_table(store, files, crops, with_val=True)
+    out: list = []
+    for group in groups:
+        abnormal, normal, val = _group_rows(table, group, bag_column, val_columns)
+        out += [abnormal, normal, val, [_moments(part, kind) for part in (abnormal, normal) if part.num_rows]]
+    return tuple(out)
 
-    ``cache``: hold the bags in Ray's object store (True), stream them every epoch (False), or
-    decide by size (None: cached when they take at most :data:`CACHE_FRACTION` of it).
-    ``val_ids``: the validation videos (a cross-validation fold) instead of ``config.val_fraction``'s.
-    """
+
+def _fold_moments_part(
+    store: str, files: list[str], groups: list[list[str]], crops: int, kind: str
+) -> list[list[dict]]:
+    """One statistics task of a cross-validation over a store too large to cache: each fold's
+    training-bag moments, one part file in memory at a time."""
+    moments: list[list[dict]] = [[] for _ in groups]
+    for path in files:
+        table, bag_column, _ = _read_table(store, [path], crops, with_val=False)
+        for j, group in enumerate(groups):
+            abnormal, normal, _ = _group_rows(table, group, bag_column, None)
+            moments[j].extend(_moments(part, kind) for part in (abnormal, normal) if part.num_rows)
+    return moments
+
+
+def read_folds(
+    inputs: TrainingInputs, groups: list[list[str]], kind: str, *, cache: bool, bag_bytes: int
+) -> list[tuple[dict | None, np.ndarray, np.ndarray]]:
+    """``(cached, mean, std)`` of every fold from ONE read of the store: each task returns its files'
+    rows and moments per fold; fold j trains on the other folds' blocks, validates on its own, and
+    its statistics merge the other folds' moments. Cached, the object store holds the bags twice
+    (training and validation columns), not once per fold."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    folds = len(groups)
+    if cache:
+        tasks = max(1, min(len(inputs.files), cpus, math.ceil(bag_bytes / CACHE_TASK_BYTES)))
+        read = ray.remote(_read_fold_part).options(num_cpus=READ_CPUS, num_returns=4 * folds)
+        refs = [
+            read.remote(inputs.store, list(inputs.files[i::tasks]), groups, inputs.crops, kind)
+            for i in range(tasks)
+        ]
+        moments = [ray.get([ref[4 * j + 3] for ref in refs]) for j in range(folds)]
+    else:
+        tasks = max(1, min(len(inputs.files), cpus))
+        task = ray.remote(_fold_moments_part).options(num_cpus=READ_CPUS)
+        per_task = ray.get(
+            [
+                task.remote(inputs.store, list(inputs.files[i::tasks]), groups, inputs.crops, kind)
+                for i in range(tasks)
+            ]
+        )
+        moments = [[part[j] for part in per_task] for j in range(folds)]
+    out = []
+    for j in range(folds):
+        others = [i for i in range(folds) if i != j]
+        mean, std = _merge_moments(_moment_parts([m for i in others for m in moments[i]]), kind)
+        cached = None
+        if cache:
+            cached = {
+                name: [ref[4 * i + slot] for i in others for ref in refs]
+                for slot, name in enumerate(TRAIN_SETS)
+            }
+            cached[VAL_SET] = [ref[4 * j + 2] for ref in refs]
+        out.append((cached, mean, std))
+    return out
+
+
+def _checked_train_labels(store: str) -> tuple[list[str], np.ndarray]:
+    """The train split's ids and labels, refused when training could not run on them."""
     ids, labels = train_labels(store)
     if not ids:
         raise AnomalyError(store, "feature store has no 'train' videos")
@@ -371,18 +458,19 @@ def prepare_inputs(
     if len(set(ids)) != len(ids):
         # The rows are read by Ray's tasks, which cannot tell which copy is the first.
         logger.warning("%s: duplicate video rows are trained on as often as they occur", store)
-    if val_ids is None:
-        train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
-    else:
-        held = set(val_ids)
-        val_idx = np.array([i for i, vid in enumerate(ids) if vid in held], dtype=np.int64)
-        train_idx = np.array([i for i, vid in enumerate(ids) if vid not in held], dtype=np.int64)
-    files = tuple(sorted(feature_store.part_files(store)))
+    return ids, labels
+
+
+def _split_inputs(
+    store: str, config: TrainConfig, ids: list[str], labels: np.ndarray, val_idx: np.ndarray
+) -> TrainingInputs:
+    """What the driver knows of one split (validation videos ``val_idx``), statistics still empty."""
+    train_idx = np.setdiff1d(np.arange(len(ids)), val_idx)
     meta = feature_store.read_metadata(store)
     crops = (meta.crops or 1) if meta is not None and config.crops == "bags" else 1
-    inputs = TrainingInputs(
+    return TrainingInputs(
         store=store,
-        files=files,
+        files=tuple(sorted(feature_store.part_files(store))),
         val_ids=tuple(ids[i] for i in val_idx),
         num_abnormal=int((labels[train_idx] == 1).sum()) * crops,
         num_normal=int((labels[train_idx] == 0).sum()) * crops,
@@ -392,8 +480,36 @@ def prepare_inputs(
         seed=config.seed,
         crops=crops,
     )
+
+
+def _log_inputs(inputs: TrainingInputs, cached: dict | None) -> None:
+    logger.info(
+        "training bags: %d abnormal, %d normal, %d for validation; %s",
+        inputs.num_abnormal,
+        inputs.num_normal,
+        len(inputs.val_ids),
+        "held in Ray's object store" if cached else "streamed from the store every epoch",
+    )
+
+
+def prepare_inputs(
+    store: str, config: TrainConfig, *, cache: bool | None = None, val_ids: list[str] | None = None
+) -> TrainingInputs:
+    """Split ids, bag counts and normalisation statistics; the features never reach the driver.
+
+    ``cache``: hold the bags in Ray's object store (True), stream them every epoch (False), or
+    decide by size (None: cached when they take at most :data:`CACHE_FRACTION` of it).
+    ``val_ids``: the validation videos instead of ``config.val_fraction``'s.
+    """
+    ids, labels = _checked_train_labels(store)
+    if val_ids is None:
+        _, val_idx = stratified_split(labels, config.val_fraction, config.seed)
+    else:
+        held = set(val_ids)
+        val_idx = np.array([i for i, vid in enumerate(ids) if vid in held], dtype=np.int64)
+    inputs = _split_inputs(store, config, ids, labels, val_idx)
     store_dim = inputs.store_metadata.get("feature_dim")
-    bytes_per_dim = len(labels) * crops * NUM_SEGMENTS * 4  # float32 bags, a bag per crop
+    bytes_per_dim = len(labels) * inputs.crops * NUM_SEGMENTS * 4  # float32 bags, a bag per crop
     bag_bytes = bytes_per_dim * int(store_dim or 0)
     if cache is None and store_dim:
         cache = _fits_object_store(bag_bytes)
@@ -410,14 +526,35 @@ def prepare_inputs(
     if cache is None and _fits_object_store(bytes_per_dim * len(mean)):
         # A store without a recorded width: decided now that the width is known.
         cached, _, _ = read_cache(inputs, config.feature_norm, bytes_per_dim * len(mean))
-    logger.info(
-        "training bags: %d abnormal, %d normal, %d for validation; %s",
-        inputs.num_abnormal,
-        inputs.num_normal,
-        len(inputs.val_ids),
-        "held in Ray's object store" if cached else "streamed from the store every epoch",
-    )
+    _log_inputs(inputs, cached)
     return dataclasses.replace(inputs, mean=mean, std=std, cached=cached)
+
+
+def prepare_folds(store: str, config: TrainConfig, folds: int) -> tuple[TrainingInputs, ...]:
+    """The inputs of a ``folds``-fold cross-validation on the train split's labels (stratified,
+    seeded by ``config.seed``), from one read of the store (:func:`read_folds`): fold j validates
+    on its videos, trains on the others, with statistics of its own training part."""
+    ids, labels = _checked_train_labels(store)
+    parts = stratified_folds(labels, folds, config.seed)
+    splits = [_split_inputs(store, config, ids, labels, part) for part in parts]
+    store_dim = splits[0].store_metadata.get("feature_dim")
+    bag_bytes = len(labels) * splits[0].crops * NUM_SEGMENTS * 4 * int(store_dim or 0)
+    cache = bool(store_dim) and _fits_object_store(2 * bag_bytes)  # training and validation copies
+    groups = [list(inputs.val_ids) for inputs in splits]
+    try:
+        read = read_folds(splits[0], groups, config.feature_norm, cache=cache, bag_bytes=bag_bytes)
+    except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
+        raise AnomalyError(store, f"features: {exc}") from exc
+    logger.info(
+        "%d-fold cross-validation on the %d training videos' labels, the store read once; %s",
+        folds,
+        len(ids),
+        "held in Ray's object store" if cache else "streamed from the store every epoch",
+    )
+    return tuple(
+        dataclasses.replace(inputs, mean=mean, std=std, cached=cached)
+        for inputs, (cached, mean, std) in zip(splits, read, strict=True)
+    )
 
 
 def rank_batch(global_batch: int, world: int, rank: int) -> int:

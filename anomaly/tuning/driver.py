@@ -91,8 +91,7 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from anomaly.training import fit, prepare_inputs
-    from anomaly.training.data import stratified_folds, train_labels
+    from anomaly.training import fit, prepare_folds, prepare_inputs
     from anomaly.training.driver import worker_bundles
 
     if uris.is_local(out):
@@ -132,14 +131,7 @@ def run_search(
     if not tune_settings.cv_folds:
         data = prepare_inputs(store, spec.base)
     else:
-        ids, labels = train_labels(store)
-        parts = stratified_folds(labels, tune_settings.cv_folds, spec.base.seed)
-        folds = tuple(prepare_inputs(store, spec.base, val_ids=[ids[i] for i in part]) for part in parts)
-        logger.info(
-            "ranking trials by %d-fold cross-validation on the %d training videos' labels",
-            len(folds),
-            len(ids),
-        )
+        folds = prepare_folds(store, spec.base, tune_settings.cv_folds)
     registry_name = f"anomaly-tune-worker-groups-{uuid.uuid5(uuid.NAMESPACE_URL, experiment).hex}"
     registry = worker_groups(registry_name)
     inputs = TrialInputs(
