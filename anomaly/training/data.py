@@ -461,24 +461,34 @@ def _checked_train_labels(store: str) -> tuple[list[str], np.ndarray]:
     return ids, labels
 
 
-def _split_inputs(
-    store: str, config: TrainConfig, ids: list[str], labels: np.ndarray, val_idx: np.ndarray
-) -> TrainingInputs:
-    """What the driver knows of one split (validation videos ``val_idx``), statistics still empty."""
-    train_idx = np.setdiff1d(np.arange(len(ids)), val_idx)
+def _store_inputs(store: str, config: TrainConfig) -> TrainingInputs:
+    """What the driver knows of the store before any split: its part files, metadata and crops."""
     meta = feature_store.read_metadata(store)
-    crops = (meta.crops or 1) if meta is not None and config.crops == "bags" else 1
     return TrainingInputs(
         store=store,
         files=tuple(sorted(feature_store.part_files(store))),
-        val_ids=tuple(ids[i] for i in val_idx),
-        num_abnormal=int((labels[train_idx] == 1).sum()) * crops,
-        num_normal=int((labels[train_idx] == 0).sum()) * crops,
+        val_ids=(),
+        num_abnormal=0,
+        num_normal=0,
         mean=np.zeros(0, dtype=np.float32),
         std=np.zeros(0, dtype=np.float32),
         store_metadata=meta.to_dict() if meta is not None else {},
         seed=config.seed,
-        crops=crops,
+        crops=(meta.crops or 1) if meta is not None and config.crops == "bags" else 1,
+    )
+
+
+def _with_validation(
+    inputs: TrainingInputs, ids: list[str], labels: np.ndarray, val_idx: np.ndarray
+) -> TrainingInputs:
+    """``inputs`` split: the videos ``val_idx`` held out for validation, the rest counted as bags."""
+    train = np.ones(len(ids), dtype=bool)
+    train[val_idx] = False
+    return dataclasses.replace(
+        inputs,
+        val_ids=tuple(ids[i] for i in val_idx),
+        num_abnormal=int((labels[train] == 1).sum()) * inputs.crops,
+        num_normal=int((labels[train] == 0).sum()) * inputs.crops,
     )
 
 
@@ -507,7 +517,7 @@ def prepare_inputs(
     else:
         held = set(val_ids)
         val_idx = np.array([i for i, vid in enumerate(ids) if vid in held], dtype=np.int64)
-    inputs = _split_inputs(store, config, ids, labels, val_idx)
+    inputs = _with_validation(_store_inputs(store, config), ids, labels, val_idx)
     store_dim = inputs.store_metadata.get("feature_dim")
     bytes_per_dim = len(labels) * inputs.crops * NUM_SEGMENTS * 4  # float32 bags, a bag per crop
     bag_bytes = bytes_per_dim * int(store_dim or 0)
@@ -536,13 +546,14 @@ def prepare_folds(store: str, config: TrainConfig, folds: int) -> tuple[Training
     on its videos, trains on the others, with statistics of its own training part."""
     ids, labels = _checked_train_labels(store)
     parts = stratified_folds(labels, folds, config.seed)
-    splits = [_split_inputs(store, config, ids, labels, part) for part in parts]
-    store_dim = splits[0].store_metadata.get("feature_dim")
-    bag_bytes = len(labels) * splits[0].crops * NUM_SEGMENTS * 4 * int(store_dim or 0)
+    base = _store_inputs(store, config)
+    splits = [_with_validation(base, ids, labels, part) for part in parts]
+    store_dim = base.store_metadata.get("feature_dim")
+    bag_bytes = len(labels) * base.crops * NUM_SEGMENTS * 4 * int(store_dim or 0)
     cache = bool(store_dim) and _fits_object_store(2 * bag_bytes)  # training and validation copies
     groups = [list(inputs.val_ids) for inputs in splits]
     try:
-        read = read_folds(splits[0], groups, config.feature_norm, cache=cache, bag_bytes=bag_bytes)
+        read = read_folds(base, groups, config.feature_norm, cache=cache, bag_bytes=bag_bytes)
     except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
         raise AnomalyError(store, f"features: {exc}") from exc
     logger.info(
