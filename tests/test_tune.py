@@ -135,14 +135,22 @@ def _rows(blocks) -> list[tuple]:
     )
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_folds_from_one_read_equal_a_read_per_fold(ray_cluster, tmp_path, monkeypatch, cache):
+@pytest.mark.parametrize(("cache", "crops"), [(True, 1), (False, 1), (True, 3)])
+def test_folds_from_one_read_equal_a_read_per_fold(ray_cluster, tmp_path, monkeypatch, cache, crops):
     """prepare_folds reads the store once for every fold; each fold must still be what a read of
-    its own gives: its validation videos, counts, training-part statistics and bags."""
+    its own gives: its validation videos, counts, training-part statistics and bags (each crop of a
+    ten-crop store a bag)."""
     from anomaly.training import data
 
     store = make_feature_store(
-        str(tmp_path / "store"), num_train=30, num_test=4, feature_dim=8, signal=1.0, seed=6, rows_per_part=7
+        str(tmp_path / "store"),
+        num_train=30,
+        num_test=4,
+        feature_dim=8,
+        signal=1.0,
+        seed=6,
+        rows_per_part=7,
+        crops=crops,
     )
     config = TrainConfig(feature_norm="standardize", seed=3)
     monkeypatch.setattr(data, "CACHE_FRACTION", 1.0 if cache else 0.0)
@@ -155,7 +163,7 @@ def test_folds_from_one_read_equal_a_read_per_fold(ray_cluster, tmp_path, monkey
         assert (fold.num_abnormal, fold.num_normal) == (alone.num_abnormal, alone.num_normal)
         np.testing.assert_allclose(fold.mean, alone.mean, rtol=1e-9)
         np.testing.assert_allclose(fold.std, alone.std, rtol=1e-9)
-        assert (fold.cached is not None) is cache
+        assert (fold.cached is not None) is cache and fold.crops == crops
         if cache:
             for name in ("abnormal", "normal"):
                 assert _rows(fold.cached[name]) == _rows(alone.cached[name])
