@@ -167,3 +167,27 @@ def test_logits_of_a_single_head_give_its_scores_and_an_ensemble_has_none():
     np.testing.assert_allclose(1 / (1 + np.exp(-logits)), cv_select.score(head, features), rtol=1e-5)
     pair = build_head("mlp", 8, dropout=0.0, feature_norm="none", ensemble=2).eval()
     assert frame_auc_anatomy.logits_of(pair, features) is None
+
+
+def test_results_real_table_shows_what_the_frame_auc_is_made_of():
+    import results_real
+
+    name = next(iter(results_real.RECIPES))
+    row = {
+        "recipe": name,
+        "frame_auc": 0.8,
+        "frame_ap": 0.2,
+        "false_alarm_rate": 0.0,
+        "detection_rate": 0.5,
+        "within_video_auc": 0.55,
+        "video_oracle_auc": 0.83,
+        "normal_score_mean": 0.1,
+        "normal_score_p99": 0.5,
+        "seconds": 10,
+        "evaluation_protocol": {"name": "clips"},
+        "coverage": {"summary": "130 of 290"},
+    }
+    text = results_real.table([{**row, "seed": 0}, {**row, "seed": 1, "within_video_auc": 0.65}], None)
+    header, _, line = text.splitlines()[:3]
+    assert "within-video AUC" in header and "video oracle" in header
+    assert "| 0.600 | 0.8300 |" in line
