@@ -1,17 +1,16 @@
 """Training input: the store is read by Ray's tasks, never loaded by the driver.
 
 The driver reads only the small columns (``video_id``, ``label``) of the train split to carve a
-stratified validation split and count bags. The features are read by Ray tasks: a store whose
-bags fit in a quarter of Ray's object store is read once by a few plain tasks
-(:func:`read_cache`) that return the abnormal, normal and validation blocks into the object
-store with the normalisation moments of their part files; a larger store gets its statistics
-from tasks that read one part file at a time (:func:`read_statistics`) and streams through
-``ray.data.read_parquet`` every epoch, in a new file order. Either way the driver's memory does
-not grow with the store, and a training worker holds a bounded window of bags (its shuffle
-window and a small reservoir), whatever the store's size. Several workers get the datasets as
-Ray Train shards (``ray.train.get_dataset_shard``); one worker reads them directly
-(:func:`local_datasets`). A k-fold cross-validation gets every fold from one read
-(:func:`prepare_folds`): the read tasks return rows and moments per fold.
+stratified validation split and count bags. The features are read by a few plain Ray tasks
+(:func:`read_groups`), each reading its part files once: a store whose bags fit in a quarter of
+Ray's object store comes back as abnormal, normal and validation blocks held there, with the
+normalisation moments of their part files; a larger store gets only its statistics, one part
+file in memory per task, and streams through ``ray.data.read_parquet`` every epoch, in a new
+file order. A k-fold cross-validation (:func:`prepare_folds`) gets every fold from the same one
+read. Either way the driver's memory does not grow with the store, and a training worker holds a
+bounded window of bags (its shuffle window and a small reservoir), whatever the store's size.
+Several workers get the datasets as Ray Train shards (``ray.train.get_dataset_shard``); one
+worker reads them directly (:func:`local_datasets`).
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ SHUFFLE_BUFFER_BAGS = int(os.environ.get("ANOMALY_SHUFFLE_BUFFER_BAGS", "256"))
 # Training bags that take at most this share of the cluster's object store are read once and
 # kept there; larger stores stream from Parquet every epoch (bounded memory, more reading).
 CACHE_FRACTION = float(os.environ.get("ANOMALY_CACHE_FRACTION", "0.25"))
-CACHE_TASK_BYTES = 128 * 1024**2  # bags each task of the cache's read holds (read_cache)
+CACHE_TASK_BYTES = 128 * 1024**2  # bags each task of the cache's read holds (read_groups)
 
 
 @dataclass(frozen=True)
@@ -235,13 +234,6 @@ def _moments(batch: pa.Table, kind: str = "standardize") -> dict[str, np.ndarray
     }
 
 
-def _where_train(table: pa.Table, val_ids: pa.Array, label: int) -> pa.Array:
-    import pyarrow.compute as pc
-
-    keep = pc.and_(pc.equal(table.column("split"), "train"), pc.equal(table.column("label"), label))
-    return pc.and_(keep, pc.invert(pc.is_in(table.column("video_id"), value_set=val_ids)))
-
-
 def _read_table(
     store: str, paths: list[str], crops: int, *, with_val: bool
 ) -> tuple[pa.Table, str, list[str]]:
@@ -258,35 +250,24 @@ def _read_table(
     return table, bag_column, val_columns
 
 
-def _read_parts(
-    store: str, paths: list[str], val_ids: list[str], crops: int, *, with_val: bool
-) -> tuple[pa.Table, pa.Table, pa.Table | None]:
-    """Part files' abnormal and normal training bags (each crop a bag when ``crops > 1``) and,
-    if asked, their validation rows."""
+def _members(table: pa.Table, groups: list[list[str] | None], j: int) -> pa.Array:
+    """Which rows belong to group ``j``: its video ids, or (``None``) every video in no listed group,
+    so a split's large side never travels to the tasks as a list of ids."""
     import pyarrow.compute as pc
 
-    table, bag_column, val_columns = _read_table(store, paths, crops, with_val=with_val)
-    ids = pa.array(val_ids, type=pa.string())
-    abnormal, normal = (
-        expand_crop_bags(table.filter(_where_train(table, ids, label)).select([bag_column]))
-        for label in (1, 0)
-    )
-    val = (
-        table.filter(pc.is_in(table.column("video_id"), value_set=ids)).select(val_columns)
-        if with_val
-        else None
-    )
-    return abnormal, normal, val
+    if groups[j] is not None:
+        return pc.is_in(table.column("video_id"), value_set=pa.array(groups[j], type=pa.string()))
+    listed = [vid for group in groups if group is not None for vid in group]
+    return pc.invert(pc.is_in(table.column("video_id"), value_set=pa.array(listed, type=pa.string())))
 
 
 def _group_rows(
-    table: pa.Table, group: list[str], bag_column: str, val_columns: list[str] | None
+    table: pa.Table, inside: pa.Array, bag_column: str, val_columns: list[str] | None
 ) -> tuple[pa.Table, pa.Table, pa.Table | None]:
-    """The abnormal and normal training bags of one fold's videos and (``val_columns``) their rows
-    as validation rows: what that fold adds to the other folds' training and checks its own."""
+    """The abnormal and normal training bags (each crop a bag when the store has crops) of the
+    rows ``inside`` a group and (``val_columns``) those rows as validation rows."""
     import pyarrow.compute as pc
 
-    inside = pc.is_in(table.column("video_id"), value_set=pa.array(group, type=pa.string()))
     train = pc.and_(inside, pc.equal(table.column("split"), "train"))
     abnormal, normal = (
         expand_crop_bags(
@@ -297,22 +278,43 @@ def _group_rows(
     return abnormal, normal, table.filter(inside).select(val_columns) if val_columns else None
 
 
-def _read_cache_part(
-    store: str, files: list[str], val_ids: list[str], crops: int, kind: str
-) -> tuple[pa.Table, pa.Table, pa.Table, list[dict]]:
-    """One read task of the cache: its part files' abnormal, normal and validation rows, and the
-    normalisation moments of its training bags (each part file read once)."""
-    abnormal, normal, val = _read_parts(store, files, val_ids, crops, with_val=True)
-    return abnormal, normal, val, [_moments(part, kind) for part in (abnormal, normal) if part.num_rows]
+def _read_groups_part(
+    store: str, files: list[str], groups: list[list[str] | None], crops: int, kind: str, train: set, val: set
+) -> tuple:
+    """One read task of a cache: for each group of videos, its abnormal and normal bags (groups in
+    ``train``), its validation rows (groups in ``val``) and the moments of its bags; 4 values per
+    group (None where not asked), each part file read once."""
+    table, bag_column, val_columns = _read_table(store, files, crops, with_val=bool(val))
+    out: list = []
+    for j in range(len(groups)):
+        if j not in train and j not in val:
+            out += [None] * 4
+            continue
+        inside = _members(table, groups, j)
+        abnormal, normal, rows = _group_rows(table, inside, bag_column, val_columns if j in val else None)
+        if j in train:
+            out += [
+                abnormal,
+                normal,
+                rows,
+                [_moments(part, kind) for part in (abnormal, normal) if part.num_rows],
+            ]
+        else:
+            out += [None, None, rows, None]
+    return tuple(out)
 
 
-def _moments_part(store: str, files: list[str], val_ids: list[str], crops: int, kind: str) -> list[dict]:
-    """One statistics task over a store too large to cache: moments of each file's training bags,
-    one part file in memory at a time."""
-    moments = []
+def _group_moments_part(
+    store: str, files: list[str], groups: list[list[str] | None], crops: int, kind: str, train: set
+) -> list[list[dict]]:
+    """One statistics task over a store too large to cache: the bag moments of each group in
+    ``train``, one part file in memory at a time."""
+    moments: list[list[dict]] = [[] for _ in groups]
     for path in files:
-        abnormal, normal, _ = _read_parts(store, [path], val_ids, crops, with_val=False)
-        moments.extend(_moments(part, kind) for part in (abnormal, normal) if part.num_rows)
+        table, bag_column, _ = _read_table(store, [path], crops, with_val=False)
+        for j in sorted(train):
+            abnormal, normal, _ = _group_rows(table, _members(table, groups, j), bag_column, None)
+            moments[j].extend(_moments(part, kind) for part in (abnormal, normal) if part.num_rows)
     return moments
 
 
@@ -344,93 +346,54 @@ def _merge_moments(
     return floor_std(mean, np.sqrt(m2 / count), kind)
 
 
-def read_cache(inputs: TrainingInputs, kind: str, bag_bytes: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    """The training and validation bags held in Ray's object store, and the statistics, in one read.
-
-    Plain Ray tasks (a few, each reading whole part files with pyarrow) rather than Ray Data: a
-    store small enough to cache is read in about a second, where starting Ray Data executions
-    (one per dataset, one for the statistics) cost a fit 10 s or more on a small machine. The
-    driver holds only the blocks' references and two D-vectors per task.
-    """
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    tasks = max(1, min(len(inputs.files), cpus, math.ceil(bag_bytes / CACHE_TASK_BYTES)))
-    chunks = [list(inputs.files[i::tasks]) for i in range(tasks)]
-    read = ray.remote(_read_cache_part).options(num_cpus=READ_CPUS, num_returns=4)
-    refs = [read.remote(inputs.store, chunk, list(inputs.val_ids), inputs.crops, kind) for chunk in chunks]
-    mean, std = _merge_moments(_moment_parts(ray.get([ref[3] for ref in refs])), kind)
-    cached = {name: [ref[i] for ref in refs] for i, name in enumerate((*TRAIN_SETS, VAL_SET))}
-    return cached, mean, std
-
-
-def read_statistics(inputs: TrainingInputs, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Normalisation statistics of a store too large to cache: one task per CPU, each reading
-    its part files one at a time (memory: one part file per task; the driver: two D-vectors per
-    file). Plain tasks, as :func:`read_cache`: a Ray Data pass started a dozen fresh workers."""
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    tasks = max(1, min(len(inputs.files), cpus))
-    task = ray.remote(_moments_part).options(num_cpus=READ_CPUS)
-    refs = [
-        task.remote(inputs.store, list(inputs.files[i::tasks]), list(inputs.val_ids), inputs.crops, kind)
-        for i in range(tasks)
-    ]
-    return _merge_moments(_moment_parts(ray.get(refs)), kind)
-
-
-def _read_fold_part(store: str, files: list[str], groups: list[list[str]], crops: int, kind: str) -> tuple:
-    """One read task of a cross-validation cache: for each fold's videos, their abnormal, normal and
-    validation rows and the moments of their training bags (4 values per fold; files read once)."""
-    table, bag_column, val_columns = _read_table(store, files, crops, with_val=True)
-    out: list = []
-    for group in groups:
-        abnormal, normal, val = _group_rows(table, group, bag_column, val_columns)
-        out += [abnormal, normal, val, [_moments(part, kind) for part in (abnormal, normal) if part.num_rows]]
-    return tuple(out)
-
-
-def _fold_moments_part(
-    store: str, files: list[str], groups: list[list[str]], crops: int, kind: str
-) -> list[list[dict]]:
-    """One statistics task of a cross-validation over a store too large to cache: each fold's
-    training-bag moments, one part file in memory at a time."""
-    moments: list[list[dict]] = [[] for _ in groups]
-    for path in files:
-        table, bag_column, _ = _read_table(store, [path], crops, with_val=False)
-        for j, group in enumerate(groups):
-            abnormal, normal, _ = _group_rows(table, group, bag_column, None)
-            moments[j].extend(_moments(part, kind) for part in (abnormal, normal) if part.num_rows)
-    return moments
-
-
-def read_folds(
-    inputs: TrainingInputs, groups: list[list[str]], kind: str, *, cache: bool, bag_bytes: int
+def read_groups(
+    inputs: TrainingInputs,
+    groups: list[list[str] | None],
+    held: list[int],
+    kind: str,
+    *,
+    cache: bool,
+    bag_bytes: int,
 ) -> list[tuple[dict | None, np.ndarray, np.ndarray]]:
-    """``(cached, mean, std)`` of every fold from ONE read of the store: each task returns its files'
-    rows and moments per fold; fold j trains on the other folds' blocks, validates on its own, and
-    its statistics merge the other folds' moments. Cached, the object store holds the bags twice
-    (training and validation columns), not once per fold."""
+    """``(cached, mean, std)`` of each split "validate on group j, train on every other group", for
+    j in ``held``, from ONE read of the store by a few plain Ray tasks.
+
+    A group is a list of video ids, or ``None``: the train videos in no listed group. One split
+    (``prepare_inputs``) is groups ``[validation videos, None]`` with ``held=[0]``; a
+    k-fold cross-validation (``prepare_folds``) is the k folds, all held. Each task returns its
+    files' bags, validation rows and moments per group, so a split's statistics merge the moments
+    of its training groups and its cached blocks are theirs: the object store holds a video's bags
+    once and its validation rows once, however many splits share them. Plain tasks rather than
+    Ray Data: a store small enough to cache is read in about a second, where starting Ray Data
+    executions costs a fit 10 s or more on a small machine; the driver holds only references and
+    two D-vectors per task and group. ``cache`` False: only the statistics, one part file in memory
+    per task at a time (the bags then stream through Ray Data every epoch).
+    """
+    train = {i for i in range(len(groups)) for j in held if i != j}
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    folds = len(groups)
     if cache:
         tasks = max(1, min(len(inputs.files), cpus, math.ceil(bag_bytes / CACHE_TASK_BYTES)))
-        read = ray.remote(_read_fold_part).options(num_cpus=READ_CPUS, num_returns=4 * folds)
+        read = ray.remote(_read_groups_part).options(num_cpus=READ_CPUS, num_returns=4 * len(groups))
         refs = [
-            read.remote(inputs.store, list(inputs.files[i::tasks]), groups, inputs.crops, kind)
+            read.remote(
+                inputs.store, list(inputs.files[i::tasks]), groups, inputs.crops, kind, train, set(held)
+            )
             for i in range(tasks)
         ]
-        moments = [ray.get([ref[4 * j + 3] for ref in refs]) for j in range(folds)]
+        moments = {i: ray.get([ref[4 * i + 3] for ref in refs]) for i in sorted(train)}
     else:
         tasks = max(1, min(len(inputs.files), cpus))
-        task = ray.remote(_fold_moments_part).options(num_cpus=READ_CPUS)
+        task = ray.remote(_group_moments_part).options(num_cpus=READ_CPUS)
         per_task = ray.get(
             [
-                task.remote(inputs.store, list(inputs.files[i::tasks]), groups, inputs.crops, kind)
+                task.remote(inputs.store, list(inputs.files[i::tasks]), groups, inputs.crops, kind, train)
                 for i in range(tasks)
             ]
         )
-        moments = [[part[j] for part in per_task] for j in range(folds)]
+        moments = {i: [part[i] for part in per_task] for i in sorted(train)}
     out = []
-    for j in range(folds):
-        others = [i for i in range(folds) if i != j]
+    for j in held:
+        others = [i for i in range(len(groups)) if i != j]
         mean, std = _merge_moments(_moment_parts([m for i in others for m in moments[i]]), kind)
         cached = None
         if cache:
@@ -523,26 +486,27 @@ def prepare_inputs(
     bag_bytes = bytes_per_dim * int(store_dim or 0)
     if cache is None and store_dim:
         cache = _fits_object_store(bag_bytes)
-    cached = None
-    try:
-        if cache:
-            # Small enough: read once into Ray's object store (spilled to disk under pressure), so
-            # epochs and Tune trials do not read and decode the Parquet files again.
-            cached, mean, std = read_cache(inputs, config.feature_norm, bag_bytes)
-        else:
-            mean, std = read_statistics(inputs, config.feature_norm)
-    except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
-        raise AnomalyError(store, f"features: {exc}") from exc
+    groups = [list(inputs.val_ids), None]  # validate on the validation videos, train on the rest
+
+    def read(cache: bool, bag_bytes: int) -> tuple[dict | None, np.ndarray, np.ndarray]:
+        try:
+            return read_groups(inputs, groups, [0], config.feature_norm, cache=cache, bag_bytes=bag_bytes)[0]
+        except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
+            raise AnomalyError(store, f"features: {exc}") from exc
+
+    # Small enough: read once into Ray's object store (spilled to disk under pressure), so epochs
+    # and Tune trials do not read and decode the Parquet files again.
+    cached, mean, std = read(bool(cache), bag_bytes)
     if cache is None and _fits_object_store(bytes_per_dim * len(mean)):
         # A store without a recorded width: decided now that the width is known.
-        cached, _, _ = read_cache(inputs, config.feature_norm, bytes_per_dim * len(mean))
+        cached, _, _ = read(True, bytes_per_dim * len(mean))
     _log_inputs(inputs, cached)
     return dataclasses.replace(inputs, mean=mean, std=std, cached=cached)
 
 
 def prepare_folds(store: str, config: TrainConfig, folds: int) -> tuple[TrainingInputs, ...]:
     """The inputs of a ``folds``-fold cross-validation on the train split's labels (stratified,
-    seeded by ``config.seed``), from one read of the store (:func:`read_folds`): fold j validates
+    seeded by ``config.seed``), from one read of the store (:func:`read_groups`): fold j validates
     on its videos, trains on the others, with statistics of its own training part."""
     ids, labels = _checked_train_labels(store)
     parts = stratified_folds(labels, folds, config.seed)
@@ -553,7 +517,9 @@ def prepare_folds(store: str, config: TrainConfig, folds: int) -> tuple[Training
     cache = bool(store_dim) and _fits_object_store(2 * bag_bytes)  # training and validation copies
     groups = [list(inputs.val_ids) for inputs in splits]
     try:
-        read = read_folds(base, groups, config.feature_norm, cache=cache, bag_bytes=bag_bytes)
+        read = read_groups(
+            base, groups, list(range(folds)), config.feature_norm, cache=cache, bag_bytes=bag_bytes
+        )
     except (ValueError, pa.ArrowInvalid) as exc:  # rows of different shapes
         raise AnomalyError(store, f"features: {exc}") from exc
     logger.info(
