@@ -63,14 +63,18 @@ def video_auc(segment_scores: np.ndarray, labels: np.ndarray) -> float:
     return _auc(np.asarray(labels), np.asarray(segment_scores).max(axis=1))
 
 
+def bag_scores(segment_scores: np.ndarray, k: int = 3) -> np.ndarray:
+    """Each bag's mean top-``k`` segment score: its video-level score (k=3: robust to one spike)."""
+    return np.sort(np.asarray(segment_scores), axis=1)[:, -k:].mean(axis=1)
+
+
 def bag_auc(segment_scores: np.ndarray, labels: np.ndarray, k: int = 3) -> float:
-    """Video-level AUC of each bag's mean top-``k`` segment score (k=3: robust to one spike).
+    """Video-level AUC of each bag's mean top-``k`` segment score (:func:`bag_scores`).
 
     The cross-validation figure that chooses recipes on the train split's video labels
     (``tune.cv_folds``, ``benchmarks/cv_select.py``).
     """
-    scores = np.asarray(segment_scores)
-    return _auc(np.asarray(labels), np.sort(scores, axis=1)[:, -k:].mean(axis=1))
+    return _auc(np.asarray(labels), bag_scores(segment_scores, k))
 
 
 def saturated_share(segment_scores: np.ndarray) -> float:

@@ -47,8 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cv_select import REPO, dev_half_split, fit_in_process, recipe_config, score, train_split  # noqa: E402
 
 sys.path.insert(0, str(REPO))
+from anomaly.heads import Ensemble  # noqa: E402
 from anomaly.metrics import (  # noqa: E402
     FrameLevel,
+    bag_auc,
+    bag_scores,
     frame_level,
     saturated_share,
     video_oracle_auc,
@@ -107,7 +110,7 @@ def per_class_mean(per_video: dict[int, float], classes) -> dict[str, float]:
 
 def logits_of(model: torch.nn.Module, features: np.ndarray) -> np.ndarray | None:
     """A single head's segment logits (float64): the order its float32 scores lose where they saturate."""
-    if len(model.member_outputs(torch.zeros(1, 1, features.shape[-1]))) != 1:
+    if isinstance(model, Ensemble):
         return None  # an ensemble's score is a mean of sigmoids, not one logit
     with torch.inference_mode():
         return np.concatenate(
@@ -137,15 +140,15 @@ def recipe_anatomy(
         ranked = frames_of(logits, test, clip_len)
         by_logit = {"frame_auc_by_logits": float(roc_auc_score(ranked.labels, ranked.scores))}
     shuffled = frames_of(rng.permuted(scores, axis=1), test, clip_len)
-    bag = np.sort(scores, axis=1)[:, -topk:].mean(axis=1, keepdims=True)
-    constant = frames_of(np.repeat(bag, scores.shape[1], axis=1), test, clip_len)
+    bag = bag_scores(scores, topk)
+    constant = frames_of(np.repeat(bag[:, None], scores.shape[1], axis=1), test, clip_len)
     return {
         "frame_auc": float(roc_auc_score(frames.labels, frames.scores)),
         "shuffled_within_video": float(roc_auc_score(shuffled.labels, shuffled.scores)),
         "bag_score_constant": float(roc_auc_score(constant.labels, constant.scores)),
         "within_video_auc": within_video_auc(frames, labels),
         "within_video_auc_per_class": per_class_mean(within_video_aucs(frames, labels), test.classes),
-        "bag_auc": float(roc_auc_score(labels, bag[:, 0])),
+        "bag_auc": bag_auc(scores, labels, topk),
         "saturated_share": saturated_share(scores),
         **by_logit,
     }

@@ -38,14 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cv_select import REPO, dev_half_split, fit_in_process, recipe_config, score, train_split  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from anomaly.metrics import evaluate_frames, frame_level  # noqa: E402
+from anomaly.metrics import bag_scores, evaluate_frames, frame_level  # noqa: E402
 
 RECIPE = "mlp topk_bce robust EMA, all train videos"
 
 
 def variants(topk: int) -> dict:
     def video_topk(s: np.ndarray) -> np.ndarray:
-        return s * np.sort(s, axis=1)[:, -topk:].mean(axis=1, keepdims=True)
+        return s * bag_scores(s, topk)[:, None]
 
     return {
         "none": lambda s: s,
