@@ -313,4 +313,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from anomaly.errors import AnomalyError
+
+    try:
+        sys.exit(main())
+    except AnomalyError as exc:  # a missing or unreadable store: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
